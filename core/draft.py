@@ -1,0 +1,190 @@
+"""The one data contract between drafters, the verifier and acceptance policies: `Draft`.
+
+A draft is a token tree hanging below the *root*, the last committed token (already decided,
+not yet seen by the target). A chain is the tree where every node has at most one child.
+
+Vocabulary used throughout specdec:
+- node `i` (0-based) is `tokens[i]`; `parents[i]` is its parent node, or -1 for a child of the
+  root. Parents precede children (`parents[i] < i`), which rules out cycles.
+- row: logits and probabilities are indexed by row, `row(root) = 0`, `row(node i) = i + 1`. The
+  target's logits at row r give the distribution of the children of that row's node.
+- depth: the root has depth 0, its children depth 1, and so on. Node i sits at position
+  `position(root) + depth[i]`.
+- path: the accepted nodes, each a child of the previous one, starting below the root.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Iterable, Sequence
+
+import torch
+
+from specdec.errors import DraftError
+
+
+@dataclass(frozen=True, eq=False)
+class AuxTokens:
+    """Extra rows that ride along in the verification forward without being candidates.
+
+    Lookahead decoding uses them for its Jacobi window: they get their own positions and
+    attention rows, their logits come back to the drafter (`StepOutcome.aux_logits`), and their
+    KV entries are never kept. Every aux row sees all committed tokens (root included).
+    """
+
+    tokens: torch.Tensor  # [A] int64
+    position_offsets: torch.Tensor  # [A] int64, >= 1: position relative to the root
+    attends_to: torch.Tensor  # [A, T + A] bool: which draft nodes, then which aux rows, each row sees
+
+    def __post_init__(self) -> None:
+        count = self.tokens.shape[0] if self.tokens.dim() == 1 else -1
+        if count < 0 or self.position_offsets.shape != (count,):
+            raise DraftError("aux tokens and position_offsets must be 1-D tensors of equal length")
+        if self.attends_to.dim() != 2 or self.attends_to.shape[0] != count:
+            raise DraftError("aux attends_to must have one row per aux token")
+        if count and int(self.position_offsets.min()) < 1:
+            raise DraftError("aux position offsets must be >= 1 (the root is offset 0)")
+
+
+@dataclass(frozen=True, eq=False)
+class Draft:
+    """A token tree proposed by a drafter for one verification pass.
+
+    :param tokens: `[T]` int64 token ids, parents before children.
+    :param parents: length-T parent node indices (-1 = child of the root).
+    :param q: `[T, V]` float32 or None. Row i is the exact distribution `tokens[i]` was drawn
+        from, given its ancestors and its earlier siblings (for children drawn without
+        replacement, the parent's distribution with earlier siblings removed and renormalized).
+        None means every node is deterministic (argmax, top-k, n-gram, retrieval): a point mass.
+    :param aux: extra verification rows that are not candidates (see `AuxTokens`).
+    """
+
+    tokens: torch.Tensor
+    parents: tuple[int, ...]
+    q: torch.Tensor | None = None
+    aux: AuxTokens | None = None
+
+    def __post_init__(self) -> None:
+        if self.tokens.dim() != 1 or self.tokens.dtype not in (torch.int64, torch.int32):
+            raise DraftError(f"draft tokens must be a 1-D integer tensor, got shape "
+                             f"{tuple(self.tokens.shape)} and dtype {self.tokens.dtype}")
+        count = self.tokens.shape[0]
+        if len(self.parents) != count:
+            raise DraftError(f"draft has {count} tokens but {len(self.parents)} parent indices")
+        for node, parent in enumerate(self.parents):
+            if not -1 <= parent < node:
+                raise DraftError(
+                    f"malformed draft tree: node {node} has parent {parent}; parents must be -1 "
+                    f"(the root) or an earlier node (0..{node - 1}), which also rules out cycles")
+        if self.q is not None and (self.q.dim() != 2 or self.q.shape[0] != count):
+            raise DraftError(f"draft q must have shape [{count}, vocab], got {tuple(self.q.shape)}")
+        if self.aux is not None and self.aux.attends_to.shape[1] != count + self.aux.tokens.shape[0]:
+            raise DraftError("aux attends_to must have T + A columns (draft nodes, then aux rows)")
+
+    # -- constructors -------------------------------------------------------------------------
+
+    @classmethod
+    def empty(cls) -> "Draft":
+        return cls(torch.empty(0, dtype=torch.long), ())
+
+    @classmethod
+    def chain(cls, tokens: Sequence[int] | torch.Tensor, q: torch.Tensor | None = None) -> "Draft":
+        """A linear draft: token i is the child of token i-1."""
+        tokens = torch.as_tensor(tokens, dtype=torch.long)
+        return cls(tokens, tuple(range(-1, tokens.shape[0] - 1)), q)
+
+    @classmethod
+    def from_sequences(cls, sequences: Iterable[Sequence[int]]) -> "Draft":
+        """Merge candidate continuations into a deterministic trie (shared prefixes share nodes).
+
+        Nodes are numbered breadth-first; siblings keep the order in which they first appear, so
+        put the most promising sequence first.
+        """
+        children: dict[tuple[int, ...], list[int]] = {(): []}
+        for sequence in sequences:
+            prefix: tuple[int, ...] = ()
+            for token in sequence:
+                child = prefix + (int(token),)
+                if child not in children:
+                    children[child] = []
+                    children[prefix].append(int(token))
+                prefix = child
+        tokens: list[int] = []
+        parents: list[int] = []
+        frontier = [((), -1)]
+        while frontier:
+            next_frontier = []
+            for prefix, node in frontier:
+                for token in children[prefix]:
+                    tokens.append(token)
+                    parents.append(node)
+                    next_frontier.append((prefix + (token,), len(tokens) - 1))
+            frontier = next_frontier
+        return cls(torch.tensor(tokens, dtype=torch.long), tuple(parents))
+
+    # -- derived structure --------------------------------------------------------------------
+
+    @property
+    def num_nodes(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def num_aux(self) -> int:
+        return 0 if self.aux is None else self.aux.tokens.shape[0]
+
+    @cached_property
+    def depths(self) -> tuple[int, ...]:
+        """Depth of every node (children of the root have depth 1)."""
+        depths: list[int] = []
+        for parent in self.parents:
+            depths.append(1 if parent < 0 else depths[parent] + 1)
+        return tuple(depths)
+
+    @property
+    def max_depth(self) -> int:
+        return max(self.depths, default=0)
+
+    @cached_property
+    def children(self) -> tuple[tuple[int, ...], ...]:
+        """`children[row]`: the nodes below row `row` (row 0 = root, row i + 1 = node i), in draft order."""
+        children: list[list[int]] = [[] for _ in range(self.num_nodes + 1)]
+        for node, parent in enumerate(self.parents):
+            children[parent + 1].append(node)
+        return tuple(tuple(nodes) for nodes in children)
+
+    @cached_property
+    def is_chain(self) -> bool:
+        return all(parent == node - 1 for node, parent in enumerate(self.parents))
+
+    def ancestor_mask(self) -> torch.Tensor:
+        """`[T, T]` bool: entry (i, j) is True when node j is node i or one of its ancestors.
+
+        This is the tree attention pattern among draft nodes; every node also sees the root and
+        all committed tokens.
+        """
+        count = self.num_nodes
+        mask = torch.eye(count, dtype=torch.bool)
+        for node, parent in enumerate(self.parents):
+            if parent >= 0:
+                mask[node] |= mask[parent]
+        return mask
+
+    def path_to(self, node: int) -> list[int]:
+        """Nodes from the root's child down to `node`."""
+        path = []
+        while node >= 0:
+            path.append(node)
+            node = self.parents[node]
+        return path[::-1]
+
+    def truncated(self, max_depth: int) -> "Draft":
+        """The same draft without nodes deeper than `max_depth` (aux rows are dropped too)."""
+        if self.max_depth <= max_depth:
+            return self
+        keep = [node for node, depth in enumerate(self.depths) if depth <= max_depth]
+        new_index = {old: new for new, old in enumerate(keep)}
+        parents = tuple(-1 if self.parents[old] < 0 else new_index[self.parents[old]] for old in keep)
+        index = torch.tensor(keep, dtype=torch.long)
+        q = None if self.q is None else self.q[index.to(self.q.device)]
+        return Draft(self.tokens[index.to(self.tokens.device)], parents, q)

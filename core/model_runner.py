@@ -1,0 +1,137 @@
+"""Run a Hugging Face causal LM over a position-indexed cache with explicit positions and attention.
+
+The verifier, the draft-model drafter and self-drafting techniques all need the same thing from a
+stock `transformers` model: feed n new tokens at chosen positions, let each attend to all cached
+tokens plus a chosen subset of the new ones, and read back logits (and hidden states) of some
+rows. A 4D additive attention mask with explicit `position_ids` gives exactly that on models
+that use SDPA or eager attention.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from specdec.cache import PositionalKVCache
+from specdec.errors import ModelMismatchError
+
+_MASKABLE_ATTENTION = ("sdpa", "eager")
+
+
+def _text_config(model):
+    config = model.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def check_supported(model) -> None:
+    """Raise a clear error for models whose attention cannot take a custom tree mask."""
+    config = _text_config(model)
+    implementation = getattr(config, "_attn_implementation", None) or "eager"
+    if implementation not in _MASKABLE_ATTENTION:
+        raise ModelMismatchError(
+            f"specdec needs attention that accepts a custom 4D mask (sdpa or eager); this model uses "
+            f"'{implementation}'. Load it with attn_implementation='sdpa'.")
+    layer_types = getattr(config, "layer_types", None) or ()
+    unsupported = sorted({kind for kind in layer_types if kind not in ("full_attention", "sliding_attention")})
+    if unsupported:
+        raise ModelMismatchError(
+            f"specdec supports attention-only decoders; this model has {', '.join(unsupported)} layers, "
+            "which its position-indexed KV cache cannot hold.")
+
+
+def attention_window(model) -> int | None:
+    """The sliding-window size if any layer uses one, else None.
+
+    specdec attends over the full cache, which equals sliding-window attention only while the
+    sequence fits in the window; the verifier refuses longer requests instead of decoding them wrong.
+    """
+    config = _text_config(model)
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if not window:
+        return None
+    if layer_types is not None:
+        return window if "sliding_attention" in layer_types else None
+    return window if getattr(config, "use_sliding_window", True) else None
+
+
+class CausalLMRunner:
+    """A model plus its `PositionalKVCache`, for one sequence at a time."""
+
+    def __init__(self, model: torch.nn.Module):
+        check_supported(model)
+        config = _text_config(model)
+        self.model = model
+        self.device = model.device
+        self.dtype = model.dtype
+        self.num_layers = config.num_hidden_layers
+        self.max_positions = int(getattr(config, "max_position_embeddings", 1 << 30))
+        window = attention_window(model)
+        if window is not None:
+            self.max_positions = min(self.max_positions, int(window))
+        output_embeddings = model.get_output_embeddings()
+        self.vocab_size = int(output_embeddings.weight.shape[0]) if output_embeddings is not None \
+            else int(config.vocab_size)
+        self.cache = PositionalKVCache(self.num_layers, capacity=0)
+        self._blocked = torch.finfo(self.dtype).min
+
+    @property
+    def length(self) -> int:
+        """Entries committed to the cache (tokens the model has seen and kept)."""
+        return self.cache.length
+
+    def reset(self, capacity: int) -> None:
+        self.cache.reset(capacity)
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [N] int64, on self.device
+        positions: torch.Tensor,  # [N] int64, on self.device
+        allowed: torch.Tensor | None = None,  # [N, N] bool: row i may attend to new token j
+        logits_rows: int = 1,
+        hidden_state_layers: Sequence[int] = (),
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Run the model on N new tokens after the committed cache entries.
+
+        Every new token attends to all committed entries; among the new tokens, `allowed` decides
+        (None = causal). The new entries are written to the cache but not committed.
+
+        :returns: logits `[logits_rows, V]` (float32) of the last `logits_rows` tokens, and the
+            hidden states `{layer: [N, H]}` for the requested Hugging Face `hidden_states` indices
+            (0 = embeddings, -1 = the final normed state the LM head reads).
+        """
+        count = input_ids.shape[0]
+        past = self.cache.length
+        self.cache.ensure_capacity(past + count)
+        mask = torch.zeros(count, past + count, dtype=self.dtype, device=self.device)
+        if count > 1:
+            if allowed is None:
+                allowed = torch.ones(count, count, dtype=torch.bool, device=self.device).tril_()
+            mask[:, past:].masked_fill_(~allowed.to(self.device), self._blocked)
+        elif allowed is not None and not bool(allowed[0, 0]):
+            raise ValueError("a token must attend to itself")
+        output = self.model(
+            input_ids=input_ids[None],
+            position_ids=positions[None],
+            attention_mask=mask[None, None],
+            cache=self.cache,
+            use_cache=True,
+            logits_to_keep=logits_rows,
+            output_hidden_states=bool(hidden_state_layers),
+        )
+        logits = output.logits[0].float()
+        hidden = {layer: output.hidden_states[layer][0] for layer in hidden_state_layers}
+        return logits, hidden
+
+    @torch.inference_mode()
+    def commit(self, num_contiguous: int, extra_offsets: Sequence[int] = ()) -> None:
+        """Keep new entries of the last forward (see `PositionalKVCache.commit`)."""
+        self.cache.commit(num_contiguous, extra_offsets)
+
+    def rollback(self, length: int) -> None:
+        """Forget committed entries from `length` on."""
+        if not 0 <= length <= self.cache.length:
+            raise ValueError(f"cannot roll back to {length}: the cache holds {self.cache.length}")
+        self.cache.length = length

@@ -1,0 +1,55 @@
+"""`SamplingParams`: how to sample one generation. Kept free of torch so configs validate fast."""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class SamplingParams(BaseModel):
+    """How to sample one generation. Immutable; use `replace(...)` to derive a variant.
+
+    `temperature == 0` means greedy decoding (argmax), and then `top_k`, `top_p` and `seed` are
+    ignored. `stop_token_ids=None` means "the model's end-of-sequence tokens"; an empty tuple
+    means "never stop on a token".
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    temperature: float = Field(0.0, ge=0.0, description="0 = greedy; otherwise logits are divided by it")
+    top_k: int | None = Field(None, ge=1, description="keep the k most likely tokens (None = all)")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="keep the smallest set with mass >= top_p")
+    seed: int | None = Field(None, description="seed of the random source (None = fresh entropy)")
+    max_new_tokens: int = Field(256, ge=1, description="upper bound on generated tokens")
+    stop_token_ids: tuple[int, ...] | None = Field(None, description="None = the model's EOS tokens")
+    stop_strings: tuple[str, ...] = Field((), description="stop once the generated text contains one")
+
+    @field_validator("temperature")
+    @classmethod
+    def _finite_temperature(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number >= 0")
+        return value
+
+    @field_validator("stop_token_ids")
+    @classmethod
+    def _non_negative_ids(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if value is not None and any(token < 0 for token in value):
+            raise ValueError("token ids must be >= 0")
+        return value
+
+    @field_validator("stop_strings")
+    @classmethod
+    def _non_empty_strings(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not text for text in value):
+            raise ValueError("stop strings must be non-empty")
+        return value
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def replace(self, **overrides) -> "SamplingParams":
+        """A copy with some fields changed, validated like the original."""
+        return SamplingParams(**{**self.model_dump(), **overrides})

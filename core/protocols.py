@@ -1,0 +1,154 @@
+"""The three roles of a speculative step and the records they exchange.
+
+One step: the `Drafter` proposes a `Draft` from a `DraftContext`; the `Verifier` runs the target
+once over the pending tokens and the draft and returns a `VerifyOutput`; the `AcceptancePolicy`
+turns the target logits into an `Acceptance` (accepted path + one token from the target); the
+verifier keeps only the accepted path in its cache; the drafter hears the `StepOutcome`.
+
+Components are plain objects with these methods; the engine calls them directly (plugins are
+involved only when a pipeline is built, never inside the loop).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence, runtime_checkable
+
+import torch
+
+from specdec.draft import Draft
+from specdec.sampling import RandomSource, SamplingParams
+
+
+@dataclass(frozen=True, eq=False)
+class DraftContext:
+    """What a drafter may look at when proposing."""
+
+    tokens: Sequence[int]  # all committed tokens (prompt + generated); read-only
+    num_prompt_tokens: int
+    params: SamplingParams
+    max_depth: int  # the draft must not be deeper than this (>= 1)
+    rng: RandomSource  # draw draft samples from this, so seeded runs are reproducible
+    step: int  # 0 for the first step of a generation
+
+
+@dataclass(frozen=True, eq=False)
+class VerifyOutput:
+    """The target's view of one draft, from one forward pass."""
+
+    logits: torch.Tensor  # [1 + T, V] float32: row 0 = root, row i + 1 = draft node i
+    hidden_states: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [P + T, H]
+    aux_logits: torch.Tensor | None = None  # [A, V] for `Draft.aux` rows
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """The policy's verdict.
+
+    `path` lists the accepted draft nodes (each the child of the previous, starting below the
+    root); `token` is the target's own token after them: the correction token when a draft token
+    was rejected, the bonus token when the path ends at a leaf or the draft was empty.
+    """
+
+    path: tuple[int, ...]
+    token: int
+
+
+@dataclass(frozen=True, eq=False)
+class StepOutcome:
+    """What a drafter hears after verification, to keep its state in sync."""
+
+    draft: Draft
+    path: tuple[int, ...]  # accepted node indices
+    accepted_tokens: tuple[int, ...]  # their tokens
+    next_token: int  # the target's token after them, now the root of the next draft
+    tokens: Sequence[int]  # all committed tokens after this step
+    # layer -> [P + len(path), H]: target hidden states at the positions this step added to the
+    # target cache: the P tokens that were pending (the previous root, or the prompt on the first
+    # step), then the accepted nodes. Only the layers the drafter asked for.
+    hidden_states: dict[int, torch.Tensor] = field(default_factory=dict)
+    aux_logits: torch.Tensor | None = None  # [A, V] target logits of the draft's aux rows
+
+
+@runtime_checkable
+class Drafter(Protocol):
+    """Proposes draft trees. One instance serves one sequence at a time.
+
+    Heavy resources (weights) are loaded by the component factory and may be shared between
+    instances; per-sequence state (draft KV caches, n-gram indexes) lives on the instance and
+    is reset by `start`.
+    """
+
+    #: True when drafts carry `q` (sampled drafts); False when drafts are deterministic.
+    provides_draft_probs: bool
+    #: Hugging Face `hidden_states` indices of the target whose states `observe` should receive
+    #: (for example `(-1,)`, the final normed state, for Medusa heads). Empty = none.
+    hidden_state_layers: tuple[int, ...]
+
+    def start(self, prompt: Sequence[int], params: SamplingParams) -> None:
+        """A new generation begins with this prompt."""
+        ...
+
+    def propose(self, context: DraftContext) -> Draft:
+        """Return a draft no deeper than `context.max_depth` (an empty draft is allowed)."""
+        ...
+
+    def observe(self, outcome: StepOutcome) -> None:
+        """The target verified the last draft; update per-sequence state."""
+        ...
+
+
+class BaseDrafter:
+    """Defaults for the optional parts of the `Drafter` protocol: subclass and write `propose`."""
+
+    provides_draft_probs: bool = False
+    hidden_state_layers: tuple[int, ...] = ()
+
+    def start(self, prompt: Sequence[int], params: SamplingParams) -> None:
+        pass
+
+    def propose(self, context: DraftContext) -> Draft:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def observe(self, outcome: StepOutcome) -> None:
+        pass
+
+
+@runtime_checkable
+class Verifier(Protocol):
+    """Runs the target model and owns its KV cache for one sequence."""
+
+    vocab_size: int  # columns of the target's logits
+    max_positions: int  # longest sequence the target can attend over
+    device: torch.device  # where logits live; the random source is created there
+    eos_token_ids: tuple[int, ...]  # default stop tokens
+
+    def start(self, prompt_length: int, max_new_tokens: int) -> None:
+        """Reset the cache for a new sequence of at most this many tokens."""
+        ...
+
+    def verify(self, pending: Sequence[int], draft: Draft,
+               hidden_state_layers: Sequence[int] = ()) -> VerifyOutput:
+        """One target forward over the pending committed tokens, then the draft tree.
+
+        `pending` are committed tokens the cache has not seen (the prompt on the first step, the
+        previous step's target token afterwards); the last of them is the draft's root.
+        """
+        ...
+
+    def commit(self, num_pending: int, path: Sequence[int]) -> None:
+        """Keep the pending tokens and the accepted draft nodes in the cache, drop the rest."""
+        ...
+
+
+@runtime_checkable
+class AcceptancePolicy(Protocol):
+    """Decides which draft tokens to keep, given the target's logits."""
+
+    #: True when output is distributed exactly as plain sampling from the target.
+    lossless: bool
+
+    def accept(self, logits: torch.Tensor, draft: Draft, params: SamplingParams,
+               rng: RandomSource) -> Acceptance:
+        """`logits`: `[1 + T, V]` target logits by row (row 0 = root, row i + 1 = node i)."""
+        ...

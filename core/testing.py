@@ -1,0 +1,492 @@
+"""The losslessness harness: checks every drafter and acceptance policy must pass.
+
+A plugin author proves a new component lossless with one call:
+
+    from specdec.testing import assert_lossless
+    assert_lossless(lambda target: MyDrafter(...))               # a new drafter
+    assert_lossless(draft_model_factory(), policy=MyPolicy())    # a new acceptance policy
+
+which runs, on seeded tiny random Llama models:
+
+1. greedy identity: speculative greedy output equals the engine's plain decoding and
+   `model.generate(do_sample=False)` token for token, over several prompts and lengths;
+2. cache exactness: after every step, the target cache (and any draft-model cache the drafter
+   holds) equals a fresh forward over the committed tokens;
+3. sampling distribution: the empirical joint distribution of the first generated tokens
+   matches the exact distribution of plain sampling (chi-square goodness of fit) at several
+   temperatures and under top-k and top-p.
+
+For acceptance policies there is also an exact check (`exact_step_distribution`): every random
+choice of drafting and acceptance goes through a `RandomSource`, so `enumerate_outcomes` can
+replace it with an enumerator and compute the output distribution analytically.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable, Hashable, Sequence
+
+import torch
+
+from specdec.acceptance import RejectionSampling
+from specdec.draft import Draft
+from specdec.engine import SpeculativeDecoder
+from specdec.model_runner import CausalLMRunner
+from specdec.protocols import AcceptancePolicy, BaseDrafter, DraftContext, Drafter, StepOutcome
+from specdec.sampling import RandomSource, SamplingParams, warp_logits
+
+DrafterFactory = Callable[[torch.nn.Module], Drafter]
+
+#: Sampling settings the distribution check covers by default.
+SAMPLING_CASES = (
+    SamplingParams(temperature=1.0),
+    SamplingParams(temperature=0.7),
+    SamplingParams(temperature=1.0, top_k=5),
+    SamplingParams(temperature=0.8, top_p=0.8),
+)
+
+# -- tiny models ------------------------------------------------------------------------------------
+
+
+def tiny_llama(seed: int = 0, *, vocab_size: int = 32, hidden_size: int = 32, num_layers: int = 2,
+               num_heads: int = 4, num_kv_heads: int = 2, max_positions: int = 512,
+               init_std: float = 0.2, eos_token_id: int | None = None) -> torch.nn.Module:
+    """A seeded random Llama-architecture model in float32 with SDPA attention.
+
+    `init_std` is larger than a real model's so that logits are peaked: greedy decoding then
+    rarely meets near-ties, which fp rounding could flip between a tree and a sequential pass.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
+        max_position_embeddings=max_positions, initializer_range=init_std,
+        bos_token_id=None, eos_token_id=eos_token_id, pad_token_id=None,
+        tie_word_embeddings=False, attn_implementation="sdpa")
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        model = LlamaForCausalLM(config)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    model.generation_config.eos_token_id = eos_token_id
+    model.generation_config.pad_token_id = eos_token_id if eos_token_id is not None else 0
+    return model.eval()
+
+
+def perturbed_copy(model: torch.nn.Module, scale: float, seed: int = 1) -> torch.nn.Module:
+    """A copy of `model` with Gaussian noise (`scale` times each tensor's std) on every weight:
+    a draft model that agrees with the target often, but not always."""
+    twin = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in twin.parameters():
+            spread = parameter.std() if parameter.numel() > 1 else parameter.abs().mean()
+            noise = torch.randn(parameter.shape, generator=generator) * float(spread) * scale
+            parameter.add_(noise.to(parameter.dtype))
+    return twin.eval()
+
+
+# -- exact enumeration of random choices ------------------------------------------------------------
+
+
+class _Replay:
+    """A RandomSource that follows a prescribed list of choices and records new decision points."""
+
+    def __init__(self, prefix: list[int]):
+        self.prefix = prefix
+        self.choices: list[int] = []
+        self.options: list[list[tuple[int, float]]] = []
+        self.probability = 1.0
+
+    def _decide(self, options: list[tuple[int, float]]) -> int:
+        index = len(self.choices)
+        choice = self.prefix[index] if index < len(self.prefix) else 0
+        self.choices.append(choice)
+        self.options.append(options)
+        value, weight = options[choice]
+        self.probability *= weight
+        return value
+
+    def bernoulli(self, probs: torch.Tensor) -> list[bool]:
+        flips = []
+        for chance in probs.reshape(-1).tolist():
+            chance = min(max(chance, 0.0), 1.0)
+            options = [(value, weight) for value, weight in ((1, chance), (0, 1.0 - chance)) if weight > 0]
+            flips.append(bool(self._decide(options)))
+        return flips
+
+    def categorical(self, probs: torch.Tensor) -> int:
+        weights = probs.reshape(-1).double()
+        total = float(weights.sum())
+        options = [(index, float(weight) / total) for index, weight in enumerate(weights.tolist()) if weight > 0]
+        return self._decide(options)
+
+
+def enumerate_outcomes(run: Callable[[RandomSource], Hashable]) -> dict[Hashable, float]:
+    """Exact distribution of `run(rng)` over every sequence of random choices it can make.
+
+    `run` must make its random choices only through `rng` (as drafters and policies do) and be
+    deterministic otherwise. Cost grows with the number of distinct choice sequences.
+    """
+    distribution: dict[Hashable, float] = {}
+    pending: list[list[int]] = [[]]
+    while pending:
+        prefix = pending.pop()
+        rng = _Replay(prefix)
+        result = run(rng)
+        distribution[result] = distribution.get(result, 0.0) + rng.probability
+        for index in range(len(prefix), len(rng.choices)):
+            for alternative in range(1, len(rng.options[index])):
+                pending.append(rng.choices[:index] + [alternative])
+    return distribution
+
+
+# -- exact policy checks ----------------------------------------------------------------------------
+
+LogitsFn = Callable[[tuple[int, ...]], torch.Tensor]  # token path after the root -> logits [V]
+
+
+def exact_target_distribution(params: SamplingParams, target_logits: LogitsFn,
+                              num_tokens: int) -> dict[tuple[int, ...], float]:
+    """The distribution of the first `num_tokens` tokens of plain sampling (or greedy decoding)."""
+
+    def run(rng: RandomSource) -> tuple[int, ...]:
+        tokens: tuple[int, ...] = ()
+        while len(tokens) < num_tokens:
+            tokens += (_plain_token(target_logits(tokens), params, rng),)
+        return tokens
+
+    return enumerate_outcomes(run)
+
+
+def exact_step_distribution(policy: AcceptancePolicy, params: SamplingParams, target_logits: LogitsFn,
+                            make_draft: Callable[[RandomSource], Draft],
+                            num_tokens: int) -> dict[tuple[int, ...], float]:
+    """The exact distribution of the first `num_tokens` tokens when one speculative step (draft
+    from `make_draft`, verified by `policy`) is followed by plain sampling if it emitted fewer."""
+
+    def run(rng: RandomSource) -> tuple[int, ...]:
+        draft = make_draft(rng)
+        rows = [target_logits(())] + [target_logits(tuple(draft.tokens[draft.path_to(node)].tolist()))
+                                      for node in range(draft.num_nodes)]
+        acceptance = policy.accept(torch.stack(rows), draft, params, rng)
+        tokens = tuple(draft.tokens[list(acceptance.path)].tolist()) + (acceptance.token,)
+        while len(tokens) < num_tokens:
+            tokens += (_plain_token(target_logits(tokens), params, rng),)
+        return tokens[:num_tokens]
+
+    return enumerate_outcomes(run)
+
+
+def sample_tree(rng: RandomSource, params: SamplingParams, draft_logits: LogitsFn,
+                widths: Sequence[int], mode: str) -> Draft:
+    """A draft tree whose node at depth d has `widths[d]` children, each drawn from the draft
+    distribution q = warp(draft_logits(path)) in one of three ways:
+
+    - "iid": children drawn independently from q (q row = q);
+    - "without_replacement": drawn one after another, each from q with earlier siblings removed
+      (the row reports that renormalized distribution);
+    - "top": the most likely tokens, deterministic (the draft carries no q).
+    """
+    if mode not in ("iid", "without_replacement", "top"):
+        raise ValueError(f"unknown mode {mode!r}")
+    tokens: list[int] = []
+    parents: list[int] = []
+    rows: list[torch.Tensor] = []
+    frontier: list[tuple[int, tuple[int, ...]]] = [(-1, ())]
+    for width in widths:
+        next_frontier = []
+        for parent, path in frontier:
+            logits = draft_logits(path)
+            if mode == "top" or params.greedy:
+                children = logits.topk(min(width, logits.shape[-1])).indices.tolist()
+                distribution = None
+            else:
+                distribution = warp_logits(logits, params)
+                children = []
+            for _ in range(width if distribution is not None else 0):
+                if float(distribution.sum()) <= 0:
+                    break
+                token = rng.categorical(distribution)
+                children.append(token)
+                rows.append(distribution)
+                if mode == "without_replacement":
+                    distribution = distribution.clone()
+                    distribution[token] = 0.0
+                    total = distribution.sum()
+                    distribution = distribution / total if total > 0 else distribution
+            for token in children:
+                tokens.append(token)
+                parents.append(parent)
+                next_frontier.append((len(tokens) - 1, path + (token,)))
+        frontier = next_frontier
+    q = torch.stack(rows) if rows and mode != "top" and not params.greedy else None
+    return Draft(torch.tensor(tokens, dtype=torch.long), tuple(parents), q)
+
+
+def check_policy_exact(policy: AcceptancePolicy, *, vocab_size: int = 5, seeds: Sequence[int] = (0, 1, 2),
+                       params_cases: Sequence[SamplingParams] = SAMPLING_CASES,
+                       shapes: Sequence[tuple[tuple[int, ...], str]] = (
+                           ((1,), "iid"), ((2,), "iid"), ((1, 1), "iid"), ((2, 1), "iid"),
+                           ((3,), "without_replacement"), ((2, 1), "without_replacement"),
+                           ((2,), "top"), ((2, 1), "top")),
+                       tolerance: float = 1e-6) -> None:
+    """Assert that one speculative step of `policy` leaves the distribution of the first two
+    tokens exactly that of plain sampling, for random target and draft logits (zeros and
+    disjoint supports included) and several tree shapes. Raises AssertionError otherwise."""
+    for seed in seeds:
+        generator = torch.Generator().manual_seed(seed)
+        target_table = _random_logits_table(vocab_size, generator)
+        draft_table = _random_logits_table(vocab_size, generator)
+        for params in params_cases:
+            for widths, mode in shapes:
+                expected = exact_target_distribution(params, target_table, 2)
+                actual = exact_step_distribution(
+                    policy, params, target_table,
+                    lambda rng: sample_tree(rng, params, draft_table, widths, mode), 2)
+                gap = max_abs_difference(expected, actual)
+                if gap > tolerance:
+                    raise AssertionError(
+                        f"{type(policy).__name__} is not lossless: seed {seed}, {params}, tree "
+                        f"widths {widths} ({mode}): output distribution differs from plain sampling "
+                        f"by {gap:.3g} (tolerance {tolerance})")
+
+
+def max_abs_difference(left: dict, right: dict) -> float:
+    return max((abs(left.get(key, 0.0) - right.get(key, 0.0)) for key in set(left) | set(right)), default=0.0)
+
+
+def _random_logits_table(vocab_size: int, generator: torch.Generator) -> LogitsFn:
+    """Logits as a function of the path: random scales, with some tokens impossible (-inf)."""
+    cache: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def logits(path: tuple[int, ...]) -> torch.Tensor:
+        if path not in cache:
+            values = torch.randn(vocab_size, generator=generator) * 3.0
+            blocked = torch.rand(vocab_size, generator=generator) < 0.3
+            blocked[int(values.argmax())] = False
+            cache[path] = values.masked_fill(blocked, float("-inf"))
+        return cache[path]
+
+    return logits
+
+
+def _plain_token(logits: torch.Tensor, params: SamplingParams, rng: RandomSource) -> int:
+    if params.greedy:
+        return int(logits.argmax())
+    return rng.categorical(warp_logits(logits, params))
+
+
+# -- engine-level checks ----------------------------------------------------------------------------
+
+
+@dataclass
+class ChiSquareResult:
+    statistic: float
+    degrees_of_freedom: int
+    p_value: float
+    num_samples: int
+
+
+def chi_square(observed: Counter, expected: dict, num_samples: int, min_expected: float = 5.0) -> ChiSquareResult:
+    """Pearson goodness of fit; cells expected fewer than `min_expected` times are pooled."""
+    statistic, cells = 0.0, 0
+    pooled_expected, pooled_observed = 0.0, 0
+    for key in set(expected) | set(observed):
+        count = num_samples * expected.get(key, 0.0)
+        if count < min_expected:
+            pooled_expected += count
+            pooled_observed += observed.get(key, 0)
+            continue
+        statistic += (observed.get(key, 0) - count) ** 2 / count
+        cells += 1
+    if pooled_expected > 0:
+        statistic += (pooled_observed - pooled_expected) ** 2 / pooled_expected
+        cells += 1
+    elif pooled_observed > 0:  # outcomes that plain sampling never produces
+        statistic, cells = math.inf, cells + 1
+    dof = max(cells - 1, 1)
+    p_value = 0.0 if math.isinf(statistic) else float(
+        torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64),
+                                torch.tensor(statistic / 2, dtype=torch.float64)))
+    return ChiSquareResult(statistic, dof, p_value, num_samples)
+
+
+def exact_model_distribution(model: torch.nn.Module, prompt: Sequence[int], params: SamplingParams,
+                             num_tokens: int) -> dict[tuple[int, ...], float]:
+    """The exact distribution of the first `num_tokens` tokens of plain sampling from `model`."""
+    cache: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def logits(path: tuple[int, ...]) -> torch.Tensor:
+        if path not in cache:
+            with torch.inference_mode():
+                ids = torch.tensor([list(prompt) + list(path)])
+                cache[path] = model(ids).logits[0, -1].float()
+        return cache[path]
+
+    return exact_target_distribution(params, logits, num_tokens)
+
+
+def check_sampling_distribution(make_drafter: DrafterFactory, target: torch.nn.Module,
+                                params: SamplingParams, *, policy: AcceptancePolicy | None = None,
+                                prompt: Sequence[int] = (1, 2, 3), num_tokens: int = 2,
+                                max_new_tokens: int = 4, num_samples: int = 1500,
+                                alpha: float = 1e-3, seed: int = 0) -> ChiSquareResult:
+    """Sample `num_samples` speculative generations and test the joint distribution of their
+    first `num_tokens` tokens against plain sampling's exact distribution.
+
+    With `alpha = 1e-3`, a correct implementation fails this test one time in a thousand
+    seeds (the seed is fixed, so the outcome is reproducible). Generations run to
+    `max_new_tokens` so that drafts deeper than `num_tokens` are verified too.
+    """
+    from specdec.verifiers.hf import HFVerifier
+
+    decoder = SpeculativeDecoder(HFVerifier(target, eos_token_ids=()), make_drafter(target),
+                                 policy or RejectionSampling())
+    observed: Counter = Counter()
+    for index in range(num_samples):
+        sample = params.replace(seed=seed * 1_000_003 + index, max_new_tokens=max_new_tokens)
+        observed[tuple(decoder.generate(prompt, sample).tokens[:num_tokens])] += 1
+    expected = exact_model_distribution(target, prompt, params, num_tokens)
+    result = chi_square(observed, expected, num_samples)
+    if result.p_value < alpha:
+        raise AssertionError(
+            f"speculative sampling with {type(decoder.drafter).__name__} and "
+            f"{type(decoder.policy).__name__} does not match plain sampling at {params}: "
+            f"chi-square {result.statistic:.1f} on {result.degrees_of_freedom} dof, "
+            f"p = {result.p_value:.2e} < {alpha} over {num_samples} samples")
+    return result
+
+
+class _CacheChecker(BaseDrafter):
+    """Wraps a drafter; after each step checks target and draft caches against fresh forwards."""
+
+    def __init__(self, inner: Drafter, verifier, target: torch.nn.Module, tolerance: float):
+        self.inner, self.verifier, self.target, self.tolerance = inner, verifier, target, tolerance
+        self.provides_draft_probs = inner.provides_draft_probs
+        self.hidden_state_layers = inner.hidden_state_layers
+        self.checked_steps = 0
+
+    def start(self, prompt, params):
+        self.inner.start(prompt, params)
+
+    def propose(self, context: DraftContext) -> Draft:
+        return self.inner.propose(context)
+
+    def observe(self, outcome: StepOutcome) -> None:
+        self.inner.observe(outcome)
+        tokens = list(outcome.tokens)
+        # the target cache holds every committed token but the newest (the next root)
+        assert_cache_matches(self.verifier.runner, self.target, tokens[:-1], self.tolerance, "target")
+        for name, value in vars(self.inner).items():
+            if isinstance(value, CausalLMRunner):
+                assert_cache_matches(value, value.model, tokens[: value.length], self.tolerance,
+                                     f"drafter {name}")
+        self.checked_steps += 1
+
+
+def assert_cache_matches(runner: CausalLMRunner, model: torch.nn.Module, tokens: Sequence[int],
+                         tolerance: float, label: str) -> None:
+    """The runner's committed cache equals a fresh forward of `model` over `tokens`."""
+    if runner.length != len(tokens):
+        raise AssertionError(f"{label} cache holds {runner.length} entries, expected {len(tokens)}")
+    if not tokens:
+        return
+    from transformers import DynamicCache
+
+    with torch.inference_mode():
+        fresh = DynamicCache(config=model.config)
+        model(torch.tensor([list(tokens)]), cache=fresh, use_cache=True)
+    for layer in range(runner.num_layers):
+        keys, values = runner.cache.keys_values(layer)
+        gap = max(float((keys - fresh.layers[layer].keys).abs().max()),
+                  float((values - fresh.layers[layer].values).abs().max()))
+        if gap > tolerance:
+            raise AssertionError(f"{label} cache layer {layer} differs from a fresh forward by {gap:.3g}")
+
+
+def check_greedy_identity(make_drafter: DrafterFactory, target: torch.nn.Module,
+                          prompts: Sequence[Sequence[int]], *, policy: AcceptancePolicy | None = None,
+                          max_new_tokens: int = 24, check_caches: bool = True,
+                          tolerance: float = 1e-4) -> list[list[int]]:
+    """Greedy speculative output must equal plain decoding and `model.generate` token for token.
+
+    Also checks, after every step, that the caches equal a fresh forward (when `check_caches`).
+    Returns the outputs.
+    """
+    from specdec.drafters.none import NoDrafter
+    from specdec.verifiers.hf import HFVerifier
+
+    eos = HFVerifier(target).eos_token_ids
+    params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
+    plain = SpeculativeDecoder(HFVerifier(target, eos), NoDrafter(), RejectionSampling())
+    verifier = HFVerifier(target, eos)
+    drafter = make_drafter(target)
+    if check_caches:
+        drafter = _CacheChecker(drafter, verifier, target, tolerance)
+    speculative = SpeculativeDecoder(verifier, drafter, policy or RejectionSampling())
+    outputs = []
+    for prompt in prompts:
+        reference = plain.generate(prompt, params).tokens
+        with torch.inference_mode():
+            ids = torch.tensor([list(prompt)])
+            generated = target.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                        max_new_tokens=max_new_tokens, eos_token_id=list(eos) or None,
+                                        pad_token_id=eos[0] if eos else 0)[0, len(prompt):].tolist()
+        if reference != generated:
+            raise AssertionError(f"plain decoding differs from model.generate for prompt {list(prompt)}:"
+                                 f"\n  specdec {reference}\n  HF      {generated}")
+        result = speculative.generate(prompt, params).tokens
+        if result != reference:
+            first = next((i for i, (a, b) in enumerate(zip(result, reference)) if a != b),
+                         min(len(result), len(reference)))
+            raise AssertionError(
+                f"speculative greedy output differs from plain decoding at token {first} for prompt "
+                f"{list(prompt)}:\n  speculative {result}\n  plain       {reference}")
+        outputs.append(result)
+    return outputs
+
+
+def assert_lossless(make_drafter: DrafterFactory, *, policy: AcceptancePolicy | None = None,
+                    vocab_size: int = 12, seed: int = 0, num_samples: int = 1500,
+                    sampling_cases: Sequence[SamplingParams] = SAMPLING_CASES) -> None:
+    """The whole suite for a drafter (and optionally a policy) on a seeded tiny target model:
+    greedy identity with cache checks on several prompts and lengths, then the sampling
+    distribution at each of `sampling_cases`."""
+    target = tiny_llama(seed, vocab_size=vocab_size, eos_token_id=vocab_size - 1)
+    prompts = [[1, 2, 3], [5], [4, 4, 4, 4, 7, 2], list(range(vocab_size - 1)) * 2]
+    for max_new_tokens in (1, 2, 7, 20):
+        check_greedy_identity(make_drafter, target, prompts, policy=policy, max_new_tokens=max_new_tokens)
+    sampling_target = tiny_llama(seed, vocab_size=vocab_size, init_std=0.1)
+    for params in sampling_cases:
+        check_sampling_distribution(make_drafter, sampling_target, params, policy=policy,
+                                    num_samples=num_samples)
+
+
+# -- reference drafters used by the tests -----------------------------------------------------------
+
+
+class ModelTreeDrafter(BaseDrafter):
+    """A tree drafter for tests: a small model proposes `widths[d]` children per node at depth d
+    (see `sample_tree` for the modes). It recomputes the draft model from scratch for every node,
+    which is fine for tiny models and keeps it obviously correct."""
+
+    provides_draft_probs = True
+
+    def __init__(self, model: torch.nn.Module, widths: Sequence[int] = (2, 2, 1), mode: str = "iid"):
+        self.model, self.widths, self.mode = model, tuple(widths), mode
+
+    @torch.inference_mode()
+    def propose(self, context: DraftContext) -> Draft:
+        prefix = list(context.tokens)
+
+        def draft_logits(path: tuple[int, ...]) -> torch.Tensor:
+            return self.model(torch.tensor([prefix + list(path)])).logits[0, -1].float()
+
+        return sample_tree(context.rng, context.params, draft_logits,
+                           self.widths[: context.max_depth], self.mode)

@@ -1,0 +1,71 @@
+"""The Draft contract: tree validation, derived structure, constructors."""
+
+import pytest
+import torch
+
+from specdec import AuxTokens, Draft, DraftError
+
+
+def test_chain_structure():
+    draft = Draft.chain([5, 6, 7])
+    assert draft.parents == (-1, 0, 1)
+    assert draft.depths == (1, 2, 3) and draft.max_depth == 3 and draft.is_chain
+    assert draft.children == ((0,), (1,), (2,), ())
+    assert torch.equal(draft.ancestor_mask(), torch.ones(3, 3, dtype=torch.bool).tril())
+
+
+def test_tree_structure_and_mask():
+    # root -> a(0), b(1); a -> c(2), d(3); d -> e(4)
+    draft = Draft(torch.tensor([10, 11, 12, 13, 14]), (-1, -1, 0, 0, 3))
+    assert draft.depths == (1, 1, 2, 2, 3)
+    assert draft.children[0] == (0, 1) and draft.children[1] == (2, 3) and draft.children[4] == (4,)
+    assert not draft.is_chain
+    assert draft.path_to(4) == [0, 3, 4]
+    mask = draft.ancestor_mask()
+    assert mask[4].tolist() == [True, False, False, True, True]
+    assert mask[1].tolist() == [False, True, False, False, False]
+
+
+@pytest.mark.parametrize("parents, message", [
+    ((0, -1), "parent 0"),  # a node cannot be its own parent
+    ((-1, 2, 1), "parent 2"),  # forward reference: would allow a cycle 1 -> 2 -> 1
+    ((-1, -2), "parent -2"),
+    ((-1,), "3 tokens but 1 parent"),
+])
+def test_malformed_trees_are_refused(parents, message):
+    tokens = torch.arange(len(parents) if message != "3 tokens but 1 parent" else 3)
+    with pytest.raises(DraftError, match=message):
+        Draft(tokens, parents)
+
+
+def test_bad_q_and_tokens_are_refused():
+    with pytest.raises(DraftError, match="shape"):
+        Draft.chain([1, 2], q=torch.rand(3, 8))
+    with pytest.raises(DraftError, match="1-D integer"):
+        Draft(torch.tensor([1.0, 2.0]), (-1, 0))
+
+
+def test_from_sequences_builds_a_trie_breadth_first():
+    draft = Draft.from_sequences([[1, 2, 3], [1, 2, 4], [5], [1, 6]])
+    assert draft.tokens.tolist() == [1, 5, 2, 6, 3, 4]
+    assert draft.parents == (-1, -1, 0, 0, 2, 2)
+    assert Draft.from_sequences([]).num_nodes == 0
+
+
+def test_truncated_drops_deep_nodes_and_keeps_q_rows():
+    q = torch.eye(6)[:5]
+    draft = Draft(torch.tensor([0, 1, 2, 3, 4]), (-1, 0, 1, -1, 3), q)
+    cut = draft.truncated(2)
+    assert cut.tokens.tolist() == [0, 1, 3, 4] and cut.parents == (-1, 0, -1, 2)
+    assert torch.equal(cut.q, q[[0, 1, 3, 4]])
+    assert draft.truncated(3) is draft
+
+
+def test_aux_tokens_are_validated():
+    aux = AuxTokens(torch.tensor([3, 4]), torch.tensor([1, 2]), torch.ones(2, 4, dtype=torch.bool))
+    assert Draft.chain([1, 2], ).num_aux == 0
+    assert Draft(torch.tensor([1, 2]), (-1, 0), aux=aux).num_aux == 2
+    with pytest.raises(DraftError, match="T \\+ A"):
+        Draft(torch.tensor([1]), (-1,), aux=aux)
+    with pytest.raises(DraftError, match=">= 1"):
+        AuxTokens(torch.tensor([3]), torch.tensor([0]), torch.ones(1, 1, dtype=torch.bool))

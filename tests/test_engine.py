@@ -1,0 +1,155 @@
+"""The step engine: bad input, statistics, streaming, stops, and drafts it must refuse."""
+
+import functools
+
+import pytest
+import torch
+
+from specdec import (
+    BaseDrafter,
+    Draft,
+    DraftError,
+    InputError,
+    ModelMismatchError,
+    RejectionSampling,
+    SamplingParams,
+    SpeculativeDecoder,
+)
+from specdec.drafters.draft_model import DraftModelDrafter
+from specdec.drafters.none import NoDrafter
+from specdec.testing import perturbed_copy, tiny_llama
+from specdec.verifiers.hf import HFVerifier
+
+VOCAB = 20
+
+
+@functools.lru_cache(maxsize=None)
+def model():
+    return tiny_llama(7, vocab_size=VOCAB, max_positions=64)
+
+
+def decoder(drafter=None, eos=()):
+    return SpeculativeDecoder(HFVerifier(model(), eos), drafter or NoDrafter(), RejectionSampling(),
+                              decode=lambda ids: "".join(chr(ord("a") + i) for i in ids))
+
+
+class FixedDrafter(BaseDrafter):
+    def __init__(self, draft):
+        self.draft = draft
+
+    def propose(self, context):
+        return self.draft
+
+
+def test_empty_prompt_is_refused():
+    with pytest.raises(InputError, match="prompt is empty"):
+        decoder().generate([])
+
+
+def test_prompt_longer_than_the_context_is_refused():
+    with pytest.raises(InputError, match="at most 64"):
+        decoder().generate([1] * 64)
+
+
+def test_prompt_ids_outside_the_vocabulary_are_refused():
+    with pytest.raises(InputError, match="outside the model vocabulary"):
+        decoder().generate([1, VOCAB])
+
+
+def test_non_positive_max_new_tokens_is_refused():
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        decoder().generate([1, 2], max_new_tokens=0)
+
+
+def test_generation_stops_at_the_end_of_the_context():
+    result = decoder().generate([1] * 60, max_new_tokens=50)
+    assert len(result.tokens) == 4 and result.finish_reason == "length"
+
+
+def test_draft_tokens_outside_the_vocabulary_are_refused():
+    with pytest.raises(DraftError, match=f"token id {VOCAB} at node 1"):
+        decoder(FixedDrafter(Draft.chain([1, VOCAB]))).generate([1, 2])
+
+
+def test_draft_q_over_another_vocabulary_is_refused():
+    drafter = FixedDrafter(Draft.chain([1], q=torch.ones(1, VOCAB + 3) / (VOCAB + 3)))
+    with pytest.raises(DraftError, match="share one vocabulary"):
+        decoder(drafter).generate([1, 2], temperature=1.0)
+
+
+def test_q_that_gives_the_drafted_token_zero_probability_is_refused():
+    q = torch.zeros(1, VOCAB)
+    q[0, 3] = 1.0
+    with pytest.raises(DraftError, match="exact distribution"):
+        decoder(FixedDrafter(Draft.chain([1], q=q))).generate([1, 2], temperature=1.0, seed=0)
+
+
+def test_a_drafter_returning_something_else_is_refused():
+    with pytest.raises(DraftError, match="expected a specdec.Draft"):
+        decoder(FixedDrafter([1, 2])).generate([1, 2])
+
+
+def test_draft_model_with_another_vocabulary_is_refused():
+    other = tiny_llama(0, vocab_size=VOCAB + 4)
+    with pytest.raises(ModelMismatchError, match="vocabulary"):
+        DraftModelDrafter(other, 3, target_vocab_size=VOCAB)
+
+
+def test_drafts_deeper_than_the_budget_are_trimmed():
+    reference = decoder().generate([3, 4], max_new_tokens=3).tokens
+    deep = FixedDrafter(Draft.chain(reference + [5, 6, 7]))
+    result = decoder(deep).generate([3, 4], max_new_tokens=3)
+    assert result.tokens == reference
+    assert result.stats.drafted_at_depth == [1, 1]  # budget: max_new_tokens - 1
+
+
+def test_stats_count_steps_and_accepted_tokens():
+    perfect = DraftModelDrafter(model(), num_tokens=4)
+    result = decoder(perfect).generate([1, 2, 3], max_new_tokens=11)
+    stats = result.stats
+    # a perfect drafter: two steps of 5 tokens (4 accepted + bonus), then one undrafted token
+    assert stats.steps == 3 and stats.new_tokens == 11
+    assert stats.accepted_length_histogram == [1, 0, 0, 0, 2]
+    assert stats.drafted_at_depth == [2, 2, 2, 2] and stats.accepted_at_depth == [2, 2, 2, 2]
+    assert stats.mean_accepted_tokens == pytest.approx(11 / 3)
+    assert stats.acceptance_by_position[0] == 1.0
+    assert stats.draft_seconds > 0 and stats.verify_seconds > 0 and stats.wall_seconds > 0
+    plain = decoder().generate([1, 2, 3], max_new_tokens=11).stats
+    assert plain.mean_accepted_tokens == 1.0 and plain.draft_tokens == 0 and plain.steps == 11
+
+
+def test_stream_yields_the_same_tokens_as_generate():
+    drafter = DraftModelDrafter(perturbed_copy(model(), 0.3), 3)
+    expected = decoder(drafter).generate([4, 5], max_new_tokens=15, temperature=0.8, seed=3)
+    stream = decoder(drafter).stream([4, 5], SamplingParams(max_new_tokens=15, temperature=0.8, seed=3))
+    assert list(stream) == expected.tokens
+    assert stream.result.tokens == expected.tokens and stream.result.stats.steps == expected.stats.steps
+
+
+def test_same_seed_same_output_under_sampling():
+    drafter = DraftModelDrafter(perturbed_copy(model(), 0.3), 3)
+    first = decoder(drafter).generate([4, 5], max_new_tokens=20, temperature=1.0, seed=11).tokens
+    second = decoder(drafter).generate([4, 5], max_new_tokens=20, temperature=1.0, seed=11).tokens
+    assert first == second
+
+
+def test_stop_token_ids_override_the_model_eos():
+    tokens = decoder().generate([1, 2], max_new_tokens=10).tokens
+    stop = tokens[3]
+    result = decoder(DraftModelDrafter(model(), 4)).generate([1, 2], max_new_tokens=10, stop_token_ids=(stop,))
+    assert result.tokens == tokens[: tokens.index(stop) + 1] and result.finish_reason == "stop"
+
+
+def test_stop_strings_end_generation_at_the_completing_token():
+    tokens = decoder().generate([1, 2], max_new_tokens=12).tokens
+    text = "".join(chr(ord("a") + i) for i in tokens)
+    stop = text[4:6]
+    result = decoder(DraftModelDrafter(model(), 4)).generate([1, 2], max_new_tokens=12, stop_strings=(stop,))
+    end = text.index(stop) + len(stop)
+    assert result.tokens == tokens[:end] and result.finish_reason == "stop"
+
+
+def test_stop_strings_need_a_tokenizer():
+    plain = SpeculativeDecoder(HFVerifier(model()), NoDrafter(), RejectionSampling())
+    with pytest.raises(InputError, match="tokenizer"):
+        plain.generate([1], stop_strings=("x",))

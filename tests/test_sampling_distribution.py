@@ -1,0 +1,103 @@
+"""Speculative sampling reproduces plain sampling (tests 4 and 5 of the core issue).
+
+Each case draws NUM_SAMPLES seeded generations of MAX_NEW_TOKENS tokens from a tiny random model
+and compares the joint distribution of their first two tokens with the exact distribution of
+plain sampling (computed by enumerating the model's conditionals) with a chi-square goodness of
+fit test, cells expected fewer than 5 times pooled. The significance level ALPHA = 1e-3 is the
+false-alarm rate of one test for a correct implementation; the seeds are fixed, so a run is
+reproducible. Generations run past the two recorded tokens so that drafts of depth 3 are
+verified too (depth 2). The power tests check that broken policies are rejected by the same test.
+"""
+
+import functools
+
+import pytest
+import torch
+
+from specdec import Acceptance, BaseDrafter, Draft, RejectionSampling, SamplingParams
+from specdec.drafters.draft_model import DraftModelDrafter
+from specdec.sampling import warp_logits
+from specdec.testing import ModelTreeDrafter, check_sampling_distribution, perturbed_copy, tiny_llama
+
+NUM_SAMPLES = 1000
+ALPHA = 1e-3
+MAX_NEW_TOKENS = 3
+
+
+@functools.lru_cache(maxsize=None)
+def target_model():
+    return tiny_llama(5, vocab_size=8, init_std=0.1)
+
+
+@functools.lru_cache(maxsize=None)
+def draft_model():
+    # different enough from the target that roughly half the draft tokens are rejected
+    return perturbed_copy(target_model(), 0.6, seed=2)
+
+
+def chain_drafter(target):
+    return DraftModelDrafter(draft_model(), num_tokens=3)
+
+
+def tree_drafter(mode):
+    return lambda target: ModelTreeDrafter(draft_model(), (3, 1), mode)
+
+
+CASES = {
+    "chain T=1": (chain_drafter, SamplingParams(temperature=1.0)),
+    "chain T=0.7": (chain_drafter, SamplingParams(temperature=0.7)),
+    "chain top-k": (chain_drafter, SamplingParams(temperature=1.0, top_k=4)),
+    "chain top-p": (chain_drafter, SamplingParams(temperature=0.9, top_p=0.7)),
+    "chain greedy drafts T=1": (lambda target: DraftModelDrafter(draft_model(), 3, greedy_draft=True),
+                                SamplingParams(temperature=1.0)),
+    "tree iid T=1": (tree_drafter("iid"), SamplingParams(temperature=1.0)),
+    "tree without replacement top-p": (tree_drafter("without_replacement"),
+                                       SamplingParams(temperature=0.7, top_p=0.9)),
+    "tree deterministic top-k": (tree_drafter("top"), SamplingParams(temperature=1.0, top_k=5)),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_speculative_sampling_matches_plain_sampling(case):
+    make_drafter, params = CASES[case]
+    result = check_sampling_distribution(make_drafter, target_model(), params, num_samples=NUM_SAMPLES,
+                                         max_new_tokens=MAX_NEW_TOKENS, alpha=ALPHA)
+    assert result.degrees_of_freedom >= 10  # the test compares many cells, not a pooled few
+
+
+class AlwaysAccept:
+    lossless = False
+
+    def accept(self, logits, draft, params, rng):
+        path, row = [], 0
+        while draft.children[row]:
+            path.append(draft.children[row][0])
+            row = path[-1] + 1
+        return Acceptance(tuple(path), rng.categorical(warp_logits(logits[row], params)))
+
+
+class GreedyDraftReportingQ(BaseDrafter):
+    """Drafts argmax tokens but reports the warped softmax as q, the distribution they were not
+    drawn from: the bug of HF transformers #32867 and #47932."""
+
+    provides_draft_probs = True
+
+    def propose(self, context):
+        tokens, rows = [], []
+        for _ in range(min(2, context.max_depth)):
+            with torch.inference_mode():
+                logits = draft_model()(torch.tensor([list(context.tokens) + tokens])).logits[0, -1]
+            rows.append(warp_logits(logits, context.params))
+            tokens.append(int(logits.argmax()))
+        return Draft.chain(tokens, torch.stack(rows))
+
+
+@pytest.mark.parametrize("make_drafter, policy", [
+    (chain_drafter, AlwaysAccept()),
+    (lambda target: GreedyDraftReportingQ(), RejectionSampling()),
+], ids=["policy-always-accepts", "drafter-reports-wrong-q"])
+def test_broken_components_fail_the_distribution_test(make_drafter, policy):
+    with pytest.raises(AssertionError, match="does not match plain sampling"):
+        check_sampling_distribution(make_drafter, target_model(), SamplingParams(temperature=1.0),
+                                    policy=policy, num_samples=NUM_SAMPLES,
+                                    max_new_tokens=MAX_NEW_TOKENS, alpha=ALPHA)
