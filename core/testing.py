@@ -78,6 +78,40 @@ def tiny_llama(seed: int = 0, *, vocab_size: int = 32, hidden_size: int = 32, nu
     return model.eval()
 
 
+_TINY_ALPHABET = "abcdefghijklmnopqrstuvwxyz .,?!\n"
+_TINY_SPECIALS = ("<unk>", "<|im_start|>", "<|im_end|>")
+TINY_TOKENIZER_VOCAB = len(_TINY_SPECIALS) + len(_TINY_ALPHABET)
+
+
+def tiny_tokenizer():
+    """A character-level fast tokenizer (`TINY_TOKENIZER_VOCAB` ids) with a ChatML chat template,
+    to test text prompts, chat input and pipelines with tiny models and no downloads."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: index for index, token in enumerate(list(_TINY_SPECIALS) + list(_TINY_ALPHABET))}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    backend.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<|im_end|>")
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    return tokenizer
+
+
+def save_tiny_model(directory, seed: int = 0, **kwargs) -> str:
+    """Save a `tiny_llama` (vocabulary matching `tiny_tokenizer`, EOS = <|im_end|>) and the
+    tokenizer to `directory`, so that pipelines can load it by path like any local model."""
+    tokenizer = tiny_tokenizer()
+    kwargs.setdefault("vocab_size", TINY_TOKENIZER_VOCAB)
+    model = tiny_llama(seed, eos_token_id=tokenizer.eos_token_id, **kwargs)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
 def perturbed_copy(model: torch.nn.Module, scale: float, seed: int = 1) -> torch.nn.Module:
     """A copy of `model` with Gaussian noise (`scale` times each tensor's std) on every weight:
     a draft model that agrees with the target often, but not always."""

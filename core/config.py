@@ -1,0 +1,285 @@
+"""Pipeline files: YAML (safe_load only) validated by pydantic in two phases.
+
+Phase 1 checks the envelope: `target`, `drafter`, `verifier`, `acceptance`, `sampling`, each
+component block being `{type: <registered name>, params: {...}}`. Phase 2 looks each `type` up
+in the registry and validates its `params` with the component's own pydantic model. All
+problems are reported together, each with its place in the file:
+
+    pipeline.yaml:7: drafter.params.num_tokens: must be >= 1
+
+A pipeline names registered components only, never import paths, so a shared YAML file cannot
+run arbitrary code. Nothing here imports torch or loads a model.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from specdec.errors import ConfigError
+from specdec.params import SamplingParams
+from specdec.registry import Registry
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+class ComponentSpec(BaseModel):
+    """`{type: name, params: {...}}`: a registered component and its parameters."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class TargetSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str | None = Field(None, description="HF id or local path; omitted = the embedded default model")
+    device: str = "cpu"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not _DEVICE.match(value):
+            raise ValueError("must be cpu, cuda, cuda:N, mps or auto")
+        return value
+
+
+class PipelineSpec(BaseModel):
+    """The envelope of a pipeline file; component params are checked in phase 2."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None = None
+    target: TargetSpec = TargetSpec()
+    drafter: ComponentSpec = ComponentSpec(type="none")
+    verifier: ComponentSpec = ComponentSpec(type="hf")
+    acceptance: ComponentSpec = ComponentSpec(type="rejection")
+    sampling: SamplingParams = SamplingParams()
+
+
+@dataclass(frozen=True)
+class ValidatedPipeline:
+    """A pipeline whose every component exists and whose every params block validated."""
+
+    spec: PipelineSpec
+    drafter_params: BaseModel
+    verifier_params: BaseModel
+    acceptance_params: BaseModel
+    source: str
+
+    @property
+    def label(self) -> str:
+        return self.spec.name or Path(self.source).stem
+
+
+def load_yaml(path: str | Path) -> tuple[Any, str]:
+    """Read a pipeline file with `yaml.safe_load`; returns the data and the text."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(f"cannot read pipeline file {path}: {error.strerror or error}") from None
+    try:
+        return yaml.safe_load(text), text
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
+
+
+def validate_pipeline(data: Any, registry: Registry, source: str = "<dict>",
+                      text: str | None = None) -> ValidatedPipeline:
+    """Validate pipeline data against the envelope and every component's params model.
+
+    :param source: how to name the file in messages.
+    :param text: the YAML text, to add line numbers to messages.
+    """
+    locate = _line_finder(text)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a pipeline file must be a mapping with keys target, "
+                          f"drafter, verifier, acceptance, sampling; got {type(data).__name__}")
+    # Phase 1: each section on its own, so that every problem in the file is reported at once.
+    problems: list[str] = []
+    sections: dict[str, Any] = {}
+    known = list(PipelineSpec.model_fields)
+    for key, value in data.items():
+        if key not in PipelineSpec.model_fields:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            problems.append(_where(source, locate, (key,)) + f"{key}: unknown section{hint}; "
+                            f"valid sections: {', '.join(known)}")
+            continue
+        try:
+            sections[key] = getattr(PipelineSpec.model_validate({key: value}), key)
+        except ValidationError as error:
+            problems.append(_format(error, (), source, locate, PipelineSpec))
+    spec = PipelineSpec(**sections)
+
+    # Phase 2: every component block against its registered params model.
+    validated: dict[str, BaseModel] = {}
+    for kind, block in (("drafter", spec.drafter), ("verifier", spec.verifier),
+                        ("acceptance", spec.acceptance)):
+        if kind in data and kind not in sections:
+            continue  # its envelope is already reported
+        try:
+            component = registry.get(kind, block.type)
+        except KeyError as error:
+            problems.append(_where(source, locate, (kind, "type")) + f"{kind}.type: {error.args[0]}")
+            continue
+        try:
+            params = component.params_model.model_validate(block.params)
+        except ValidationError as error:
+            problems.append(_format(error, (kind, "params"), source, locate, component.params_model))
+            continue
+        problems.extend(_nested_problems(params, (kind, "params"), registry, source, locate))
+        validated[kind] = params
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return ValidatedPipeline(spec, validated["drafter"], validated["verifier"],
+                             validated["acceptance"], source)
+
+
+def validate_component(kind: str, block: Any, registry: Registry, location: str) -> tuple[Any, BaseModel]:
+    """Validate one `{type, params}` block (nested drafters of composite drafters use this)."""
+    try:
+        spec = ComponentSpec.model_validate(block)
+    except ValidationError as error:
+        raise ConfigError(_format(error, tuple(location.split(".")), "<pipeline>", None, ComponentSpec)) from None
+    try:
+        component = registry.get(kind, spec.type)
+    except KeyError as error:
+        raise ConfigError(f"{location}.type: {error.args[0]}") from None
+    try:
+        params = component.params_model.model_validate(spec.params)
+    except ValidationError as error:
+        raise ConfigError(_format(error, (*location.split("."), "params"), "<pipeline>", None,
+                                  component.params_model)) from None
+    return component, params
+
+
+def _nested_problems(params: BaseModel, prefix: tuple, registry: Registry, source: str, locate) -> list[str]:
+    """Composite components expose nested drafter blocks via `nested_drafters()`; check them too."""
+    nested = getattr(params, "nested_drafters", None)
+    if nested is None:
+        return []
+    problems = []
+    for relative, block in nested():
+        location = prefix + tuple(relative)
+        try:
+            component = registry.get("drafter", block.type)
+        except KeyError as error:
+            problems.append(_where(source, locate, location + ("type",))
+                            + f"{_dotted(location)}.type: {error.args[0]}")
+            continue
+        try:
+            inner = component.params_model.model_validate(block.params)
+        except ValidationError as error:
+            problems.append(_format(error, location + ("params",), source, locate, component.params_model))
+            continue
+        problems.extend(_nested_problems(inner, location + ("params",), registry, source, locate))
+    return problems
+
+
+# -- messages -----------------------------------------------------------------------------------
+
+
+def _format(error: ValidationError, prefix: tuple, source: str, locate, model: type[BaseModel]) -> str:
+    lines = []
+    for item in error.errors(include_url=False):
+        location = prefix + tuple(item["loc"])
+        lines.append(_where(source, locate, location) + f"{_dotted(location)}: {_message(item, model, location, prefix)}")
+    return "\n".join(lines)
+
+
+def _message(item: dict, model: type[BaseModel], location: tuple, prefix: tuple) -> str:
+    kind, context = item["type"], item.get("ctx") or {}
+    if kind == "greater_than_equal":
+        return f"must be >= {context['ge']}"
+    if kind == "greater_than":
+        return f"must be > {context['gt']}"
+    if kind == "less_than_equal":
+        return f"must be <= {context['le']}"
+    if kind == "less_than":
+        return f"must be < {context['lt']}"
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "extra_forbidden":
+        fields = _fields_at(model, tuple(location[len(prefix):-1]))
+        message = "unknown field"
+        if fields:
+            close = difflib.get_close_matches(str(location[-1]), fields, n=1)
+            if close:
+                message += f" (did you mean '{close[0]}'?)"
+            message += f"; valid fields: {', '.join(fields)}"
+        return message
+    if kind == "literal_error":
+        return f"must be one of {context.get('expected')}"
+    message = item["msg"]
+    return message[len("Value error, "):] if message.startswith("Value error, ") else message
+
+
+def _fields_at(model: type[BaseModel], path: tuple) -> list[str]:
+    """Field names of the (nested) pydantic model at `path` inside `model`."""
+    current: Any = model
+    for part in path:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
+            return []
+        current = current.model_fields[part].annotation
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _dotted(location: tuple) -> str:
+    text = ""
+    for part in location:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _where(source: str, locate, location: tuple) -> str:
+    line = locate(location) if locate else None
+    return f"{source}:{line}: " if line else f"{source}: "
+
+
+def _line_finder(text: str | None):
+    """Map a location tuple to the line of the deepest YAML node that exists along it."""
+    if not text:
+        return None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+
+    def locate(location: tuple) -> int | None:
+        node, line = root, None
+        if node is not None:
+            line = node.start_mark.line + 1
+        for part in location:
+            child = None
+            if isinstance(node, yaml.MappingNode):
+                for key, value in node.value:
+                    if key.value == str(part):
+                        child, line = value, key.start_mark.line + 1
+                        break
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+                child = node.value[part]
+                line = child.start_mark.line + 1
+            if child is None:
+                break
+            node = child
+        return line
+
+    return locate

@@ -1,0 +1,191 @@
+"""`Pipeline`: a validated pipeline file turned into a ready speculative decoder.
+
+    pipeline = Pipeline.from_yaml("pipeline.yaml")
+    result = pipeline.generate([{"role": "user", "content": "Hi!"}], temperature=0.7)
+    print(result.text, result.stats.summary())
+
+    for piece in pipeline.stream("Once upon a time"):
+        print(piece, end="", flush=True)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from specdec.config import ValidatedPipeline, load_yaml, validate_component, validate_pipeline
+from specdec.errors import InputError
+from specdec.params import SamplingParams
+from specdec.plugins import PluginSet, default_plugins
+from specdec.registry import BuildContext
+
+logger = logging.getLogger(__name__)
+
+Prompt = str | Sequence[dict] | Sequence[int]
+
+
+@dataclass
+class PipelineResult:
+    text: str  # decoded generated text (special tokens skipped, cut before a stop string)
+    token_ids: list[int]  # generated ids, including the stop token or the token ending a stop string
+    finish_reason: str  # "stop" or "length"
+    stats: Any  # specdec.stats.GenerationStats
+    prompt_token_ids: list[int]
+
+
+class TextStream:
+    """Iterator of text pieces as tokens are committed; `result` holds the `PipelineResult` at the end."""
+
+    def __init__(self, pipeline: "Pipeline", prompt_ids: list[int], generation, params: SamplingParams):
+        self._pipeline = pipeline
+        self._prompt_ids = prompt_ids
+        self._generation = generation
+        self._params = params
+        self.result: PipelineResult | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        tokens: list[int] = []
+        shown = ""
+        for chunk in self._generation.chunks():
+            tokens.extend(chunk)
+            text = self._pipeline._text(tokens, self._params)
+            if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for more
+                continue
+            if text.startswith(shown) and len(text) > len(shown):
+                yield text[len(shown):]
+                shown = text
+        done = self._generation.result
+        text = self._pipeline._text(done.tokens, self._params)
+        if text.startswith(shown) and len(text) > len(shown):
+            yield text[len(shown):]
+        self.result = PipelineResult(text, done.tokens, done.finish_reason, done.stats, self._prompt_ids)
+
+
+class Pipeline:
+    """Target model + drafter + verifier + acceptance policy + sampling defaults."""
+
+    def __init__(self, validated: ValidatedPipeline, plugins: PluginSet | None = None,
+                 model: Any = None, tokenizer: Any = None):
+        """Build the components of a validated pipeline.
+
+        :param model: an already loaded target model to use instead of `target.model`.
+        :param tokenizer: its tokenizer (needed for text prompts and stop strings).
+        """
+        from specdec.engine import SpeculativeDecoder
+        from specdec.models import load_model, resolve_device, resolve_dtype
+
+        self.config = validated
+        self.plugins = plugins or default_plugins()
+        registry = self.plugins.registry
+        target = validated.spec.target
+        self.device = resolve_device(target.device)
+        self.dtype = resolve_dtype(target.dtype, self.device)
+        if model is None:
+            model, loaded_tokenizer = load_model(target.model, device=self.device, dtype=self.dtype)
+            tokenizer = tokenizer or loaded_tokenizer
+        self.model, self.tokenizer = model, tokenizer
+        self.device, self.dtype = model.device, model.dtype
+
+        loaded: dict[str, tuple[Any, Any]] = {}
+
+        def load(name: str):
+            if name not in loaded:
+                loaded[name] = load_model(name, device=self.device, dtype=self.dtype)
+            return loaded[name]
+
+        def build_drafter(block: Any, location: str):
+            component, params = validate_component("drafter", block, registry, location)
+            return component.factory(context, params)
+
+        context = BuildContext(model, tokenizer, self.device, self.dtype, load, build_drafter)
+        spec = validated.spec
+        self.verifier = registry.get("verifier", spec.verifier.type).factory(context, validated.verifier_params)
+        context.extras["verifier"] = self.verifier
+        self.drafter = registry.get("drafter", spec.drafter.type).factory(context, validated.drafter_params)
+        policy_component = registry.get("acceptance", spec.acceptance.type)
+        self.policy = policy_component.factory(context, validated.acceptance_params)
+        self.lossless = bool(policy_component.lossless)
+        if not self.lossless:
+            logger.warning("acceptance policy '%s' is LOSSY: under sampling its outputs are not "
+                           "distributed as plain sampling from the target model", spec.acceptance.type)
+        self.sampling = spec.sampling
+        self.decoder = SpeculativeDecoder(self.verifier, self.drafter, self.policy,
+                                          decode=self._decode if tokenizer is not None else None)
+
+    # -- construction -----------------------------------------------------------------------------
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, plugins: PluginSet | None = None, **kwargs) -> "Pipeline":
+        """Load, validate and build a pipeline file."""
+        plugins = plugins or default_plugins()
+        data, text = load_yaml(path)
+        return cls(validate_pipeline(data, plugins.registry, str(path), text), plugins, **kwargs)
+
+    @classmethod
+    def from_dict(cls, data: dict, plugins: PluginSet | None = None, **kwargs) -> "Pipeline":
+        """Validate and build a pipeline from a mapping shaped like the YAML file."""
+        plugins = plugins or default_plugins()
+        return cls(validate_pipeline(data, plugins.registry, "<dict>"), plugins, **kwargs)
+
+    # -- generation -------------------------------------------------------------------------------
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        """Token ids of a prompt: text as is, chat messages through the chat template, ids unchanged."""
+        if isinstance(prompt, str):
+            self._need_tokenizer("text prompts")
+            return list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+        items = list(prompt)
+        if items and all(isinstance(item, dict) for item in items):
+            self._need_tokenizer("chat messages")
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise InputError("this model's tokenizer has no chat template; pass plain text instead")
+            for index, message in enumerate(items):
+                if "role" not in message or "content" not in message:
+                    raise InputError(f"chat message {index} needs 'role' and 'content' keys")
+            encoded = self.tokenizer.apply_chat_template(items, add_generation_prompt=True, tokenize=True)
+            if isinstance(encoded, dict) or hasattr(encoded, "input_ids"):
+                encoded = encoded["input_ids"]
+            return [int(token) for token in encoded]
+        if all(isinstance(item, int) for item in items):
+            return [int(token) for token in items]
+        raise InputError("a prompt is a string, a list of chat messages ({'role', 'content'}) or a list of token ids")
+
+    def params(self, **overrides) -> SamplingParams:
+        """The pipeline's sampling defaults with overrides applied (None values are ignored)."""
+        overrides = {key: value for key, value in overrides.items() if value is not None}
+        return self.sampling.replace(**overrides) if overrides else self.sampling
+
+    def generate(self, prompt: Prompt, **overrides) -> PipelineResult:
+        """Generate a completion; keyword arguments override the pipeline's sampling defaults."""
+        stream = self.stream(prompt, **overrides)
+        for _ in stream:
+            pass
+        assert stream.result is not None
+        return stream.result
+
+    def stream(self, prompt: Prompt, **overrides) -> TextStream:
+        """Like `generate`, but iterate the returned object for text pieces as they are committed."""
+        prompt_ids = self.encode(prompt)
+        params = self.params(**overrides)
+        return TextStream(self, prompt_ids, self.decoder.stream(prompt_ids, params), params)
+
+    # -- text -------------------------------------------------------------------------------------
+
+    def _decode(self, tokens: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(tokens), skip_special_tokens=True)
+
+    def _text(self, tokens: Sequence[int], params: SamplingParams) -> str:
+        if self.tokenizer is None:
+            return ""
+        text = self._decode(tokens)
+        for stop in params.stop_strings:
+            cut = text.find(stop)
+            if cut >= 0:
+                text = text[:cut]
+        return text
+
+    def _need_tokenizer(self, what: str) -> None:
+        if self.tokenizer is None:
+            raise InputError(f"{what} need a tokenizer; build the pipeline with tokenizer=... or pass token ids")

@@ -1,0 +1,118 @@
+"""The component registry: what each plugin registered, validated when it registers.
+
+Kept free of torch: listing plugins and validating pipeline files never loads a model.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from pydantic import BaseModel
+
+from specdec.errors import PluginError
+
+KINDS = ("drafter", "verifier", "acceptance")
+
+#: Components shipped by plugin distributions we know of, to tell users what to install.
+KNOWN_PROVIDERS = {
+    ("drafter", "prompt_lookup"): "specdec-plugin-retrieval",
+    ("drafter", "rest"): "specdec-plugin-retrieval",
+    ("drafter", "medusa"): "specdec-plugin-medusa",
+    ("acceptance", "typical"): "specdec-plugin-typical",
+}
+
+_LABELS = {"drafter": ("drafter", "drafters"), "verifier": ("verifier", "verifiers"),
+           "acceptance": ("acceptance policy", "acceptance policies")}
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class Component:
+    kind: str  # one of KINDS
+    name: str
+    params_model: type[BaseModel]
+    factory: Callable[..., Any]
+    description: str
+    plugin: str  # the plugin (entry point or built-in module) that registered it
+    lossless: bool | None = None  # acceptance policies only
+
+
+@dataclass
+class BuildContext:
+    """What a component factory gets besides its own params.
+
+    :param target: the target model (a loaded `transformers` model).
+    :param tokenizer: its tokenizer (None when built from raw models in Python).
+    :param load_model: ``load_model(name_or_path) -> (model, tokenizer)`` on the pipeline's
+        device and dtype, cached, so several components can share a model.
+    :param build_drafter: ``build_drafter(spec, location)`` builds a nested drafter from a
+        ``{"type": ..., "params": {...}}`` mapping (for composite drafters).
+    """
+
+    target: Any
+    tokenizer: Any
+    device: Any
+    dtype: Any
+    load_model: Callable[[str], tuple[Any, Any]]
+    build_drafter: Callable[[dict, str], Any]
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Registry:
+    """All registered components by kind and name, with the plugin each came from."""
+
+    def __init__(self) -> None:
+        self.components: dict[str, dict[str, Component]] = {kind: {} for kind in KINDS}
+
+    def register_callback(self, kind: str, plugin: str) -> Callable[..., None]:
+        """The ``register`` function handed to one plugin's hook for one kind of component."""
+
+        def register(name: str, params_model: type[BaseModel], factory: Callable[..., Any],
+                     description: str = "", lossless: bool | None = None) -> None:
+            self._add(Component(kind, name, params_model, factory, description, plugin, lossless))
+
+        return register
+
+    def _add(self, component: Component) -> None:
+        kind, name, plugin = component.kind, component.name, component.plugin
+        where = f"plugin '{plugin}' registered {kind} '{name}'"
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise PluginError(f"plugin '{plugin}' registered a {kind} named {name!r}; names must "
+                              f"be lowercase letters, digits and underscores, starting with a letter")
+        if not (isinstance(component.params_model, type) and issubclass(component.params_model, BaseModel)):
+            raise PluginError(f"{where} with params_model {component.params_model!r}, which is not "
+                              f"a pydantic BaseModel subclass")
+        if not callable(component.factory):
+            raise PluginError(f"{where} with a factory that is not callable")
+        if kind == "acceptance" and not isinstance(component.lossless, bool):
+            raise PluginError(f"{where} without saying whether it is lossless: pass lossless=True "
+                              f"or lossless=False")
+        existing = self.components[kind].get(name)
+        if existing is not None:
+            raise PluginError(f"{kind} '{name}' is registered twice: by plugin '{existing.plugin}' "
+                              f"and by plugin '{plugin}'; uninstall one of them")
+        self.components[kind][name] = component
+
+    def get(self, kind: str, name: str) -> Component:
+        """The component, or a `KeyError` whose message lists what is installed and what is close."""
+        found = self.components[kind].get(name)
+        if found is None:
+            raise KeyError(self.unknown_message(kind, name))
+        return found
+
+    def unknown_message(self, kind: str, name: str) -> str:
+        installed = sorted(self.components[kind])
+        label, plural = _LABELS[kind]
+        parts = [f"unknown {label} '{name}'"]
+        provider = KNOWN_PROVIDERS.get((kind, name))
+        if provider:
+            parts.append(f"it is provided by the plugin distribution {provider}: pip install {provider}")
+        close = difflib.get_close_matches(str(name), installed, n=1, cutoff=0.6)
+        if close:
+            parts.append(f"did you mean '{close[0]}'?")
+        parts.append(f"installed {plural}: {', '.join(installed) if installed else 'none'}")
+        return "; ".join(parts)

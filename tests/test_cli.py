@@ -1,0 +1,77 @@
+"""The specdec command line: exit codes, messages without tracebacks, streaming with a stats line."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from specdec.cli import main
+from specdec.testing import save_tiny_model
+
+
+@pytest.fixture(scope="module")
+def pipeline_file(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    model_dir = save_tiny_model(folder / "model", seed=2)
+    path = folder / "tiny.yaml"
+    path.write_text(f"name: tiny\ntarget: {{model: {model_dir}}}\n"
+                    f"drafter: {{type: draft_model, params: {{model: {model_dir}, num_tokens: 3}}}}\n"
+                    f"sampling: {{max_new_tokens: 12}}\n")
+    return path
+
+
+def test_generate_streams_text_and_ends_with_a_stats_line(pipeline_file, capsys):
+    assert main(["generate", "--pipeline", str(pipeline_file), "hello"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip()
+    assert "[tiny]" in err and "tok/s" in err and "mean accepted tokens" in err
+    assert "acceptance by position" in err
+
+
+def test_generate_json_and_sampling_overrides(pipeline_file, capsys):
+    assert main(["generate", "-p", str(pipeline_file), "--json", "-n", "4", "-t", "0.8", "--seed", "3",
+                 "hello"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert len(record["token_ids"]) == 4 and record["stats"]["new_tokens"] == 4
+
+
+def test_bad_override_is_a_usage_error(pipeline_file, capsys):
+    assert main(["generate", "-p", str(pipeline_file), "--top-p", "3", "hello"]) == 2
+    assert "--top-p" in capsys.readouterr().err
+
+
+def test_validate_reports_problems_with_exit_code_2(tmp_path, capsys):
+    good = tmp_path / "good.yaml"
+    good.write_text("drafter: {type: none}\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("drafter:\n  type: draft_model\n  params: {model: x, num_tokens: 0}\n")
+    assert main(["validate", str(good)]) == 0
+    assert "ok" in capsys.readouterr().out
+    assert main(["validate", str(good), str(bad)]) == 2
+    assert f"{bad}:3: drafter.params.num_tokens: must be >= 1" in capsys.readouterr().err
+
+
+def test_missing_file_and_empty_prompt_are_user_errors(tmp_path, capsys):
+    assert main(["generate", "--pipeline", str(tmp_path / "none.yaml"), "hi"]) == 2
+    assert "cannot read pipeline file" in capsys.readouterr().err
+    assert main(["generate", "--pipeline", str(tmp_path / "none.yaml"), "  "]) == 2
+
+
+def test_plugins_lists_components_and_flags_lossy_policies(capsys):
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "draft_model" in out and "[lossless]" in out
+    assert main(["plugins", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    names = {c["name"] for p in listing["plugins"] for c in p["components"]}
+    assert {"none", "draft_model", "hf", "greedy", "rejection"} <= names
+
+
+def test_console_script_runs_without_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("drafter: {type: nope}\n")
+    done = subprocess.run([sys.executable, "-m", "specdec.cli", "validate", str(bad)],
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "unknown drafter 'nope'" in done.stderr and "Traceback" not in done.stderr

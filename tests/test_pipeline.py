@@ -1,0 +1,105 @@
+"""Pipeline: YAML -> components -> text, chat and streaming generation on a tiny local model."""
+
+import logging
+import types
+
+import pytest
+from pydantic import BaseModel
+
+from specdec import InputError, Pipeline, RejectionSampling, hookimpl
+from specdec.plugins import load_plugins
+from specdec.testing import save_tiny_model
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("tiny"), seed=4)
+
+
+@pytest.fixture(scope="module")
+def pipelines(model_dir):
+    plain = Pipeline.from_dict({"target": {"model": model_dir}, "sampling": {"max_new_tokens": 24}})
+    speculative = Pipeline.from_dict({
+        "target": {"model": model_dir},
+        "drafter": {"type": "draft_model", "params": {"model": model_dir, "num_tokens": 3}},
+        "sampling": {"max_new_tokens": 24}})
+    return plain, speculative
+
+
+def test_from_yaml_builds_the_named_components(tmp_path, model_dir):
+    path = tmp_path / "p.yaml"
+    path.write_text(f"name: tiny-spec\ntarget: {{model: {model_dir}}}\n"
+                    f"drafter: {{type: draft_model, params: {{model: {model_dir}, num_tokens: 2}}}}\n"
+                    f"acceptance: {{type: rejection}}\nsampling: {{max_new_tokens: 5}}\n")
+    pipeline = Pipeline.from_yaml(path)
+    assert type(pipeline.drafter).__name__ == "DraftModelDrafter" and pipeline.drafter.num_tokens == 2
+    assert isinstance(pipeline.policy, RejectionSampling) and pipeline.lossless
+    assert pipeline.config.label == "tiny-spec"
+    assert len(pipeline.generate("abc").token_ids) <= 5
+
+
+def test_text_chat_and_id_prompts(pipelines):
+    plain, speculative = pipelines
+    for prompt in ("hello there", [{"role": "user", "content": "hi"}], [3, 4, 5]):
+        expected = plain.generate(prompt)
+        result = speculative.generate(prompt)
+        assert result.token_ids == expected.token_ids and result.text == expected.text
+        assert result.stats.steps <= expected.stats.steps
+    chat = plain.encode([{"role": "user", "content": "hi"}])
+    assert plain.tokenizer.decode(chat).endswith("<|im_start|>assistant\n")
+
+
+def test_stream_pieces_join_to_the_generated_text(pipelines):
+    _, speculative = pipelines
+    stream = speculative.stream("once upon", temperature=0.9, seed=1)
+    pieces = list(stream)
+    assert "".join(pieces) == stream.result.text
+    assert stream.result.token_ids == speculative.generate("once upon", temperature=0.9, seed=1).token_ids
+
+
+def test_sampling_overrides_and_stop_strings(pipelines):
+    plain, _ = pipelines
+    assert len(plain.generate("abc", max_new_tokens=3).token_ids) == 3
+    full = plain.generate("abc", max_new_tokens=24, stop_token_ids=())
+    stop = full.text[5:7]
+    cut = plain.generate("abc", max_new_tokens=24, stop_token_ids=(), stop_strings=(stop,))
+    assert cut.finish_reason == "stop" and cut.text == full.text[: full.text.index(stop)]
+
+
+def test_bad_prompts_are_refused(pipelines):
+    plain, _ = pipelines
+    with pytest.raises(InputError, match="empty"):
+        plain.generate("")
+    with pytest.raises(InputError, match="'role' and 'content'"):
+        plain.generate([{"text": "hi"}])
+    with pytest.raises(InputError, match="a prompt is"):
+        plain.generate([1.5, 2])
+
+
+def test_a_lossy_policy_is_announced(model_dir, caplog):
+    class Params(BaseModel):
+        pass
+
+    module = types.ModuleType("lossy")
+    module.register_acceptance_policies = hookimpl(
+        lambda register: register("sloppy", Params, lambda context, params: RejectionSampling(), lossless=False))
+    module.register_acceptance_policies.__name__ = "register_acceptance_policies"
+    plugins = load_plugins([("lossy", module)], entry_points=False)
+    with caplog.at_level(logging.WARNING):
+        pipeline = Pipeline.from_dict({"target": {"model": model_dir}, "acceptance": {"type": "sloppy"}},
+                                      plugins=plugins)
+    assert not pipeline.lossless and "LOSSY" in caplog.text
+
+
+def test_a_draft_model_with_another_tokenizer_is_refused(tmp_path, model_dir):
+    from transformers import AutoTokenizer
+
+    other = save_tiny_model(tmp_path / "other")
+    tokenizer = AutoTokenizer.from_pretrained(other)
+    tokenizer.add_tokens(["zz"])
+    tokenizer.save_pretrained(other)
+    from specdec.errors import ModelMismatchError
+
+    with pytest.raises(ModelMismatchError, match="different vocabulary"):
+        Pipeline.from_dict({"target": {"model": model_dir},
+                            "drafter": {"type": "draft_model", "params": {"model": other}}})
