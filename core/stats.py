@@ -50,6 +50,11 @@ class GenerationStats:
         return self.new_tokens / self.wall_seconds if self.wall_seconds > 0 else 0.0
 
     @property
+    def draft_ms_per_step(self) -> float:
+        """Mean time a step spent drafting (lookup, draft forwards, state updates)."""
+        return 1000.0 * self.draft_seconds / self.steps if self.steps else 0.0
+
+    @property
     def acceptance_rate(self) -> float:
         """Accepted draft tokens / proposed draft tokens (a tree's unused branches count)."""
         return self.accepted_draft_tokens / self.draft_tokens if self.draft_tokens else 0.0
@@ -86,6 +91,7 @@ class GenerationStats:
             "acceptance_rate": self.acceptance_rate,
             "acceptance_by_position": self.acceptance_by_position,
             "accepted_length_histogram": list(self.accepted_length_histogram),
+            "draft_ms_per_step": self.draft_ms_per_step,
             "draft_seconds": self.draft_seconds,
             "verify_seconds": self.verify_seconds,
             "wall_seconds": self.wall_seconds,
@@ -97,6 +103,7 @@ class GenerationStats:
                 f"({self.tokens_per_second:.1f} tok/s), {self.steps} steps, "
                 f"mean accepted tokens {self.mean_accepted_tokens:.2f}")
         if self.draft_tokens:
+            line += f", drafting {self.draft_ms_per_step:.1f} ms/step"
             rates = " ".join(f"{rate:.2f}" for rate in self.acceptance_by_position)
             line += f", acceptance by position [{rates}]"
         return line

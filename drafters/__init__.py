@@ -2,6 +2,7 @@
 
 - `none`: proposes nothing; the engine then decodes one token per step (the AR reference).
 - `draft_model`: a smaller causal LM with the target's tokenizer drafts a chain of k tokens.
+- `fallback`: asks several drafters in order and verifies the first non-empty draft.
 
 This module stays light (no torch): the factories import the implementations.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from specdec.config import ComponentSpec
 from specdec.hookspecs import hookimpl
 
 
@@ -23,6 +25,16 @@ class DraftModelParams(BaseModel):
     model: str = Field(description="draft model: Hugging Face id or local path (same tokenizer as the target)")
     num_tokens: int = Field(4, ge=1, le=64, description="draft tokens per step (k)")
     greedy_draft: bool = Field(False, description="draft with argmax even when sampling")
+
+
+class FallbackParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    drafters: list[ComponentSpec] = Field(min_length=1, description="drafters to ask, in order")
+
+    def nested_drafters(self):
+        """Sub-drafter blocks for `specdec validate` (relative location, block)."""
+        return [(("drafters", index), block) for index, block in enumerate(self.drafters)]
 
 
 def _build_none(context, params: NoDrafterParams):
@@ -41,9 +53,18 @@ def _build_draft_model(context, params: DraftModelParams):
                              target_vocab_size=context.target.get_output_embeddings().weight.shape[0])
 
 
+def _build_fallback(context, params: FallbackParams):
+    from specdec.drafters.fallback import FallbackDrafter
+
+    return FallbackDrafter([context.build_drafter(block.model_dump(), f"drafter.params.drafters.{index}")
+                            for index, block in enumerate(params.drafters)])
+
+
 @hookimpl
 def register_drafters(register):
     register("none", NoDrafterParams, _build_none,
              description="no drafting: plain autoregressive decoding through the same engine")
     register("draft_model", DraftModelParams, _build_draft_model,
              description="a smaller causal LM with the target's tokenizer drafts k tokens per step")
+    register("fallback", FallbackParams, _build_fallback,
+             description="ask several drafters in order; verify the first non-empty draft")

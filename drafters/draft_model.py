@@ -61,15 +61,18 @@ class DraftModelDrafter(BaseDrafter):
         self.greedy_draft = greedy_draft
         self._proposed_from = 0  # committed length when the last draft was made
         self._drafted_in_cache = 0  # draft tokens of the last draft that the cache holds
+        self._last_draft: Draft | None = None
 
     def start(self, prompt: Sequence[int], params: SamplingParams) -> None:
         self.runner.reset(len(prompt) + params.max_new_tokens + self.num_tokens + 1)
+        self._last_draft = None
 
     @torch.inference_mode()
     def propose(self, context: DraftContext) -> Draft:
         # the draft model may attend over fewer positions than the target
         count = min(self.num_tokens, context.max_depth, self.runner.max_positions - len(context.tokens))
         if count < 1:
+            self._last_draft = None
             return Draft.empty()
         sample = not context.params.greedy and not self.greedy_draft
         device = self.runner.device
@@ -93,10 +96,17 @@ class DraftModelDrafter(BaseDrafter):
                 unseen = torch.tensor([token], dtype=torch.long, device=device)
         # the cache now holds every committed token and all draft tokens but the last
         self._drafted_in_cache = count - 1
-        return Draft.chain(drafted, torch.stack(draws) if sample else None)
+        self._last_draft = Draft.chain(drafted, torch.stack(draws) if sample else None)
+        return self._last_draft
 
     def observe(self, outcome: StepOutcome) -> None:
-        if outcome.draft.num_nodes == 0:
+        if self._last_draft is None:
+            return  # we proposed nothing since the last outcome: the cache holds committed tokens only
+        draft, self._last_draft = self._last_draft, None
+        if outcome.draft is not draft:
+            # another drafter's draft was verified (inside a composite): drop our draft tokens;
+            # the next proposal feeds whatever the cache has not seen
+            self.runner.rollback(self._proposed_from)
             return
         kept = min(len(outcome.path), self._drafted_in_cache)
         self.runner.rollback(self._proposed_from + kept)

@@ -89,3 +89,19 @@ def test_defaults_fill_an_empty_file():
     spec = validated.spec
     assert (spec.drafter.type, spec.verifier.type, spec.acceptance.type) == ("none", "hf", "rejection")
     assert spec.target.model is None and spec.sampling.temperature == 0.0
+
+
+def test_nested_drafters_of_a_fallback_are_validated(tmp_path):
+    found = problems(tmp_path, """\
+        drafter:
+          type: fallback
+          params:
+            drafters:
+              - type: none
+              - type: draft_model
+                params: {num_tokens: 0, model: m}
+              - type: nope
+        """)
+    assert "pipeline.yaml:7: drafter.params.drafters[1].params.num_tokens: must be >= 1" in found
+    assert any(line.startswith("pipeline.yaml:8: drafter.params.drafters[2].type: unknown drafter 'nope'")
+               for line in found)

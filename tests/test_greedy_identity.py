@@ -12,7 +12,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from specdec import GreedyAcceptance, RejectionSampling, SamplingParams, SpeculativeDecoder
+from specdec import Draft, GreedyAcceptance, RejectionSampling, SamplingParams, SpeculativeDecoder
 from specdec.drafters.draft_model import DraftModelDrafter
 from specdec.drafters.none import NoDrafter
 from specdec.testing import ModelTreeDrafter, check_greedy_identity, perturbed_copy, tiny_llama
@@ -79,3 +79,22 @@ def test_max_new_tokens_at_every_draft_edge(max_new_tokens):
     result = decoder.generate(prompt, SamplingParams(max_new_tokens=max_new_tokens))
     assert result.tokens == _first_greedy_tokens(prompt, 20)[:max_new_tokens]
     assert result.finish_reason == "length"
+
+
+class EveryOtherStep(DraftModelDrafter):
+    """Drafts only on even steps, so a fallback behind it is used on odd steps."""
+
+    def propose(self, context):
+        if context.step % 2:
+            self._last_draft = None
+            return Draft.empty()
+        return super().propose(context)
+
+
+def test_fallback_drafters_stay_in_sync_and_lossless():
+    from specdec.drafters.fallback import FallbackDrafter
+
+    def make(target):
+        return FallbackDrafter([EveryOtherStep(draft_model(0.3), 2), DraftModelDrafter(draft_model(0.0), 3)])
+
+    check_greedy_identity(make, target_model(), [[1, 2, 3], [9, 8, 7, 6]], max_new_tokens=30)
