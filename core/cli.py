@@ -17,7 +17,7 @@ import logging
 import sys
 from typing import Sequence
 
-from specdec.errors import ConfigError, PluginError, SpecdecError
+from specdec.errors import ConfigError, SpecdecError
 
 #: Used when `specdec generate` gets no --pipeline: the default model with prompt lookup when the
 #: retrieval plugin is installed, plain decoding otherwise.
@@ -29,11 +29,12 @@ DEFAULT_PIPELINE = {
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, plugins=None) -> int:
+    """Run the CLI; `plugins` (a `PluginSet`) defaults to the installed plugins."""
     logging.basicConfig(level=logging.WARNING, format="specdec: %(levelname)s: %(message)s")
     from specdec.plugins import default_plugins
 
-    plugins = default_plugins()
+    plugins = plugins or default_plugins()
     parser = _parser(plugins)
     args = parser.parse_args(argv)
     if not hasattr(args, "handler"):

@@ -114,3 +114,35 @@ def test_specdec_load_plugins_selects_entry_points(monkeypatch):
     assert not load_plugins().failures
     monkeypatch.setenv("SPECDEC_LOAD_PLUGINS", "ghost")
     assert load_plugins().failures[0].name == "ghost"
+
+
+def test_a_plugin_adds_a_verifier():
+    def register_verifiers(register):
+        register("mirror", Params, lambda context, params: None, description="test verifier")
+
+    loaded = load_plugins([("verifying", plugin(register_verifiers=register_verifiers))], entry_points=False)
+    assert loaded.registry.get("verifier", "mirror").plugin == "verifying"
+
+
+def test_a_plugin_adds_a_cli_command(capsys):
+    from specdec.cli import main
+
+    def register_commands(subparsers):
+        parser = subparsers.add_parser("hello", help="say hello")
+        parser.add_argument("--name", default="world")
+        parser.set_defaults(handler=lambda args: print(f"hello {args.name}") or 0)
+
+    loaded = load_plugins([("greeter", plugin(register_commands=register_commands))], entry_points=False)
+    assert main(["hello", "--name", "specdec"], plugins=loaded) == 0
+    assert capsys.readouterr().out == "hello specdec\n"
+
+
+def test_a_command_that_fails_to_register_does_not_break_the_cli(capsys):
+    from specdec.cli import main
+
+    def register_commands(subparsers):
+        raise RuntimeError("boom")
+
+    loaded = load_plugins([("noisy", plugin(register_commands=register_commands))], entry_points=False)
+    assert main(["plugins"], plugins=loaded) == 0
+    assert "plugin 'noisy' failed to add its commands: RuntimeError: boom" in capsys.readouterr().err

@@ -1,0 +1,62 @@
+"""End to end on the real default model, SmolLM2-135M-Instruct (the slow tier: ~1 min, more on
+the first run, which converts the GGUF into the user cache)."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from specdec import Pipeline, RejectionSampling, SamplingParams, SpeculativeDecoder
+from specdec.drafters.draft_model import DraftModelDrafter
+from specdec.drafters.none import NoDrafter
+from specdec.testing import perturbed_copy
+from specdec.verifiers.hf import HFVerifier
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = [
+    "What is the capital of France? Answer in one sentence.",
+    "Write a Python function that returns the factorial of n.",
+    "Summarize: The cat sat on the mat. The mat was red. The cat was happy on the red mat.",
+]
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    torch.set_num_threads(2)
+    return Pipeline.from_dict({"sampling": {"max_new_tokens": 48}})
+
+
+def test_default_model_answers_a_chat_prompt(pipeline):
+    result = pipeline.generate([{"role": "user", "content": PROMPTS[0]}])
+    assert "Paris" in result.text
+    assert pipeline.tokenizer.chat_template and result.stats.steps == len(result.token_ids)
+
+
+def test_speculative_greedy_equals_plain_greedy_on_real_prompts(pipeline):
+    model = pipeline.model
+    draft = perturbed_copy(model, 0.02, seed=3)  # agrees often, not always: real rejections
+    plain = SpeculativeDecoder(HFVerifier(model), NoDrafter(), RejectionSampling())
+    speculative = SpeculativeDecoder(HFVerifier(model), DraftModelDrafter(draft, 4), RejectionSampling())
+    params = SamplingParams(max_new_tokens=48)
+    accepted = 0
+    for text in PROMPTS:
+        prompt = pipeline.encode([{"role": "user", "content": text}])
+        reference = plain.generate(prompt, params).tokens
+        result = speculative.generate(prompt, params)
+        assert result.tokens == reference
+        accepted += result.stats.accepted_draft_tokens
+        ids = torch.tensor([prompt])
+        with torch.inference_mode():
+            hf = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=48)
+        assert hf[0, len(prompt):].tolist() == reference
+    assert accepted > 0
+
+
+def test_cli_generates_with_the_default_pipeline(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "specdec.cli", "generate", "-n", "16",
+                           "Name three primary colors."], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()
+    assert "mean accepted tokens" in done.stderr and "tok/s" in done.stderr
