@@ -78,25 +78,24 @@ class DraftModelDrafter(BaseDrafter):
         device = self.runner.device
         unseen = torch.tensor(context.tokens[self.runner.length:], dtype=torch.long, device=device)
         self._proposed_from = len(context.tokens)
-        drafted: list[int] = []
+        drafted: list[torch.Tensor] = []  # [1] each, on the model's device: no host sync when greedy
         draws: list[torch.Tensor] = []
-        for index in range(count):
+        for _ in range(count):
             start = self.runner.length
             positions = torch.arange(start, start + unseen.shape[0], device=device)
             logits, _ = self.runner.forward(unseen, positions)
             self.runner.commit(unseen.shape[0])
             if sample:
                 q = warp_logits(logits[-1], context.params)
-                token = context.rng.categorical(q)
+                token = torch.tensor([context.rng.categorical(q)], device=device)
                 draws.append(q)
             else:
-                token = int(logits[-1].argmax())
+                token = logits[-1].argmax().view(1)
             drafted.append(token)
-            if index + 1 < count:
-                unseen = torch.tensor([token], dtype=torch.long, device=device)
+            unseen = token
         # the cache now holds every committed token and all draft tokens but the last
         self._drafted_in_cache = count - 1
-        self._last_draft = Draft.chain(drafted, torch.stack(draws) if sample else None)
+        self._last_draft = Draft.chain(torch.cat(drafted), torch.stack(draws) if sample else None)
         return self._last_draft
 
     def observe(self, outcome: StepOutcome) -> None:

@@ -63,12 +63,12 @@ class HFVerifier:
             logits, hidden = self.runner.forward(input_ids, positions, None, 1, hidden_state_layers)
             return VerifyOutput(logits, hidden)
 
-        pieces = [torch.tensor(pending, dtype=torch.long), draft.tokens.cpu()]
+        pieces = [torch.tensor(pending, dtype=torch.long, device=device), draft.tokens.to(device)]
         offsets = [torch.arange(-num_pending + 1, 1), torch.tensor(draft.depths, dtype=torch.long)]
         if draft.aux is not None:
-            pieces.append(draft.aux.tokens.cpu())
+            pieces.append(draft.aux.tokens.to(device))
             offsets.append(draft.aux.position_offsets.cpu())
-        input_ids = torch.cat(pieces).to(device, non_blocking=True)
+        input_ids = torch.cat(pieces)
         positions = (torch.cat(offsets) + root_position).to(device, non_blocking=True)
 
         count = num_pending + num_nodes + num_aux
