@@ -36,15 +36,30 @@ def warp_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
         scores = scores.masked_fill(scores < kth_best, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     if params.top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-        # a token is dropped once the more likely tokens already reach top_p; the first is always kept
-        drop_sorted = mass_before >= params.top_p
-        drop_sorted[..., 0] = False
-        drop = torch.empty_like(drop_sorted).scatter_(-1, order, drop_sorted)
-        probs = probs.masked_fill(drop, 0.0)
+        probs = probs.masked_fill(~_nucleus(probs, params.top_p), 0.0)
         probs = probs / probs.sum(dim=-1, keepdim=True)
     return probs
+
+
+def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """`[..., V]` bool: the smallest set of most likely tokens whose mass reaches `top_p`.
+
+    A token is kept while the more likely tokens have not yet reached `top_p`; the most likely
+    is always kept. Sorting a whole vocabulary costs milliseconds per row on a CPU, so there the
+    candidates come from `topk` with a growing k until they hold `top_p` of the mass (tokens
+    outside them cannot be in the nucleus). On accelerators a full sort is cheap and needs no
+    host synchronization.
+    """
+    vocab = probs.shape[-1]
+    count = vocab if probs.device.type != "cpu" else min(vocab, 64)
+    while True:
+        values, order = probs.topk(count, dim=-1)  # sorted, most likely first
+        if count == vocab or bool((values.sum(dim=-1) >= top_p).all()):
+            break
+        count = min(vocab, count * 8)
+    keep_sorted = (values.cumsum(dim=-1) - values) < top_p
+    keep_sorted[..., 0] = True
+    return torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, order, keep_sorted)
 
 
 @runtime_checkable

@@ -11,7 +11,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from specdec.sampling import SamplingParams, TorchRandom, warp_logits
+from specdec.sampling import SamplingParams, TorchRandom, _nucleus, warp_logits
 
 
 @pytest.mark.parametrize("field, value", [
@@ -73,3 +73,15 @@ def test_torch_random_is_reproducible_and_exact_at_the_edges():
     assert [first.categorical(probs) for _ in range(20)] == [second.categorical(probs) for _ in range(20)]
     assert all(first.categorical(probs) != 1 for _ in range(200))
     assert first.bernoulli(torch.tensor([1.0, 0.0, 1.0])) == [True, False, True]
+
+
+@given(seed=st.integers(0, 10_000), scale=st.floats(0.1, 8.0), top_p=st.floats(0.05, 0.999))
+def test_nucleus_from_growing_topk_equals_a_full_sort(seed, scale, top_p):
+    """The CPU fast path (candidates from topk) keeps exactly the tokens a full sort keeps."""
+    logits = torch.randn(3, 3000, generator=torch.Generator().manual_seed(seed)) * scale
+    probs = torch.softmax(logits, -1)
+    sorted_probs, order = probs.sort(-1, descending=True)
+    keep_sorted = (sorted_probs.cumsum(-1) - sorted_probs) < top_p
+    keep_sorted[:, 0] = True
+    expected = torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
+    assert torch.equal(_nucleus(probs, top_p), expected)
