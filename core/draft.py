@@ -179,7 +179,8 @@ class Draft:
         return path[::-1]
 
     def truncated(self, max_depth: int) -> "Draft":
-        """The same draft without nodes deeper than `max_depth` (aux rows are dropped too)."""
+        """The same draft without nodes deeper than `max_depth`; aux rows stay, minus their
+        attention to the dropped nodes."""
         if self.max_depth <= max_depth:
             return self
         keep = [node for node, depth in enumerate(self.depths) if depth <= max_depth]
@@ -187,4 +188,9 @@ class Draft:
         parents = tuple(-1 if self.parents[old] < 0 else new_index[self.parents[old]] for old in keep)
         index = torch.tensor(keep, dtype=torch.long)
         q = None if self.q is None else self.q[index.to(self.q.device)]
-        return Draft(self.tokens[index.to(self.tokens.device)], parents, q)
+        aux = None
+        if self.aux is not None:
+            columns = torch.cat([index, torch.arange(self.num_nodes, self.num_nodes + self.num_aux)])
+            aux = AuxTokens(self.aux.tokens, self.aux.position_offsets,
+                            self.aux.attends_to[:, columns.to(self.aux.attends_to.device)])
+        return Draft(self.tokens[index.to(self.tokens.device)], parents, q, aux)

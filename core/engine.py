@@ -76,6 +76,7 @@ class SpeculativeDecoder:
         self.drafter = drafter
         self.policy = policy
         self.decode = decode
+        self._active: object | None = None  # the generation that owns the verifier and drafter state
 
     def generate(self, prompt: Sequence[int], params: SamplingParams | None = None,
                  **overrides) -> GenerationResult:
@@ -117,6 +118,7 @@ class SpeculativeDecoder:
     def _steps(self, prompt: list[int], params: SamplingParams) -> Iterator[list[int]]:
         verifier, drafter, policy = self.verifier, self.drafter, self.policy
         started = time.perf_counter()
+        owner = self._active = object()
         stats = GenerationStats()
         max_new = min(params.max_new_tokens, verifier.max_positions - len(prompt))
         stop_ids = frozenset(verifier.eos_token_ids if params.stop_token_ids is None
@@ -132,17 +134,22 @@ class SpeculativeDecoder:
         pending = list(prompt)
         step = 0
         while True:
+            if self._active is not owner:
+                raise InputError("another generation started on this decoder while this one was "
+                                 "streaming; they share one KV cache: finish one stream before starting "
+                                 "the next, or build one decoder (pipeline) per concurrent request")
             remaining = max_new - (len(tokens) - len(prompt))
             tic = time.perf_counter()
             if remaining > 1:
                 context = DraftContext(tokens, len(prompt), params, remaining - 1, rng, step)
-                draft = self._check_draft(drafter.propose(context), remaining - 1)
+                draft = self._check_draft(drafter.propose(context), remaining - 1, len(tokens) - 1)
             else:
                 draft = _EMPTY_DRAFT
             drafted = time.perf_counter()
 
             verified = verifier.verify(pending, draft, layers)
             acceptance = policy.accept(verified.logits, draft, params, rng)
+            self._check_acceptance(acceptance, draft)
             verifier.commit(len(pending), acceptance.path)
             committed_at = time.perf_counter()
 
@@ -176,31 +183,46 @@ class SpeculativeDecoder:
             pending = [acceptance.token]
             step += 1
 
-    def _check_draft(self, draft: Draft, max_depth: int) -> Draft:
+    def _check_draft(self, draft: Draft, max_depth: int, root_position: int) -> Draft:
         """Refuse drafts that cannot be verified; trim drafts deeper than the budget."""
+        name = type(self.drafter).__name__
         if not isinstance(draft, Draft):
-            raise DraftError(f"{type(self.drafter).__name__}.propose returned "
-                             f"{type(draft).__name__}, expected a specdec.Draft")
-        if draft.num_nodes == 0:
+            raise DraftError(f"{name}.propose returned {type(draft).__name__}, expected a specdec.Draft")
+        if draft.num_nodes == 0 and draft.num_aux == 0:
             return draft
         if draft.max_depth > max_depth:
             draft = draft.truncated(max_depth)
         vocab = self.verifier.vocab_size
-        ids = draft.tokens if draft.aux is None else torch.cat([draft.tokens, draft.aux.tokens.to(draft.tokens.device)])
-        if ids.device.type == "cpu":
-            low, high = int(ids.min()), int(ids.max())
-            if low < 0 or high >= vocab:
-                node = int(((ids < 0) | (ids >= vocab)).nonzero()[0])
-                raise DraftError(
-                    f"{type(self.drafter).__name__} proposed token id {int(ids[node])} at node {node}, "
-                    f"outside the target vocabulary [0, {vocab})")
-        else:
-            torch._assert_async(((ids >= 0) & (ids < vocab)).all(), "draft token id outside the target vocabulary")
+        for label, ids in (("node", draft.tokens), ("aux row", None if draft.aux is None else draft.aux.tokens)):
+            if ids is None or ids.numel() == 0:
+                continue
+            bad = ((ids < 0) | (ids >= vocab)).nonzero()  # one host sync, before the verify forward
+            if bad.numel():
+                index = int(bad[0])
+                raise DraftError(f"{name} proposed token id {int(ids[index])} at {label} {index}, "
+                                 f"outside the target vocabulary [0, {vocab})")
+        if draft.aux is not None and draft.aux.position_offsets.numel():
+            furthest = root_position + int(draft.aux.position_offsets.max())
+            if furthest >= self.verifier.max_positions:
+                raise DraftError(f"{name} placed an aux row at position {furthest}, beyond the model's "
+                                 f"{self.verifier.max_positions} positions")
         if draft.q is not None and draft.q.shape[1] != vocab:
             raise DraftError(
-                f"{type(self.drafter).__name__} reported q over {draft.q.shape[1]} tokens but the "
-                f"target vocabulary has {vocab}: draft and target must share one vocabulary")
+                f"{name} reported q over {draft.q.shape[1]} tokens but the target vocabulary has "
+                f"{vocab}: draft and target must share one vocabulary")
         return draft
+
+    def _check_acceptance(self, acceptance, draft: Draft) -> None:
+        """A policy's path must walk down the tree from the root; its token must be a real id."""
+        parent = -1
+        for node in acceptance.path:
+            if not 0 <= node < draft.num_nodes or draft.parents[node] != parent:
+                raise DraftError(f"{type(self.policy).__name__} accepted path {list(acceptance.path)}, "
+                                 f"which is not a path down the draft tree from the root")
+            parent = node
+        if not 0 <= acceptance.token < self.verifier.vocab_size:
+            raise DraftError(f"{type(self.policy).__name__} emitted token id {acceptance.token}, outside "
+                             f"the target vocabulary [0, {self.verifier.vocab_size})")
 
     def _apply_stops(self, new: list[int], tokens: list[int], prompt_length: int, remaining: int,
                      stop_ids: frozenset[int], params: SamplingParams) -> tuple[list[int], str | None]:

@@ -40,6 +40,48 @@ def check_supported(model) -> None:
             "which its position-indexed KV cache cannot hold.")
 
 
+_ALIBI_MODEL_TYPES = ("bloom", "mpt", "baichuan")
+
+
+def check_tree_attention(model) -> None:
+    """Verify a two-sibling tree on a dummy prompt and compare with sequential forwards.
+
+    Tree verification needs a model that places tokens by `position_ids` and obeys a custom 4D
+    mask. Models that derive positions from cache indices (ALiBi: MPT, Bloom, Falcon with alibi)
+    would silently give wrong logits; this catches them, and unknown architectures, up front.
+    """
+    config = _text_config(model)
+    if getattr(config, "alibi", False) or getattr(config, "model_type", "") in _ALIBI_MODEL_TYPES:
+        raise ModelMismatchError(
+            f"{getattr(config, 'model_type', type(model).__name__)} uses ALiBi position biases, which "
+            f"follow cache indices rather than position ids: tree verification would be wrong. specdec "
+            f"supports models with rotary or learned position embeddings (Llama, Qwen, Mistral, ...)")
+    device = model.device
+    vocab = int(getattr(config, "vocab_size", 2))
+    prompt = torch.tensor([1 % vocab, 2 % vocab], device=device)
+    first, second = 3 % vocab, 4 % vocab
+    blocked = torch.finfo(model.dtype).min
+    allowed = torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 0, 1]], dtype=torch.bool, device=device)
+    mask = torch.zeros(4, 4, dtype=model.dtype, device=device).masked_fill_(~allowed, blocked)
+    ids = torch.cat([prompt, torch.tensor([first, second], device=device)])
+    with torch.inference_mode():
+        try:
+            tree = model(input_ids=ids[None], position_ids=torch.tensor([[0, 1, 2, 2]], device=device),
+                         attention_mask=mask[None, None], use_cache=False).logits[0, 3].float()
+        except Exception as error:  # noqa: BLE001 - any failure here means trees are unsupported
+            raise ModelMismatchError(
+                f"{type(model).__name__} cannot run a forward with a custom 4D attention mask and "
+                f"explicit position ids ({type(error).__name__}: {error}); specdec needs both") from None
+        sequential = model(input_ids=torch.cat([prompt, torch.tensor([second], device=device)])[None],
+                           use_cache=False).logits[0, -1].float()
+    scale = float(sequential.abs().max()) + 1.0
+    if not torch.allclose(tree, sequential, rtol=1e-2, atol=1e-2 * scale):
+        raise ModelMismatchError(
+            f"{type(model).__name__} gives different logits for a token verified in a tree than for the "
+            f"same token decoded alone (max difference {float((tree - sequential).abs().max()):.3g}); "
+            f"it does not honour position ids or custom attention masks, so specdec cannot verify trees on it")
+
+
 def attention_window(model) -> int | None:
     """The sliding-window size if any layer uses one, else None.
 
@@ -89,7 +131,7 @@ class CausalLMRunner:
         self,
         input_ids: torch.Tensor,  # [N] int64, on self.device
         positions: torch.Tensor,  # [N] int64, on self.device
-        allowed: torch.Tensor | None = None,  # [N, N] bool: row i may attend to new token j
+        allowed: torch.Tensor | None = None,  # [N, N] bool: row i may attend to new token j; None = causal
         logits_rows: int = 1,
         hidden_state_layers: Sequence[int] = (),
     ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
@@ -105,23 +147,25 @@ class CausalLMRunner:
         count = input_ids.shape[0]
         past = self.cache.length
         self.cache.ensure_capacity(past + count)
-        mask = torch.zeros(count, past + count, dtype=self.dtype, device=self.device)
-        if count > 1:
-            if allowed is None:
-                allowed = torch.ones(count, count, dtype=torch.bool, device=self.device).tril_()
+        mask = None  # causal: transformers builds it (and SDPA may skip it), O(1) memory for prefill
+        if allowed is not None:
+            mask = torch.zeros(count, past + count, dtype=self.dtype, device=self.device)
             mask[:, past:].masked_fill_(~allowed.to(self.device), self._blocked)
-        elif allowed is not None and not bool(allowed[0, 0]):
-            raise ValueError("a token must attend to itself")
+            mask = mask[None, None]
         output = self.model(
             input_ids=input_ids[None],
             position_ids=positions[None],
-            attention_mask=mask[None, None],
+            attention_mask=mask,
             cache=self.cache,
             use_cache=True,
             logits_to_keep=logits_rows,
-            output_hidden_states=bool(hidden_state_layers),
+            output_hidden_states=list(hidden_state_layers) if hidden_state_layers else False,
         )
         logits = output.logits[0].float()
+        if logits.shape[0] != logits_rows:
+            raise ModelMismatchError(
+                f"{type(self.model).__name__} returned logits for {logits.shape[0]} positions where "
+                f"{logits_rows} were asked with logits_to_keep; specdec needs models that honour it")
         hidden = {layer: output.hidden_states[layer][0] for layer in hidden_state_layers}
         return logits, hidden
 

@@ -7,6 +7,9 @@ import math
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
+MIN_TEMPERATURE = 1e-4
+
+
 class SamplingParams(BaseModel):
     """How to sample one generation. Immutable; use `replace(...)` to derive a variant.
 
@@ -30,6 +33,9 @@ class SamplingParams(BaseModel):
     def _finite_temperature(cls, value: float) -> float:
         if not math.isfinite(value):
             raise ValueError("must be a finite number >= 0")
+        if 0 < value < MIN_TEMPERATURE:
+            raise ValueError(f"must be 0 (greedy) or at least {MIN_TEMPERATURE}: dividing logits by a "
+                             f"smaller temperature overflows")
         return value
 
     @field_validator("stop_token_ids")

@@ -48,14 +48,17 @@ class TextStream:
     def __iter__(self) -> Iterator[str]:
         tokens: list[int] = []
         shown = ""
+        # a stop string may complete later: hold back text that could be its beginning
+        hold = max((len(stop) for stop in self._params.stop_strings), default=1) - 1
         for chunk in self._generation.chunks():
             tokens.extend(chunk)
             text = self._pipeline._text(tokens, self._params)
             if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for more
                 continue
-            if text.startswith(shown) and len(text) > len(shown):
-                yield text[len(shown):]
-                shown = text
+            ready = text[: len(text) - hold] if hold else text
+            if ready.startswith(shown) and len(ready) > len(shown):
+                yield ready[len(shown):]
+                shown = ready
         done = self._generation.result
         text = self._pipeline._text(done.tokens, self._params)
         if text.startswith(shown) and len(text) > len(shown):

@@ -270,8 +270,8 @@ def check_policy_exact(policy: AcceptancePolicy, *, vocab_size: int = 5, seeds: 
                            ((3,), "without_replacement"), ((2, 1), "without_replacement"),
                            ((2,), "top"), ((2, 1), "top")),
                        tolerance: float = 1e-6) -> None:
-    """Assert that one speculative step of `policy` leaves the distribution of the first two
-    tokens exactly that of plain sampling, for random target and draft logits (zeros and
+    """Assert that one speculative step of `policy` leaves the distribution of every token it can
+    emit (accepted path plus bonus) exactly that of plain sampling, for random target and draft logits (zeros and
     disjoint supports included) and several tree shapes. Raises AssertionError otherwise."""
     for seed in seeds:
         generator = torch.Generator().manual_seed(seed)
@@ -279,10 +279,11 @@ def check_policy_exact(policy: AcceptancePolicy, *, vocab_size: int = 5, seeds: 
         draft_table = _random_logits_table(vocab_size, generator)
         for params in params_cases:
             for widths, mode in shapes:
-                expected = exact_target_distribution(params, target_table, 2)
+                num_tokens = len(widths) + 1  # a fully accepted path plus its bonus token
+                expected = exact_target_distribution(params, target_table, num_tokens)
                 actual = exact_step_distribution(
                     policy, params, target_table,
-                    lambda rng: sample_tree(rng, params, draft_table, widths, mode), 2)
+                    lambda rng: sample_tree(rng, params, draft_table, widths, mode), num_tokens)
                 gap = max_abs_difference(expected, actual)
                 if gap > tolerance:
                     raise AssertionError(
@@ -328,7 +329,10 @@ class ChiSquareResult:
 
 
 def chi_square(observed: Counter, expected: dict, num_samples: int, min_expected: float = 5.0) -> ChiSquareResult:
-    """Pearson goodness of fit; cells expected fewer than `min_expected` times are pooled."""
+    """Pearson goodness of fit; cells expected fewer than `min_expected` times are pooled. An
+    observed outcome that has probability 0 under `expected` fails outright (p-value 0)."""
+    if any(expected.get(key, 0.0) <= 0.0 for key in observed):
+        return ChiSquareResult(math.inf, 1, 0.0, num_samples)
     statistic, cells = 0.0, 0
     pooled_expected, pooled_observed = 0.0, 0
     for key in set(expected) | set(observed):
@@ -342,59 +346,80 @@ def chi_square(observed: Counter, expected: dict, num_samples: int, min_expected
     if pooled_expected > 0:
         statistic += (pooled_observed - pooled_expected) ** 2 / pooled_expected
         cells += 1
-    elif pooled_observed > 0:  # outcomes that plain sampling never produces
-        statistic, cells = math.inf, cells + 1
     dof = max(cells - 1, 1)
-    p_value = 0.0 if math.isinf(statistic) else float(
-        torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64),
-                                torch.tensor(statistic / 2, dtype=torch.float64)))
+    p_value = float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64),
+                                            torch.tensor(statistic / 2, dtype=torch.float64)))
     return ChiSquareResult(statistic, dof, p_value, num_samples)
+
+
+def marginal(distribution: dict[tuple[int, ...], float], positions: Sequence[int]) -> dict[tuple[int, ...], float]:
+    """The distribution of the tokens at `positions` of a joint distribution over sequences."""
+    result: dict[tuple[int, ...], float] = {}
+    for sequence, probability in distribution.items():
+        key = tuple(sequence[position] for position in positions)
+        result[key] = result.get(key, 0.0) + probability
+    return result
 
 
 def exact_model_distribution(model: torch.nn.Module, prompt: Sequence[int], params: SamplingParams,
                              num_tokens: int) -> dict[tuple[int, ...], float]:
-    """The exact distribution of the first `num_tokens` tokens of plain sampling from `model`."""
-    cache: dict[tuple[int, ...], torch.Tensor] = {}
-
-    def logits(path: tuple[int, ...]) -> torch.Tensor:
-        if path not in cache:
-            with torch.inference_mode():
-                ids = torch.tensor([list(prompt) + list(path)])
-                cache[path] = model(ids).logits[0, -1].float()
-        return cache[path]
-
-    return exact_target_distribution(params, logits, num_tokens)
+    """The exact joint distribution of the first `num_tokens` tokens of plain sampling (or greedy
+    decoding) from `model`, expanding every prefix with positive probability, one batched
+    forward per position."""
+    distribution: dict[tuple[int, ...], float] = {(): 1.0}
+    for _ in range(num_tokens):
+        prefixes = list(distribution)
+        with torch.inference_mode():
+            ids = torch.tensor([list(prompt) + list(prefix) for prefix in prefixes])
+            logits = model(ids).logits[:, -1].float()
+        if params.greedy:
+            probs = torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).double()
+        else:
+            probs = warp_logits(logits, params).double()
+        expanded: dict[tuple[int, ...], float] = {}
+        for row, prefix in enumerate(prefixes):
+            for token in probs[row].nonzero().flatten().tolist():
+                expanded[prefix + (token,)] = distribution[prefix] * float(probs[row, token])
+        distribution = expanded
+    return distribution
 
 
 def check_sampling_distribution(make_drafter: DrafterFactory, target: torch.nn.Module,
                                 params: SamplingParams, *, policy: AcceptancePolicy | None = None,
-                                prompt: Sequence[int] = (1, 2, 3), num_tokens: int = 2,
-                                max_new_tokens: int = 4, num_samples: int = 1500,
-                                alpha: float = 1e-3, seed: int = 0) -> ChiSquareResult:
-    """Sample `num_samples` speculative generations and test the joint distribution of their
-    first `num_tokens` tokens against plain sampling's exact distribution.
+                                prompt: Sequence[int] = (1, 2, 3), max_new_tokens: int = 4,
+                                num_samples: int = 1500, alpha: float = 1e-3,
+                                seed: int = 0) -> dict[str, ChiSquareResult]:
+    """Sample `num_samples` speculative generations of `max_new_tokens` tokens and test them
+    against plain sampling's exact distribution: the joint distribution of the first two tokens,
+    and the marginal distribution of every later position (so errors in deep draft positions
+    show), each by a chi-square goodness-of-fit test.
 
-    With `alpha = 1e-3`, a correct implementation fails this test one time in a thousand
-    seeds (the seed is fixed, so the outcome is reproducible). Generations run to
-    `max_new_tokens` so that drafts deeper than `num_tokens` are verified too.
+    `alpha` is the false-alarm rate of the whole check for a correct implementation (split
+    evenly between the tests, Bonferroni); seeds are fixed, so the outcome is reproducible.
+    Returns the result of each test by name.
     """
     from specdec.verifiers.hf import HFVerifier
 
     decoder = SpeculativeDecoder(HFVerifier(target, eos_token_ids=()), make_drafter(target),
                                  policy or RejectionSampling())
-    observed: Counter = Counter()
+    samples = []
     for index in range(num_samples):
         sample = params.replace(seed=seed * 1_000_003 + index, max_new_tokens=max_new_tokens)
-        observed[tuple(decoder.generate(prompt, sample).tokens[:num_tokens])] += 1
-    expected = exact_model_distribution(target, prompt, params, num_tokens)
-    result = chi_square(observed, expected, num_samples)
-    if result.p_value < alpha:
-        raise AssertionError(
-            f"speculative sampling with {type(decoder.drafter).__name__} and "
-            f"{type(decoder.policy).__name__} does not match plain sampling at {params}: "
-            f"chi-square {result.statistic:.1f} on {result.degrees_of_freedom} dof, "
-            f"p = {result.p_value:.2e} < {alpha} over {num_samples} samples")
-    return result
+        samples.append(tuple(decoder.generate(prompt, sample).tokens))
+    exact = exact_model_distribution(target, prompt, params, max_new_tokens)
+    groups = {"tokens 1-2": (0, 1)} if max_new_tokens >= 2 else {"token 1": (0,)}
+    groups.update({f"token {position + 1}": (position,) for position in range(2, max_new_tokens)})
+    results = {}
+    for name, positions in groups.items():
+        observed = Counter(tuple(sample[position] for position in positions) for sample in samples)
+        result = results[name] = chi_square(observed, marginal(exact, positions), num_samples)
+        if result.p_value < alpha / len(groups):
+            raise AssertionError(
+                f"speculative sampling with {type(decoder.drafter).__name__} and "
+                f"{type(decoder.policy).__name__} does not match plain sampling at {params} ({name}): "
+                f"chi-square {result.statistic:.1f} on {result.degrees_of_freedom} dof, "
+                f"p = {result.p_value:.2e} < {alpha / len(groups):.1e} over {num_samples} samples")
+    return results
 
 
 class _CacheChecker(BaseDrafter):
@@ -417,11 +442,26 @@ class _CacheChecker(BaseDrafter):
         tokens = list(outcome.tokens)
         # the target cache holds every committed token but the newest (the next root)
         assert_cache_matches(self.verifier.runner, self.target, tokens[:-1], self.tolerance, "target")
-        for name, value in vars(self.inner).items():
-            if isinstance(value, CausalLMRunner):
-                assert_cache_matches(value, value.model, tokens[: value.length], self.tolerance,
-                                     f"drafter {name}")
+        for name, runner in _runners(self.inner, "drafter"):
+            assert_cache_matches(runner, runner.model, tokens[: runner.length], self.tolerance, name)
         self.checked_steps += 1
+
+
+def _runners(value, name: str, seen: set | None = None):
+    """Every `CausalLMRunner` reachable from a drafter (through attributes, lists, sub-drafters)."""
+    seen = set() if seen is None else seen
+    if id(value) in seen or isinstance(value, (str, bytes, int, float, torch.Tensor, torch.nn.Module)):
+        return
+    seen.add(id(value))
+    if isinstance(value, CausalLMRunner):
+        yield name, value
+        return
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _runners(item, f"{name}[{index}]", seen)
+    elif hasattr(value, "__dict__"):
+        for attribute, item in vars(value).items():
+            yield from _runners(item, f"{name}.{attribute}", seen)
 
 
 def assert_cache_matches(runner: CausalLMRunner, model: torch.nn.Module, tokens: Sequence[int],

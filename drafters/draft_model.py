@@ -42,7 +42,8 @@ class DraftModelDrafter(BaseDrafter):
 
     :param model: the draft model (SDPA or eager attention).
     :param num_tokens: draft length k per step.
-    :param target_vocab_size: the target's logits width; a different draft width is refused.
+    :param target_vocab_size: the target's logits width; a wider draft is refused, a narrower one
+        (a padding difference within one tokenizer family) is zero-padded.
     """
 
     provides_draft_probs = True
@@ -52,11 +53,15 @@ class DraftModelDrafter(BaseDrafter):
         if num_tokens < 1:
             raise ValueError("num_tokens must be >= 1")
         self.runner = CausalLMRunner(model)
-        if target_vocab_size is not None and self.runner.vocab_size != target_vocab_size:
+        if target_vocab_size is not None and self.runner.vocab_size > target_vocab_size:
             raise ModelMismatchError(
                 f"the draft model's vocabulary has {self.runner.vocab_size} entries but the "
                 f"target's has {target_vocab_size}; a draft model must share the target's "
                 f"tokenizer and vocabulary")
+        # Model families pad their embedding matrices differently (Qwen: 151936 vs 152064 rows)
+        # while sharing a tokenizer; q is zero-padded to the target's width, and the padded ids
+        # are never drafted, so verification stays lossless.
+        self.pad_q = 0 if target_vocab_size is None else target_vocab_size - self.runner.vocab_size
         self.num_tokens = num_tokens
         self.greedy_draft = greedy_draft
         self._proposed_from = 0  # committed length when the last draft was made
@@ -76,7 +81,12 @@ class DraftModelDrafter(BaseDrafter):
             return Draft.empty()
         sample = not context.params.greedy and not self.greedy_draft
         device = self.runner.device
-        unseen = torch.tensor(context.tokens[self.runner.length:], dtype=torch.long, device=device)
+        new_tokens = context.tokens[self.runner.length:]
+        if max(new_tokens) >= self.runner.vocab_size:
+            raise ModelMismatchError(
+                f"the target produced token id {max(new_tokens)}, which the draft model's "
+                f"{self.runner.vocab_size}-entry vocabulary does not have")
+        unseen = torch.tensor(new_tokens, dtype=torch.long, device=device)
         self._proposed_from = len(context.tokens)
         drafted: list[torch.Tensor] = []  # [1] each, on the model's device: no host sync when greedy
         draws: list[torch.Tensor] = []
@@ -95,7 +105,8 @@ class DraftModelDrafter(BaseDrafter):
             unseen = token
         # the cache now holds every committed token and all draft tokens but the last
         self._drafted_in_cache = count - 1
-        self._last_draft = Draft.chain(torch.cat(drafted), torch.stack(draws) if sample else None)
+        q = torch.nn.functional.pad(torch.stack(draws), (0, self.pad_q)) if sample else None
+        self._last_draft = Draft.chain(torch.cat(drafted), q)
         return self._last_draft
 
     def observe(self, outcome: StepOutcome) -> None:

@@ -153,3 +153,142 @@ def test_stop_strings_need_a_tokenizer():
     plain = SpeculativeDecoder(HFVerifier(model()), NoDrafter(), RejectionSampling())
     with pytest.raises(InputError, match="tokenizer"):
         plain.generate([1], stop_strings=("x",))
+
+
+def test_models_that_ignore_position_ids_are_refused():
+    """ALiBi-style models place keys by cache index; a tree would be verified wrong, silently."""
+    broken = tiny_llama(7, vocab_size=VOCAB)
+    forward = broken.forward
+    broken.forward = lambda *args, position_ids=None, **kwargs: forward(*args, **kwargs)
+    with pytest.raises(ModelMismatchError, match="does not honour position ids"):
+        HFVerifier(broken)
+
+
+def test_alibi_configs_are_refused():
+    from transformers import BloomConfig, BloomForCausalLM
+
+    bloom = BloomForCausalLM(BloomConfig(vocab_size=32, hidden_size=16, n_layer=1, n_head=2)).eval()
+    with pytest.raises(ModelMismatchError, match="ALiBi"):
+        HFVerifier(bloom)
+
+
+def test_interleaved_streams_on_one_decoder_are_refused():
+    shared = decoder(DraftModelDrafter(model(), 3))
+    first = shared.stream([1, 2], SamplingParams(max_new_tokens=8))
+    next(first)
+    second = shared.stream([3, 4], SamplingParams(max_new_tokens=8))
+    assert len(list(second)) == 8
+    with pytest.raises(InputError, match="another generation started"):
+        list(first)
+
+
+class RootlessPolicy(RejectionSampling):
+    def accept(self, logits, draft, params, rng):
+        from specdec import Acceptance
+
+        return Acceptance((1,), 0)  # node 1 without its parent node 0
+
+
+def test_a_policy_path_that_skips_a_parent_is_refused():
+    bad = SpeculativeDecoder(HFVerifier(model(), ()), FixedDrafter(Draft.chain([1, 2])), RootlessPolicy())
+    with pytest.raises(DraftError, match="not a path down the draft tree"):
+        bad.generate([1, 2], max_new_tokens=5)
+
+
+def test_aux_rows_are_validated_even_without_nodes():
+    from specdec import AuxTokens
+
+    aux = AuxTokens(torch.tensor([VOCAB + 1]), torch.tensor([1]), torch.ones(1, 1, dtype=torch.bool))
+    with pytest.raises(DraftError, match="at aux row 0"):
+        decoder(FixedDrafter(Draft(torch.empty(0, dtype=torch.long), (), aux=aux))).generate([1, 2])
+    far = AuxTokens(torch.tensor([3]), torch.tensor([500]), torch.ones(1, 1, dtype=torch.bool))
+    with pytest.raises(DraftError, match="beyond the model's 64 positions"):
+        decoder(FixedDrafter(Draft(torch.empty(0, dtype=torch.long), (), aux=far))).generate([1, 2])
+
+
+def test_aux_rows_do_not_change_the_output_and_return_their_logits():
+    """Aux rows ride along (lookahead's window): their logits equal a separate forward, the
+    candidates' verification is unchanged, and they never enter the cache."""
+    from specdec import AuxTokens, BaseDrafter
+
+    seen = []
+
+    class WithAux(BaseDrafter):
+        def propose(self, context):
+            guess = torch.tensor([context.tokens[-1], 5])
+            # aux row 0 sees the root only; row 1 sees row 0: a two-token window after the root
+            return Draft(torch.tensor([4]), (-1,),
+                         aux=AuxTokens(guess, torch.tensor([1, 2]), torch.tensor([[0, 1, 0], [0, 1, 1]], dtype=torch.bool)))
+
+        def observe(self, outcome):
+            seen.append((list(outcome.tokens[:-1 - len(outcome.accepted_tokens)]), outcome.aux_logits))
+
+    reference = decoder().generate([1, 2, 3], max_new_tokens=6)
+    result = decoder(WithAux()).generate([1, 2, 3], max_new_tokens=6)
+    assert result.tokens == reference.tokens
+    committed, aux_logits = seen[0]
+    root = committed[-1]
+    with torch.inference_mode():
+        expected = model()(torch.tensor([committed + [root, 5]])).logits[0, -2:]
+    assert torch.allclose(aux_logits, expected, atol=1e-4)
+
+
+def test_long_prompts_are_prefilled_causally_and_hidden_states_match_a_fresh_forward():
+    """Prompts above the causal-prefill threshold take their own forward; drafters asking for
+    hidden states still get the states of every committed position, in order."""
+    from specdec import BaseDrafter
+
+    target = tiny_llama(8, vocab_size=VOCAB, max_positions=512)
+    collected = []
+
+    class HiddenReader(DraftModelDrafter):
+        hidden_state_layers = (-1, 1)
+
+        def observe(self, outcome):
+            collected.append(outcome.hidden_states)
+            super().observe(outcome)
+
+    prompt = [int(token) for token in torch.randint(0, VOCAB, (300,), generator=torch.Generator().manual_seed(1))]
+    speculative = SpeculativeDecoder(HFVerifier(target, ()), HiddenReader(target, 3), RejectionSampling())
+    result = speculative.generate(prompt, max_new_tokens=12)
+    plain = SpeculativeDecoder(HFVerifier(target, ()), NoDrafter(), RejectionSampling())
+    assert result.tokens == plain.generate(prompt, max_new_tokens=12).tokens
+    committed = prompt + result.tokens
+    with torch.inference_mode():
+        fresh = target(torch.tensor([committed]), output_hidden_states=True).hidden_states
+    for layer in (-1, 1):
+        states = torch.cat([step[layer] for step in collected])
+        assert torch.allclose(states, fresh[layer][0, : states.shape[0]], atol=1e-4)
+
+
+def test_tiny_positive_temperatures_are_refused():
+    with pytest.raises(ValueError, match="at least"):
+        SamplingParams(temperature=1e-39)
+
+
+class PaddedHead(torch.nn.Module):
+    """An LM head whose last `padding` ids can never be produced, like a padded embedding matrix."""
+
+    def __init__(self, head, padding):
+        super().__init__()
+        self.head, self.padding = head, padding
+        self.weight = head.weight
+
+    def forward(self, hidden):
+        logits = self.head(hidden)
+        logits[..., -self.padding:] = float("-inf")
+        return logits
+
+
+def test_a_narrower_draft_vocabulary_is_padded():
+    """Families pad embeddings differently while sharing a tokenizer (Qwen 151936 vs 152064)."""
+    target = tiny_llama(7, vocab_size=VOCAB)
+    target.lm_head = PaddedHead(target.lm_head, 4)
+    narrow = tiny_llama(9, vocab_size=VOCAB - 4)
+    drafter = DraftModelDrafter(narrow, 3, target_vocab_size=VOCAB)
+    padded = SpeculativeDecoder(HFVerifier(target, ()), drafter, RejectionSampling())
+    result = padded.generate([1, 2], max_new_tokens=10, temperature=1.0, seed=0)
+    assert len(result.tokens) == 10 and result.stats.draft_tokens > 0
+    wider = tiny_llama(9, vocab_size=VOCAB + 4)
+    with pytest.raises(ModelMismatchError, match="vocabulary"):
+        DraftModelDrafter(wider, 3, target_vocab_size=VOCAB)

@@ -66,6 +66,14 @@ def test_sampling_overrides_and_stop_strings(pipelines):
     assert cut.finish_reason == "stop" and cut.text == full.text[: full.text.index(stop)]
 
 
+def test_streaming_never_shows_part_of_a_stop_string(pipelines):
+    plain, _ = pipelines
+    full = plain.generate("abc", max_new_tokens=24, stop_token_ids=())
+    stop = full.text[6:9]
+    stream = plain.stream("abc", max_new_tokens=24, stop_token_ids=(), stop_strings=(stop,))
+    assert "".join(stream) == stream.result.text == full.text[: full.text.index(stop)]
+
+
 def test_bad_prompts_are_refused(pipelines):
     plain, _ = pipelines
     with pytest.raises(InputError, match="empty"):

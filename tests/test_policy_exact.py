@@ -46,7 +46,8 @@ def logits_tables(draw, vocab_size):
         for second in range(vocab_size):
             table[(first, second)] = row()
     rows.update(table)
-    return lambda path: rows[path[:2]] if len(path) <= 2 else rows[path[:1]]
+    # deeper paths reuse the rows of their last two tokens: still a function of the path
+    return lambda path: rows[path[-2:]]
 
 
 sampling_params = st.one_of(
@@ -69,9 +70,10 @@ def test_rejection_sampling_output_equals_plain_sampling(data, params, shape):
     target = data.draw(logits_tables(vocab_size))
     draft = data.draw(logits_tables(vocab_size))
     widths, mode = shape
-    expected = exact_target_distribution(params, target, 2)
+    num_tokens = len(widths) + 1  # every token the step can emit: the path and its bonus
+    expected = exact_target_distribution(params, target, num_tokens)
     actual = exact_step_distribution(RejectionSampling(), params, target,
-                                     lambda rng: sample_tree(rng, params, draft, widths, mode), 2)
+                                     lambda rng: sample_tree(rng, params, draft, widths, mode), num_tokens)
     assert max_abs_difference(expected, actual) <= TOLERANCE
 
 
@@ -80,9 +82,10 @@ def test_greedy_policy_equals_greedy_decoding(data, shape):
     target = data.draw(logits_tables(4))
     draft = data.draw(logits_tables(4))
     params = SamplingParams(temperature=0.0)
-    expected = exact_target_distribution(params, target, 3)
+    num_tokens = len(shape[0]) + 1
+    expected = exact_target_distribution(params, target, num_tokens)
     actual = exact_step_distribution(GreedyAcceptance(), params, target,
-                                     lambda rng: sample_tree(rng, params, draft, shape[0], "top"), 3)
+                                     lambda rng: sample_tree(rng, params, draft, shape[0], "top"), num_tokens)
     assert actual == expected
 
 
@@ -139,7 +142,18 @@ class ForgetsSiblingResidual(RejectionSampling):
         return Acceptance(tuple(path), rng.categorical(probs[row]))
 
 
+class BonusFromRoot(RejectionSampling):
+    """After a fully accepted chain, draws the bonus token from the root row instead of the leaf's."""
+
+    def _accept_chain(self, probs, draft, q, rng):
+        acceptance = super()._accept_chain(probs, draft, q, rng)
+        if len(acceptance.path) == draft.num_nodes and draft.num_nodes > 1:
+            return Acceptance(acceptance.path, rng.categorical(probs[0]))
+        return acceptance
+
+
 @pytest.mark.parametrize("policy, shapes", [
+    (BonusFromRoot(), (((1, 1), "iid"),)),
     (AlwaysAccept(), (((1,), "iid"),)),
     (ResampleFromTarget(), (((1,), "iid"),)),
     (ForgetsSiblingResidual(), (((3,), "iid"),)),

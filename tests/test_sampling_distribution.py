@@ -1,12 +1,13 @@
 """Speculative sampling reproduces plain sampling (tests 4 and 5 of the core issue).
 
 Each case draws NUM_SAMPLES seeded generations of MAX_NEW_TOKENS tokens from a tiny random model
-and compares the joint distribution of their first two tokens with the exact distribution of
-plain sampling (computed by enumerating the model's conditionals) with a chi-square goodness of
-fit test, cells expected fewer than 5 times pooled. The significance level ALPHA = 1e-3 is the
-false-alarm rate of one test for a correct implementation; the seeds are fixed, so a run is
-reproducible. Generations run past the two recorded tokens so that drafts of depth 3 are
-verified too (depth 2). The power tests check that broken policies are rejected by the same test.
+and compares them with the exact distribution of plain sampling (computed by expanding the
+model's conditionals): the joint distribution of the first two tokens and the marginal of each
+later token (drafts reach depth 3, so every draft position is covered), each by a chi-square
+goodness-of-fit test with cells expected fewer than 5 times pooled. ALPHA = 1e-3 is the
+false-alarm rate of a whole case for a correct implementation (Bonferroni over its tests); the
+seeds are fixed, so a run is reproducible. The power tests check that broken components are
+rejected by the same check.
 """
 
 import functools
@@ -21,7 +22,7 @@ from specdec.testing import ModelTreeDrafter, check_sampling_distribution, pertu
 
 NUM_SAMPLES = 1000
 ALPHA = 1e-3
-MAX_NEW_TOKENS = 3
+MAX_NEW_TOKENS = 4
 
 
 @functools.lru_cache(maxsize=None)
@@ -40,7 +41,7 @@ def chain_drafter(target):
 
 
 def tree_drafter(mode):
-    return lambda target: ModelTreeDrafter(draft_model(), (3, 1), mode)
+    return lambda target: ModelTreeDrafter(draft_model(), (3, 1, 1), mode)
 
 
 CASES = {
@@ -60,9 +61,10 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_speculative_sampling_matches_plain_sampling(case):
     make_drafter, params = CASES[case]
-    result = check_sampling_distribution(make_drafter, target_model(), params, num_samples=NUM_SAMPLES,
-                                         max_new_tokens=MAX_NEW_TOKENS, alpha=ALPHA)
-    assert result.degrees_of_freedom >= 10  # the test compares many cells, not a pooled few
+    results = check_sampling_distribution(make_drafter, target_model(), params, num_samples=NUM_SAMPLES,
+                                          max_new_tokens=MAX_NEW_TOKENS, alpha=ALPHA)
+    assert set(results) == {"tokens 1-2", "token 3", "token 4"}
+    assert results["tokens 1-2"].degrees_of_freedom >= 10  # many cells compared, not a pooled few
 
 
 class AlwaysAccept:
@@ -92,10 +94,25 @@ class GreedyDraftReportingQ(BaseDrafter):
         return Draft.chain(tokens, torch.stack(rows))
 
 
+class WrongQAtDepthThree(DraftModelDrafter):
+    """Samples correctly but reports a uniform q for its third token only: a bug that only the
+    tokens after the first two can reveal."""
+
+    def propose(self, context):
+        draft = super().propose(context)
+        if draft.q is None or draft.num_nodes < 3:
+            return draft
+        q = draft.q.clone()
+        q[2] = 1.0 / q.shape[1]  # uniform: accepts the third token far too often
+        self._last_draft = Draft(draft.tokens, draft.parents, q)
+        return self._last_draft
+
+
 @pytest.mark.parametrize("make_drafter, policy", [
     (chain_drafter, AlwaysAccept()),
     (lambda target: GreedyDraftReportingQ(), RejectionSampling()),
-], ids=["policy-always-accepts", "drafter-reports-wrong-q"])
+    (lambda target: WrongQAtDepthThree(draft_model(), 3), RejectionSampling()),
+], ids=["policy-always-accepts", "drafter-reports-wrong-q", "wrong-q-at-depth-3"])
 def test_broken_components_fail_the_distribution_test(make_drafter, policy):
     with pytest.raises(AssertionError, match="does not match plain sampling"):
         check_sampling_distribution(make_drafter, target_model(), SamplingParams(temperature=1.0),
