@@ -28,6 +28,28 @@ class GenerationResult:
     stats: GenerationStats
 
 
+class TokenView(Sequence[int]):
+    """A read-only window on the engine's committed tokens: drafters can read them (slices are
+    copies) but cannot change what was committed. It always shows the current tokens."""
+
+    __slots__ = ("_tokens",)
+
+    def __init__(self, tokens: list[int]):
+        self._tokens = tokens
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def __getitem__(self, index):
+        return self._tokens[index]
+
+    def __iter__(self):
+        return iter(self._tokens)
+
+    def __repr__(self) -> str:
+        return f"TokenView({self._tokens!r})"
+
+
 class Generation:
     """Iterator over generated token ids as they are committed; `result` once it is exhausted."""
 
@@ -131,6 +153,7 @@ class SpeculativeDecoder:
         carried_draft_seconds = time.perf_counter() - tic
 
         tokens = list(prompt)
+        view = TokenView(tokens)
         pending = list(prompt)
         step = 0
         while True:
@@ -141,7 +164,7 @@ class SpeculativeDecoder:
             remaining = max_new - (len(tokens) - len(prompt))
             tic = time.perf_counter()
             if remaining > 1:
-                context = DraftContext(tokens, len(prompt), params, remaining - 1, rng, step)
+                context = DraftContext(view, len(prompt), params, remaining - 1, rng, step)
                 draft = self._check_draft(drafter.propose(context), remaining - 1, len(tokens) - 1)
             else:
                 draft = _EMPTY_DRAFT
@@ -166,7 +189,7 @@ class SpeculativeDecoder:
                     path=acceptance.path,
                     accepted_tokens=accepted,
                     next_token=acceptance.token,
-                    tokens=tokens,
+                    tokens=view,
                     hidden_states=_rows(verified.hidden_states, len(pending), acceptance.path),
                     aux_logits=verified.aux_logits,
                 ))

@@ -24,7 +24,7 @@ from specdec.sampling import RandomSource, SamplingParams
 class DraftContext:
     """What a drafter may look at when proposing."""
 
-    tokens: Sequence[int]  # all committed tokens (prompt + generated); read-only
+    tokens: Sequence[int]  # all committed tokens (prompt + generated): a read-only live view
     num_prompt_tokens: int
     params: SamplingParams
     max_depth: int  # the draft must not be deeper than this (>= 1)
@@ -62,7 +62,7 @@ class StepOutcome:
     path: tuple[int, ...]  # accepted node indices
     accepted_tokens: tuple[int, ...]  # their tokens
     next_token: int  # the target's token after them, now the root of the next draft
-    tokens: Sequence[int]  # all committed tokens after this step
+    tokens: Sequence[int]  # all committed tokens after this step (a read-only live view)
     # layer -> [P + len(path), H]: target hidden states at the positions this step added to the
     # target cache: the P tokens that were pending (the previous root, or the prompt on the first
     # step), then the accepted nodes. Only the layers the drafter asked for.
