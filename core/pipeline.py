@@ -85,8 +85,16 @@ class Pipeline:
         target = validated.spec.target
         self.device = resolve_device(target.device)
         self.dtype = resolve_dtype(target.dtype, self.device)
+        base_dir = None if validated.source.startswith("<") else Path(validated.source).resolve().parent
+
+        def locate(name: str | None) -> str | None:
+            """A model named by a path relative to the pipeline file, if one exists there."""
+            if name and base_dir is not None and not Path(name).is_absolute() and (base_dir / name).exists():
+                return str(base_dir / name)
+            return name
+
         if model is None:
-            model, loaded_tokenizer = load_model(target.model, device=self.device, dtype=self.dtype)
+            model, loaded_tokenizer = load_model(locate(target.model), device=self.device, dtype=self.dtype)
             tokenizer = tokenizer or loaded_tokenizer
         self.model, self.tokenizer = model, tokenizer
         self.device, self.dtype = model.device, model.dtype
@@ -95,14 +103,15 @@ class Pipeline:
 
         def load(name: str):
             if name not in loaded:
-                loaded[name] = load_model(name, device=self.device, dtype=self.dtype)
+                loaded[name] = load_model(locate(name), device=self.device, dtype=self.dtype)
             return loaded[name]
 
         def build_drafter(block: Any, location: str):
             component, params = validate_component("drafter", block, registry, location)
             return component.factory(context, params)
 
-        context = BuildContext(model, tokenizer, self.device, self.dtype, load, build_drafter)
+        context = BuildContext(model, tokenizer, self.device, self.dtype, load, build_drafter,
+                               base_dir=base_dir)
         spec = validated.spec
         self.verifier = registry.get("verifier", spec.verifier.type).factory(context, validated.verifier_params)
         context.extras["verifier"] = self.verifier

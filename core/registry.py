@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from pydantic import BaseModel
@@ -51,6 +52,8 @@ class BuildContext:
         device and dtype, cached, so several components can share a model.
     :param build_drafter: ``build_drafter(spec, location)`` builds a nested drafter from a
         ``{"type": ..., "params": {...}}`` mapping (for composite drafters).
+    :param base_dir: the directory of the pipeline file (None for pipelines built from a dict);
+        `resolve_path` resolves relative paths in params against it.
     """
 
     target: Any
@@ -60,6 +63,15 @@ class BuildContext:
     load_model: Callable[[str], tuple[Any, Any]]
     build_drafter: Callable[[dict, str], Any]
     extras: dict[str, Any] = field(default_factory=dict)
+    base_dir: Path | None = None
+
+    def resolve_path(self, path: str | Path) -> Path:
+        """A path from a params block: absolute as is; relative to the pipeline file's directory
+        (like docker-compose), or to the working directory for pipelines built from a dict."""
+        path = Path(path).expanduser()
+        if path.is_absolute() or self.base_dir is None:
+            return path
+        return self.base_dir / path
 
 
 class Registry:

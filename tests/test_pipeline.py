@@ -2,6 +2,7 @@
 
 import logging
 import types
+from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
@@ -111,3 +112,18 @@ def test_a_draft_model_with_another_tokenizer_is_refused(tmp_path, model_dir):
     with pytest.raises(ModelMismatchError, match="different vocabulary"):
         Pipeline.from_dict({"target": {"model": model_dir},
                             "drafter": {"type": "draft_model", "params": {"model": other}}})
+
+
+def test_relative_paths_resolve_against_the_pipeline_file(tmp_path, monkeypatch):
+    folder = tmp_path / "project"
+    save_tiny_model(folder / "models" / "tiny", seed=4)
+    (folder / "p.yaml").write_text("target: {model: models/tiny}\n"
+                                   "drafter: {type: draft_model, params: {model: models/tiny, num_tokens: 2}}\n")
+    monkeypatch.chdir(tmp_path)  # not the pipeline's folder
+    pipeline = Pipeline.from_yaml(folder / "p.yaml")
+    assert len(pipeline.generate("abc", max_new_tokens=4).token_ids) == 4
+    from specdec.registry import BuildContext
+
+    context = BuildContext(None, None, None, None, None, None, base_dir=folder)
+    assert context.resolve_path("store") == folder / "store"
+    assert context.resolve_path("/abs/store") == Path("/abs/store")
