@@ -361,14 +361,27 @@ def marginal(distribution: dict[tuple[int, ...], float], positions: Sequence[int
     return result
 
 
+#: Most prefixes `exact_model_distribution` expands at one position (one batched forward each).
+MAX_EXACT_PREFIXES = 50_000
+
+
 def exact_model_distribution(model: torch.nn.Module, prompt: Sequence[int], params: SamplingParams,
                              num_tokens: int) -> dict[tuple[int, ...], float]:
     """The exact joint distribution of the first `num_tokens` tokens of plain sampling (or greedy
     decoding) from `model`, expanding every prefix with positive probability, one batched
-    forward per position."""
+    forward per position.
+
+    The number of prefixes grows as the vocabulary to the power of the position (under top-k or
+    top-p, as the kept tokens); above `MAX_EXACT_PREFIXES` it raises instead of exhausting memory.
+    """
     distribution: dict[tuple[int, ...], float] = {(): 1.0}
     for _ in range(num_tokens):
         prefixes = list(distribution)
+        if len(prefixes) > MAX_EXACT_PREFIXES:
+            raise ValueError(
+                f"the exact distribution of {num_tokens} tokens needs {len(prefixes)} prefixes at position "
+                f"{len(prefixes[0]) + 1} (more than {MAX_EXACT_PREFIXES}): use fewer tokens, a smaller "
+                f"vocabulary, or top_k")
         with torch.inference_mode():
             ids = torch.tensor([list(prompt) + list(prefix) for prefix in prefixes])
             logits = model(ids).logits[:, -1].float()
