@@ -1,0 +1,223 @@
+"""Adaptive drafting: verify only the candidate nodes that pay for their verification.
+
+The cost model. Verifying a draft of m nodes costs `1 + draft_overhead + node_cost * m` plain
+steps (one plain step = the target forward over one token; measured with
+`benchmarks/verify_cost.py`: about 0.08 per node for the default model on CPU, about 0 on a
+GPU until the batch gets large). A step that verifies the nodes S commits on average
+`1 + sum(p_i for i in S)` tokens, where p_i is the probability that node i is accepted (that the
+target's tokens follow the path to it). Speed relative to plain decoding is therefore
+
+    R(S) = (1 + sum_S p_i) / (1 + draft_overhead + node_cost * |S|)
+
+and the drafter proposes the S that maximizes R, or nothing when max R <= 1 + min_gain. Because
+p never grows along a path, the best S of each size is the top nodes by p (a prefix-closed set),
+so sorting candidates by p and scanning the prefix ratios finds the optimum (`select_nodes`).
+
+The probabilities. p_i is the product, along the path, of the conditional probability that a
+node's token comes next given that its parent's path was accepted. That conditional is read from
+an `AcceptanceModel`: decayed success counts per feature cell (matched context length, depth 1 or
+deeper, the node's share of its parent's occurrences), with a prior for cells with little data.
+The counts are learned online from every candidate tree, drafted or not (`OutcomeTracker`): the
+committed tokens reveal which candidate nodes *would* have been accepted. This is exact, not an
+approximation: for a deterministic draft, the lossless acceptance rule accepts a node exactly when
+the committed token equals it, and committed tokens are distributed as plain decoding whatever was
+drafted. So a drafter that stopped drafting keeps measuring, and starts again when the text turns
+repetitive.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from typing import Sequence
+
+from specdec_plugin_retrieval.candidates import CandidateTree
+
+#: Share buckets: a node's occurrences / (its parent's occurrences + 1). The +1 makes one lone
+#: occurrence (share 0.5) less certain than ten that agree (share 0.91).
+SHARE_EDGES = (0.25, 0.5, 0.75)
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Verification cost of a draft, in plain (one-token) steps.
+
+    :param node_cost: extra cost of each draft node.
+    :param draft_overhead: extra fixed cost of a step that verifies any draft.
+    """
+
+    node_cost: float = 0.08
+    draft_overhead: float = 0.0
+
+    def step_cost(self, num_nodes: int) -> float:
+        return 1.0 + self.draft_overhead + self.node_cost * num_nodes if num_nodes else 1.0
+
+
+class AcceptanceModel:
+    """P(a node's token comes next | its parent's path was accepted), per feature cell.
+
+    Cells combine the matched context length (bucketed by `match_edges`, counting the draft
+    tokens above the node as matched context), whether the node is at depth 1, and its share
+    bucket (`SHARE_EDGES`). Each cell holds decayed success and trial counts, so recent outcomes
+    weigh most (`decay` 0.98 remembers about the last 50 trials of a cell), shrunk toward a prior
+    mean by `prior_weight` pseudo-trials.
+
+    :param prior: prior mean of each cell, indexed like `cell(...)`.
+    """
+
+    def __init__(self, match_edges: Sequence[int], prior: Sequence[float], *,
+                 prior_weight: float = 4.0, decay: float = 0.98):
+        self.match_edges = tuple(match_edges)
+        num_cells = len(self.match_edges) * 2 * (len(SHARE_EDGES) + 1)
+        if len(prior) != num_cells:
+            raise ValueError(f"prior needs {num_cells} cells, got {len(prior)}")
+        self.prior = [min(max(float(mean), 0.0), 1.0) for mean in prior]
+        self.prior_weight = prior_weight
+        self.decay = decay
+        self.successes = [0.0] * num_cells
+        self.trials = [0.0] * num_cells
+
+    @property
+    def num_cells(self) -> int:
+        return len(self.prior)
+
+    def cell(self, matched: int, depth: int, share: float) -> int:
+        match_bucket = max(bisect.bisect_right(self.match_edges, matched) - 1, 0)
+        share_bucket = bisect.bisect_right(SHARE_EDGES, share)
+        return (match_bucket * 2 + (depth > 1)) * (len(SHARE_EDGES) + 1) + share_bucket
+
+    def probability(self, cell: int) -> float:
+        weight = self.prior_weight
+        return (self.successes[cell] + weight * self.prior[cell]) / (self.trials[cell] + weight)
+
+    def update(self, cell: int, accepted: bool) -> None:
+        self.successes[cell] = self.successes[cell] * self.decay + accepted
+        self.trials[cell] = self.trials[cell] * self.decay + 1.0
+
+
+def prior_table(rows: Sequence[tuple[Sequence[float], Sequence[float]]]) -> list[float]:
+    """The prior in cell order from one row per match bucket: (values per share bucket for depth-1
+    nodes, values per share bucket for deeper nodes)."""
+    table: list[float] = []
+    for first, deeper in rows:
+        if len(first) != len(SHARE_EDGES) + 1 or len(deeper) != len(SHARE_EDGES) + 1:
+            raise ValueError(f"give {len(SHARE_EDGES) + 1} values per depth")
+        table.extend(first)
+        table.extend(deeper)
+    return table
+
+
+def score(tree: CandidateTree, model: AcceptanceModel) -> tuple[list[int], list[float]]:
+    """Each node's cell and its probability of being accepted (the whole path to it)."""
+    cells: list[int] = []
+    conditional: list[float] = []
+    for node in range(tree.num_nodes):
+        depth = tree.depths[node]
+        share = tree.counts[node] / (tree.parent_count(node) + 1)
+        cell = model.cell(tree.matched[node] + depth - 1, depth, share)
+        cells.append(cell)
+        conditional.append(model.probability(cell))
+    # siblings are mutually exclusive: their conditionals must not sum past 1
+    for row in tree.children:
+        total = sum(conditional[child] for child in row)
+        if total > 0.99:
+            for child in row:
+                conditional[child] *= 0.99 / total
+    probabilities: list[float] = []
+    for node in range(tree.num_nodes):
+        parent = tree.parents[node]
+        probabilities.append(conditional[node] * (1.0 if parent < 0 else probabilities[parent]))
+    return cells, probabilities
+
+
+def select_nodes(tree: CandidateTree, probabilities: Sequence[float], cost: CostModel, *,
+                 max_nodes: int, max_depth: int, max_leaves: int, adaptive: bool = True,
+                 min_gain: float = 0.0) -> list[int]:
+    """The nodes to draft, parents first and siblings best first.
+
+    Scans nodes by decreasing probability, keeping a node when its parent is kept, its depth is
+    within `max_depth` and it does not make the tree exceed `max_leaves` root-to-leaf branches.
+    With `adaptive`, returns the prefix of that scan with the best speed ratio R (module
+    docstring), or nothing when R <= 1 + min_gain; otherwise the whole scan up to `max_nodes`.
+    """
+    order = sorted(range(tree.num_nodes), key=lambda node: (-probabilities[node], tree.depths[node], node))
+    kept: list[int] = []
+    is_kept = [False] * tree.num_nodes
+    has_child = [False] * (tree.num_nodes + 1)  # by row: root = 0, node i = i + 1
+    leaves = 0
+    total = 0.0
+    best_ratio, best_size = 1.0 + min_gain, 0
+    for node in order:
+        if len(kept) >= max_nodes:
+            break
+        parent = tree.parents[node]
+        if tree.depths[node] > max_depth or (parent >= 0 and not is_kept[parent]):
+            continue
+        # a node's first child extends its branch; any further child (and any child of the
+        # root, which is no branch yet) starts a new one
+        adds_leaf = parent < 0 or has_child[parent + 1]
+        if adds_leaf and leaves >= max_leaves:
+            continue
+        leaves += adds_leaf
+        has_child[parent + 1] = True
+        is_kept[node] = True
+        kept.append(node)
+        total += probabilities[node]
+        ratio = (1.0 + total) / cost.step_cost(len(kept))
+        if ratio > best_ratio:
+            best_ratio, best_size = ratio, len(kept)
+    return kept if not adaptive else kept[:best_size]
+
+
+@dataclass
+class _Pending:
+    tree: CandidateTree
+    cells: list[int]
+    position: int  # index in the token sequence of the next token to compare
+    row: int = 0  # the deepest candidate row matched so far (0 = root)
+
+
+class OutcomeTracker:
+    """Scores past candidate trees against the tokens committed after them.
+
+    Each tree was built when the sequence had `start` tokens; its root's children predict token
+    `start`, their children token `start + 1`, and so on. Every child of a matched row is one
+    trial of its cell: a success when its token is the committed one.
+    """
+
+    def __init__(self, model: AcceptanceModel, max_pending: int = 64):
+        self.model = model
+        self.max_pending = max_pending
+        self.pending: list[_Pending] = []
+
+    def reset(self) -> None:
+        self.pending = []
+
+    def add(self, start: int, tree: CandidateTree, cells: list[int]) -> None:
+        if tree.num_nodes:
+            self.pending.append(_Pending(tree, cells, start))
+            if len(self.pending) > self.max_pending:
+                del self.pending[0]
+
+    def update(self, tokens: Sequence[int]) -> None:
+        """Compare the pending trees with the committed `tokens` (the whole sequence)."""
+        model, length = self.model, len(tokens)
+        alive = []
+        for item in self.pending:
+            tree, cells = item.tree, item.cells
+            while item.position < length:
+                actual = tokens[item.position]
+                matched = -1
+                for child in tree.children[item.row]:
+                    hit = tree.tokens[child] == actual
+                    model.update(cells[child], hit)
+                    if hit:
+                        matched = child
+                if matched < 0:
+                    break
+                item.row = matched + 1
+                item.position += 1
+            else:
+                if tree.children[item.row]:
+                    alive.append(item)
+        self.pending = alive

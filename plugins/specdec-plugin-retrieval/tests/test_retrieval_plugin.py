@@ -1,0 +1,64 @@
+"""The plugin as specdec sees it: installed, registered, configurable from YAML and the CLI."""
+
+from pathlib import Path
+
+import pytest
+
+from specdec.config import load_yaml, validate_pipeline
+from specdec.errors import ConfigError
+from specdec.plugins import load_plugins
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_specdec_finds_the_plugin_and_its_drafters():
+    loaded = load_plugins()
+    assert not [failure for failure in loaded.failures if failure.name == "specdec_plugin_retrieval"]
+    info = {plugin.name: plugin for plugin in loaded.plugins}["specdec_plugin_retrieval"]
+    assert info.distribution == "specdec-plugin-retrieval" and not info.builtin
+    drafters = loaded.registry.components["drafter"]
+    assert drafters["prompt_lookup"].plugin == "specdec_plugin_retrieval"
+    assert drafters["rest"].plugin == "specdec_plugin_retrieval"
+    commands = [impl.plugin_name for impl in loaded.manager.hook.register_commands.get_hookimpls()]
+    assert "specdec_plugin_retrieval" in commands
+
+
+def test_every_example_pipeline_validates():
+    registry = load_plugins().registry
+    files = sorted(EXAMPLES.rglob("*.yaml"))
+    assert [path.name for path in files] == [
+        "combined.yaml", "prompt_lookup.yaml", "prompt_lookup_tree.yaml", "rest.yaml"]
+    for path in files:
+        data, text = load_yaml(path)
+        validated = validate_pipeline(data, registry, str(path), text)
+        assert validated.spec.drafter.type in ("prompt_lookup", "rest", "fallback")
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"min_ngram": 5, "max_ngram": 3}, "min_ngram (5) must be <= max_ngram (3)"),
+    ({"selection": "oldest"}, "drafter.params.selection: must be one of"),
+    ({"num_tokens": 0}, "drafter.params.num_tokens: must be >= 1"),
+    ({"max_branch": 2}, "did you mean 'max_branches'"),
+])
+def test_prompt_lookup_params_are_checked(params, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        validate_pipeline({"drafter": {"type": "prompt_lookup", "params": params}}, load_plugins().registry)
+
+
+def test_rest_needs_a_store_and_a_sane_span():
+    registry = load_plugins().registry
+    with pytest.raises(ConfigError, match="drafter.params.store: required field is missing"):
+        validate_pipeline({"drafter": {"type": "rest"}}, registry)
+    with pytest.raises(ConfigError, match=r"min_span \(8\) must be <= max_span \(4\)"):
+        validate_pipeline({"drafter": {"type": "rest", "params": {"store": "s", "min_span": 8, "max_span": 4}}},
+                          registry)
+
+
+def test_the_plugin_module_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, specdec_plugin_retrieval; from specdec.plugins import load_plugins; load_plugins(); "
+            "print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
