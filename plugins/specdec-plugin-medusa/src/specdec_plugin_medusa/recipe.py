@@ -1,0 +1,145 @@
+"""The whole training recipe behind `specdec medusa train`, as one resumable function.
+
+1. self-distillation (optional): the target answers a prompt set, once per temperature;
+2. the target's final hidden states over all training text, computed once and cached;
+3. heads trained on them (checkpointed), evaluated on held-out sequences;
+4. a tree derived from the held-out accuracy; heads, tree, accuracy and recipe saved together.
+
+Every stage leaves its result in the output folder and is skipped when found there, so an
+interrupted run picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from specdec.errors import InputError
+
+from specdec_plugin_medusa import DEFAULT_TREE_NODES
+from specdec_plugin_medusa.data import distill, load_prompts, read_corpus, shipped_prompts_path, write_jsonl
+from specdec_plugin_medusa.features import Features, compute_features, features_key
+from specdec_plugin_medusa.heads import load_heads, save_heads, target_signature
+from specdec_plugin_medusa.train import Trainer, TrainConfig, evaluate
+from specdec_plugin_medusa.trees import derive_tree, expected_accepted_tokens
+
+FEATURES_FILE = "features.pt"
+HEADS_FOLDER = "heads"
+REPORT_FILE = "report.json"
+MAX_FUTURE = 9  # label width cached with the features: enough for up to 8 heads
+
+
+def distilled_file(folder: Path, temperature: float) -> Path:
+    return folder / f"distill-T{temperature:g}.jsonl"
+
+
+def run_training(out: str | Path, *, model_name: str | None = None, data_files: Sequence[str] = (),
+                 self_distill: bool = False, prompts: str | None = None,
+                 distill_temperatures: Sequence[float] = (0.0,), max_new_tokens: int = 256,
+                 distill_batch_size: int = 16, max_length: int = 1024, config: TrainConfig = TrainConfig(),
+                 checkpoint_every: int = 200, resume: bool = False, tree_nodes: int = DEFAULT_TREE_NODES,
+                 progress: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Train Medusa heads for a target; returns the report also written to `out/report.json`.
+
+    The trained heads land in `out/heads` (`config.json` + `heads.safetensors`), usable as
+    `drafter: {type: medusa, params: {heads: <out>/heads}}`.
+    """
+    from specdec.models import DEFAULT_MODEL, load_model
+
+    out = Path(out)
+    if (out / "checkpoint.pt").exists() and not resume:
+        raise InputError(f"{out} already holds a training checkpoint: pass --resume to continue it, "
+                         f"or choose a new output folder")
+    if not data_files and not self_distill:
+        raise InputError("give training data (--data FILE) and/or --self-distill")
+    if config.num_heads > MAX_FUTURE - 1:
+        raise InputError(f"at most {MAX_FUTURE - 1} heads are supported")
+    out.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+    started = time.perf_counter()
+    model, tokenizer = load_model(model_name)
+    model.requires_grad_(False)
+    times["load_model_s"] = round(time.perf_counter() - started, 1)
+    name = model_name or DEFAULT_MODEL
+
+    files = [str(path) for path in data_files]
+    if self_distill:
+        conversations = load_prompts(prompts)
+        tic = time.perf_counter()
+        for temperature in distill_temperatures:
+            path = distilled_file(out, temperature)
+            if not path.is_file():
+                log(f"self-distillation: {len(conversations)} prompts at temperature {temperature:g} -> {path}")
+                write_jsonl(distill(model, tokenizer, conversations, max_new_tokens=max_new_tokens,
+                                    batch_size=distill_batch_size, temperature=temperature,
+                                    seed=config.seed, progress=progress), path)
+            files.append(str(path))
+        times["distill_s"] = round(time.perf_counter() - tic, 1)
+
+    sequences = read_corpus(files, tokenizer, max_length=max_length)
+    signature = target_signature(model, name)
+    key = features_key(signature, sequences, MAX_FUTURE)
+    tic = time.perf_counter()
+    features = Features.load(out / FEATURES_FILE, key)
+    if features is None:
+        log(f"computing target hidden states over {sum(len(s.token_ids) for s in sequences)} tokens "
+            f"in {len(sequences)} sequences")
+        features = compute_features(model, sequences, max_future=MAX_FUTURE, progress=progress)
+        features.save(out / FEATURES_FILE, key)
+    times["features_s"] = round(time.perf_counter() - tic, 1)
+
+    trainer = Trainer(config, features, model.get_output_embeddings().weight, signature, out, model.device)
+    if resume and trainer.resume():
+        log(f"resuming at step {trainer.step} of {trainer.total_steps}")
+    log(f"training {config.num_heads} heads on {len(trainer.train_index)} positions "
+        f"({len(trainer.eval_index)} held out), {trainer.total_steps} steps of {config.batch_size}, "
+        f"{trainer.dtype} matmuls")
+    trainer.train(checkpoint_every=checkpoint_every, progress=progress)
+    times["train_s"] = round(trainer.seconds, 1)
+
+    tic = time.perf_counter()
+    accuracy = trainer.evaluate()
+    times["eval_s"] = round(time.perf_counter() - tic, 1)
+    tree = derive_tree(accuracy["per_rank"], tree_nodes)
+    heads = trainer.heads
+    heads.config.accuracy = accuracy
+    heads.config.tree = tree
+    heads.config.training = {
+        "recipe": "Medusa-1 (frozen target), specdec-plugin-medusa",
+        "data": [Path(path).name for path in files],
+        "self_distillation": ({"prompts": Path(prompts).name if prompts else shipped_prompts_path().name,
+                               "temperatures": list(distill_temperatures), "max_new_tokens": max_new_tokens}
+                              if self_distill else None),
+        "sequences": len(sequences),
+        "positions": {"train": len(trainer.train_index), "held_out": len(trainer.eval_index)},
+        "steps": trainer.step,
+        "settings": asdict(config),
+        "matmul_dtype": str(trainer.dtype).removeprefix("torch."),
+        "seconds": times,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+    }
+    save_heads(heads, out / HEADS_FOLDER)
+    expected = round(expected_accepted_tokens(tree, accuracy["per_rank"]), 3)
+    report = {"heads": str(out / HEADS_FOLDER), "accuracy": accuracy, "tree": tree, "tree_nodes": len(tree),
+              "expected_accepted_tokens": expected, "training": heads.config.training}
+    (out / REPORT_FILE).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    return report
+
+
+def measure_accuracy(heads_name: str, data_files: Sequence[str], *, model_name: str | None = None,
+                     top_k: int = 10, max_length: int = 1024, progress: bool = True) -> dict:
+    """Per-head, per-rank accuracy of existing heads on some text (see `train.evaluate`)."""
+    from specdec.models import load_model
+
+    model, tokenizer = load_model(model_name)
+    heads = load_heads(heads_name, model)
+    sequences = read_corpus(list(data_files), tokenizer, max_length=max_length)
+    features = compute_features(model, sequences, max_future=heads.num_heads + 1, progress=progress)
+    with torch.inference_mode():
+        return evaluate(heads, features, top_k=top_k)
