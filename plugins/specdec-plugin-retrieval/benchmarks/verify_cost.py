@@ -1,6 +1,6 @@
 """Measure what one verification costs as the draft grows: the input of the cost model.
 
-    flock /tmp/specdec-cpu.lock python benchmarks/verify_cost.py [--model NAME] [--context 300]
+    flock /tmp/specdec-cpu.lock python benchmarks/verify_cost.py [--model NAME] [--dtype float32] [--context 300]
 
 Prints, for draft sizes k, the mean time of one target forward over the pending token plus k
 draft nodes (a chain; a tree of the same size costs the same: only the mask differs), and the
@@ -24,6 +24,7 @@ from specdec.verifiers.hf import HFVerifier
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="model (default: the embedded default model)")
+    parser.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
     parser.add_argument("--context", type=int, default=300, help="committed tokens in the cache")
     parser.add_argument("--sizes", default="0,1,2,4,8,12,16,24,32,64")
     parser.add_argument("--repeats", type=int, default=12)
@@ -31,7 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, _ = load_model(args.model)
+    model, _ = load_model(args.model, dtype=args.dtype)
     verifier = HFVerifier(model)
     generator = torch.Generator().manual_seed(0)
     vocab = verifier.vocab_size
@@ -52,7 +53,7 @@ def main() -> None:
             if repeat >= 2:  # warm-up
                 times[size].append(elapsed)
     base = statistics.median(times[sizes[0]])
-    print(f"context {args.context} tokens, {torch.get_num_threads()} threads; median of {args.repeats}")
+    print(f"{args.dtype}, context {args.context} tokens, {torch.get_num_threads()} threads; median of {args.repeats}")
     print(f"{'draft nodes':>12} {'ms':>8} {'x plain':>8} {'slope':>7}")
     for size in sizes:
         median = statistics.median(times[size])
