@@ -69,8 +69,8 @@ def resolve_dtype(value: str | torch.dtype = "float32", device: str | torch.devi
 
     "auto" picks by device (unlike transformers' "auto", which means the checkpoint's dtype):
     float32 on CPU, where multi-token forwards agree with one-token forwards to rounding (bfloat16
-    verifies faster on CPUs with AMX but drifts on near-ties; docs/benchmarks.md), bfloat16 (float16 on GPUs without
-    bf16) on CUDA. `device=None` means the device "auto" would pick.
+    verifies faster on CPUs with AMX but drifts on near-ties; docs/benchmarks.md), and bfloat16
+    (float16 on GPUs without bf16) on CUDA. `device=None` means the device "auto" would pick.
     """
     valid = ", ".join([*_DTYPES, "auto"])
     if isinstance(value, torch.dtype):
