@@ -27,7 +27,8 @@ def test_every_example_pipeline_validates():
     registry = load_plugins().registry
     files = sorted(EXAMPLES.rglob("*.yaml"))
     assert [path.name for path in files] == [
-        "combined.yaml", "prompt_lookup.yaml", "prompt_lookup_tree.yaml", "rest.yaml"]
+        "combined.yaml", "prompt_lookup.yaml", "prompt_lookup_tree.yaml", "prompt_lookup_tree_bf16.yaml",
+        "rest.yaml"]
     for path in files:
         data, text = load_yaml(path)
         validated = validate_pipeline(data, registry, str(path), text)

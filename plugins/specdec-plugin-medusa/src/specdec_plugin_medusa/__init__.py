@@ -38,6 +38,15 @@ class MedusaParams(BaseModel):
     num_nodes: int | None = Field(None, ge=1, le=512, description="with tree 'auto': derive a tree of "
                                                                   "this many nodes from the heads' accuracy")
     max_depth: int | None = Field(None, ge=1, description="cut the tree to this depth (at most the number of heads)")
+    adaptive: bool = Field(False, description="treat the tree as a candidate pool and draft, each step, only the "
+                                              "nodes whose estimated acceptance pays for their verification "
+                                              "(nothing when none does)")
+    node_cost: float = Field(0.12, ge=0.0, le=10.0,
+                             description="with adaptive: verification cost of one draft node as a fraction of a "
+                                         "plain step (about 0.12 for the default model in float32 on a 2-core "
+                                         "CPU, 0.01-0.02 in bfloat16 with AMX or on a GPU)")
+    min_gain: float = Field(0.0, ge=0.0, le=10.0,
+                            description="with adaptive: least expected speed gain over a plain step worth drafting for")
 
     @field_validator("tree")
     @classmethod
@@ -77,11 +86,9 @@ def choose_tree(params: MedusaParams, num_heads: int, recommended: list[list[int
 
 
 def _build_medusa(context, params: MedusaParams):
-    from specdec_plugin_medusa.drafter import MedusaDrafter
-    from specdec_plugin_medusa.heads import load_heads
+    from specdec_plugin_medusa.drafter import ConfidencePruning, MedusaDrafter
+    from specdec_plugin_medusa.heads import load_heads, shipped_heads
     from specdec_plugin_medusa.trees import TreeLayout
-
-    from specdec_plugin_medusa.heads import shipped_heads
 
     # a shipped name as is; a folder relative to the pipeline file's directory
     heads_path = params.heads if params.heads in shipped_heads() else str(context.resolve_path(params.heads))
@@ -93,7 +100,9 @@ def _build_medusa(context, params: MedusaParams):
         from specdec.errors import ConfigError
 
         raise ConfigError(f"drafter.params.tree: {error}") from None
-    return MedusaDrafter(heads, TreeLayout.from_paths(paths))
+    pruning = ConfidencePruning(params.node_cost, params.min_gain) if params.adaptive else None
+    return MedusaDrafter(heads, TreeLayout.from_paths(paths), pruning)
+
 
 
 @hookimpl

@@ -6,10 +6,16 @@ it; there is no extra forward). Head k predicts the token k + 2 positions ahead 
 position, i.e. depth k + 1 below the draft's root (the engine's `next_token`, already chosen
 by the acceptance policy from the same pass). Drafts are deterministic (top-k, no q), so the
 `greedy` and `rejection` policies stay lossless.
+
+With `ConfidencePruning` the tree is a candidate pool instead: each step keeps only the nodes
+whose estimated acceptance pays for their share of the verification (in the spirit of EAGLE-2's
+dynamic trees), and drafts nothing when no node does. Which nodes are drafted never changes what
+is accepted, so pruning is as lossless as the full tree.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -24,6 +30,42 @@ from specdec_plugin_medusa.trees import TreeLayout
 FINAL_HIDDEN_STATE = -1  # Hugging Face hidden_states index of the final normed state
 
 
+@dataclass(frozen=True)
+class ConfidencePruning:
+    """Draft only the tree nodes that pay for their verification.
+
+    A node's acceptance probability is estimated as the product of the heads' softmax
+    probabilities along its path (each head's probability that its token is the right one,
+    depths treated as independent, as in `trees.derive_tree`). Verifying m nodes costs
+    `1 + node_cost * m` plain steps and commits `1 + sum p` tokens on average, so the drafter
+    keeps the most probable nodes (a prefix-closed set: a child is never likelier than its
+    parent) up to the count that maximises the ratio, or none when no count beats `1 + min_gain`.
+
+    :param node_cost: verification cost of one draft node, as a fraction of a plain step (about
+        0.12 for the default model in float32 on a 2-core CPU; 0.01-0.02 in bfloat16 with AMX or
+        on a GPU; measure with the retrieval plugin's `benchmarks/verify_cost.py`).
+    :param min_gain: least expected speed gain over a plain step worth drafting for.
+    """
+
+    node_cost: float = 0.12
+    min_gain: float = 0.0
+
+    def select(self, node_probs: Sequence[float], parents: Sequence[int]) -> list[int]:
+        """The nodes to draft, in tree order (parents before children)."""
+        path_probs: list[float] = []
+        for prob, parent in zip(node_probs, parents):
+            path_probs.append(prob * (path_probs[parent] if parent >= 0 else 1.0))
+        # parents come first in tree order, so (-p, index) ranks every parent before its children
+        order = sorted(range(len(path_probs)), key=lambda node: (-path_probs[node], node))
+        best_ratio, best_count, total = 1.0 + self.min_gain, 0, 0.0
+        for count, node in enumerate(order, start=1):
+            total += path_probs[node]
+            ratio = (1.0 + total) / (1.0 + self.node_cost * count)
+            if ratio > best_ratio:
+                best_ratio, best_count = ratio, count
+        return sorted(order[:best_count])
+
+
 class MedusaDrafter(BaseDrafter):
     """Proposes the tree `layout` from `heads` (which must fit the target; see `load_heads`).
 
@@ -34,11 +76,12 @@ class MedusaDrafter(BaseDrafter):
     provides_draft_probs = False
     hidden_state_layers = (FINAL_HIDDEN_STATE,)
 
-    def __init__(self, heads: MedusaHeads, layout: TreeLayout):
+    def __init__(self, heads: MedusaHeads, layout: TreeLayout, pruning: ConfidencePruning | None = None):
         if layout.depth > heads.num_heads:
             raise ValueError(f"the tree is {layout.depth} deep but there are only {heads.num_heads} heads")
         self.heads = heads
         self.layout = layout
+        self.pruning = pruning
         self._layouts: dict[int, tuple[TreeLayout, torch.Tensor, torch.Tensor]] = {}
         self._hidden: torch.Tensor | None = None  # [H] at the last committed position
 
@@ -51,8 +94,17 @@ class MedusaDrafter(BaseDrafter):
             return Draft.empty()
         layout, heads, ranks = self._layout(min(self.layout.depth, context.max_depth))
         logits = self.heads(self._hidden, layout.depth)  # [depth, V]
-        candidates = logits.topk(layout.top_k, dim=-1).indices  # [depth, top_k]
-        return Draft(candidates[heads, ranks], layout.parents)
+        top = logits.topk(layout.top_k, dim=-1)  # [depth, top_k]
+        tokens = top.indices[heads, ranks]
+        if self.pruning is None:
+            return Draft(tokens, layout.parents)
+        log_probs = top.values[heads, ranks].float() - logits.float().logsumexp(dim=-1)[heads]
+        kept = self.pruning.select(log_probs.exp().tolist(), layout.parents)
+        if not kept:
+            return Draft.empty()
+        position = {node: index for index, node in enumerate(kept)}
+        parents = tuple(-1 if layout.parents[node] < 0 else position[layout.parents[node]] for node in kept)
+        return Draft(tokens[torch.tensor(kept, device=tokens.device)], parents)
 
     def observe(self, outcome: StepOutcome) -> None:
         self._hidden = outcome.hidden_states[FINAL_HIDDEN_STATE][-1]
