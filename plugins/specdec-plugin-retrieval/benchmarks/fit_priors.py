@@ -23,7 +23,7 @@ from specdec_plugin_retrieval.replay import load_conversations, replay
 def fit(drafter, pairs, edges, model: AcceptanceModel | None = None) -> AcceptanceModel:
     model = model or AcceptanceModel(edges, [0.5] * (len(edges) * 2 * (len(SHARE_EDGES) + 1)),
                                      prior_weight=1e-9, decay=1.0)
-    drafter.model = drafter.tracker.model = model
+    drafter.drafting.model = drafter.drafting.tracker.model = model
     for prompt, output in pairs:
         replay(drafter, prompt, output, CostModel())
     return model

@@ -31,6 +31,7 @@ import bisect
 from dataclasses import dataclass
 from typing import Sequence
 
+from specdec.draft import Draft
 from specdec_plugin_retrieval.candidates import CandidateTree
 
 #: Share buckets: a node's occurrences / (its parent's occurrences + 1). The +1 makes one lone
@@ -221,3 +222,38 @@ class OutcomeTracker:
                 if tree.children[item.row]:
                     alive.append(item)
         self.pending = alive
+
+
+class AdaptiveDrafting:
+    """What both retrieval drafters do with a candidate tree: score it with the acceptance model,
+    keep it for online learning (`OutcomeTracker`), and draft the nodes worth verifying.
+
+    :param max_nodes: largest draft tree.
+    :param max_leaves: most root-to-leaf branches in a draft tree.
+    :param adaptive: draft only what the cost model says pays; False drafts the best `max_nodes`
+        nodes whenever there is a candidate.
+    """
+
+    def __init__(self, model: AcceptanceModel, *, cost: CostModel, max_nodes: int, max_leaves: int,
+                 adaptive: bool = True, min_gain: float = 0.0):
+        self.model = model
+        self.tracker = OutcomeTracker(model)
+        self.cost = cost
+        self.max_nodes, self.max_leaves = max_nodes, max_leaves
+        self.adaptive, self.min_gain = adaptive, min_gain
+
+    def reset(self) -> None:
+        """A new generation: pending trees are dropped, what the model learned is kept."""
+        self.tracker.reset()
+
+    def observe(self, tokens: Sequence[int]) -> None:
+        """Score the pending candidate trees against the committed `tokens`."""
+        self.tracker.update(tokens)
+
+    def draft(self, tree: CandidateTree, start: int, max_depth: int) -> Draft:
+        """The draft for `tree`, built when the sequence had `start` tokens."""
+        cells, probabilities = score(tree, self.model)
+        self.tracker.add(start, tree, cells)
+        nodes = select_nodes(tree, probabilities, self.cost, max_nodes=self.max_nodes, max_depth=max_depth,
+                             max_leaves=self.max_leaves, adaptive=self.adaptive, min_gain=self.min_gain)
+        return tree.draft(nodes)

@@ -15,8 +15,7 @@ from typing import Literal, Sequence
 from specdec.draft import Draft
 from specdec.protocols import BaseDrafter, DraftContext, StepOutcome
 from specdec.sampling import SamplingParams
-from specdec_plugin_retrieval.adaptive import (
-    AcceptanceModel, CostModel, OutcomeTracker, prior_table, score, select_nodes)
+from specdec_plugin_retrieval.adaptive import AcceptanceModel, AdaptiveDrafting, CostModel, prior_table
 from specdec_plugin_retrieval.candidates import trie_from_sequences
 from specdec_plugin_retrieval.ngram_index import NgramIndex
 
@@ -67,24 +66,20 @@ class PromptLookupDrafter(BaseDrafter):
             raise ValueError("num_tokens, max_branches, max_occurrences and max_nodes must be >= 1")
         self.index = NgramIndex(min_ngram, max_ngram)
         self.num_tokens = num_tokens
-        self.max_branches = max_branches
         self.by_count = selection == "frequent"
         self.max_occurrences = max_occurrences
-        self.max_nodes = max_nodes
-        self.adaptive = adaptive
-        self.cost = cost or CostModel()
-        self.min_gain = min_gain
-        self.model = AcceptanceModel(MATCH_EDGES, prior_table(PRIOR))
-        self.tracker = OutcomeTracker(self.model)
+        self.drafting = AdaptiveDrafting(AcceptanceModel(MATCH_EDGES, prior_table(PRIOR)), cost=cost or CostModel(),
+                                         max_nodes=max_nodes, max_leaves=max_branches, adaptive=adaptive,
+                                         min_gain=min_gain)
 
     def start(self, prompt: Sequence[int], params: SamplingParams) -> None:
         self.index.reset()
-        self.tracker.reset()  # learned acceptance carries over to the next generation
+        self.drafting.reset()  # learned acceptance carries over to the next generation
 
     def propose(self, context: DraftContext) -> Draft:
         tokens = context.tokens
         self.index.sync(tokens)
-        self.tracker.update(tokens)
+        self.drafting.observe(tokens)
         depth = min(self.num_tokens, context.max_depth)
         # even a chain looks at several occurrences: how many agree tells how sure the draft is
         matched, positions = self.index.longest_match(self.max_occurrences)
@@ -95,12 +90,8 @@ class PromptLookupDrafter(BaseDrafter):
         # tells a quote being copied (long match) from a common phrase (short match)
         lengths = [self.index.matched_length(position, MAX_MATCH) for position in positions]
         tree = trie_from_sequences(continuations, lengths, by_count=self.by_count)
-        cells, probabilities = score(tree, self.model)
-        self.tracker.add(len(tokens), tree, cells)
-        nodes = select_nodes(tree, probabilities, self.cost, max_nodes=self.max_nodes, max_depth=depth,
-                             max_leaves=self.max_branches, adaptive=self.adaptive, min_gain=self.min_gain)
-        return tree.draft(nodes)
+        return self.drafting.draft(tree, len(tokens), depth)
 
     def observe(self, outcome: StepOutcome) -> None:
         self.index.sync(outcome.tokens)
-        self.tracker.update(outcome.tokens)
+        self.drafting.observe(outcome.tokens)

@@ -13,8 +13,7 @@ from typing import Sequence
 from specdec.draft import Draft
 from specdec.protocols import BaseDrafter, DraftContext, StepOutcome
 from specdec.sampling import SamplingParams
-from specdec_plugin_retrieval.adaptive import (
-    AcceptanceModel, CostModel, OutcomeTracker, prior_table, score, select_nodes)
+from specdec_plugin_retrieval.adaptive import AcceptanceModel, AdaptiveDrafting, CostModel, prior_table
 from specdec_plugin_retrieval.candidates import CandidateTree
 from specdec_plugin_retrieval.store import Store
 from specdec_plugin_retrieval.suffix_array import continuations, longest_suffix_match, trie_from_sorted_rows
@@ -60,15 +59,12 @@ class RestDrafter(BaseDrafter):
         self.num_tokens = num_tokens
         self.max_candidates = max_candidates
         self.max_nodes = max_nodes
-        self.max_branches = max_branches
-        self.adaptive = adaptive
-        self.cost = cost or CostModel()
-        self.min_gain = min_gain
-        self.model = AcceptanceModel(MATCH_EDGES, prior_table(PRIOR))
-        self.tracker = OutcomeTracker(self.model)
+        self.drafting = AdaptiveDrafting(AcceptanceModel(MATCH_EDGES, prior_table(PRIOR)), cost=cost or CostModel(),
+                                         max_nodes=max_nodes, max_leaves=max_branches, adaptive=adaptive,
+                                         min_gain=min_gain)
 
     def start(self, prompt: Sequence[int], params: SamplingParams) -> None:
-        self.tracker.reset()  # learned acceptance carries over to the next generation
+        self.drafting.reset()  # learned acceptance carries over to the next generation
 
     def candidates(self, tokens: Sequence[int], depth: int) -> CandidateTree | None:
         """The trie of continuations of the longest context tail found in the store."""
@@ -87,16 +83,12 @@ class RestDrafter(BaseDrafter):
 
     def propose(self, context: DraftContext) -> Draft:
         tokens = context.tokens
-        self.tracker.update(tokens)
+        self.drafting.observe(tokens)
         depth = min(self.num_tokens, context.max_depth)
         tree = self.candidates(tokens, depth)
         if tree is None:
             return _EMPTY
-        cells, probabilities = score(tree, self.model)
-        self.tracker.add(len(tokens), tree, cells)
-        nodes = select_nodes(tree, probabilities, self.cost, max_nodes=self.max_nodes, max_depth=depth,
-                             max_leaves=self.max_branches, adaptive=self.adaptive, min_gain=self.min_gain)
-        return tree.draft(nodes)
+        return self.drafting.draft(tree, len(tokens), depth)
 
     def observe(self, outcome: StepOutcome) -> None:
-        self.tracker.update(outcome.tokens)
+        self.drafting.observe(outcome.tokens)
