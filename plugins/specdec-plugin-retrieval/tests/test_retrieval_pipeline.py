@@ -114,3 +114,17 @@ def test_the_shipped_prompt_set_is_large_and_diverse():
     assert len(read_prompts(default_prompts_path())) == len(records) >= 300
     categories = {record["category"] for record in records}
     assert {"writing", "coding", "math", "explanation", "summary", "extraction"} <= categories
+
+
+def test_node_cost_auto_measures_the_target_once(model_dir, monkeypatch):
+    from specdec_plugin_retrieval import calibrate
+
+    calls = []
+    measure = calibrate._measure
+    monkeypatch.setattr(calibrate, "_measure", lambda model: calls.append(model) or measure(model))
+    built = pipeline(model_dir, {"type": "prompt_lookup", "params": {"node_cost": "auto"}})
+    node_cost = built.drafter.drafting.cost.node_cost
+    assert 0.0 <= node_cost <= 1.0 and len(calls) == 1
+    assert calibrate.measure_node_cost(built.model) == node_cost and len(calls) == 1  # cached per model
+    plain = pipeline(model_dir, {"type": "none"}).generate(PROMPT)
+    assert built.generate(PROMPT).token_ids == plain.token_ids

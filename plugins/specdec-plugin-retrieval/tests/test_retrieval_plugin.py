@@ -40,6 +40,8 @@ def test_every_example_pipeline_validates():
     ({"selection": "oldest"}, "drafter.params.selection: must be one of"),
     ({"num_tokens": 0}, "drafter.params.num_tokens: must be >= 1"),
     ({"max_branch": 2}, "did you mean 'max_branches'"),
+    ({"node_cost": "fast"}, "drafter.params.node_cost"),
+    ({"node_cost": -0.1}, "drafter.params.node_cost"),
 ])
 def test_prompt_lookup_params_are_checked(params, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -14,7 +14,7 @@ factories import the implementations.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -31,10 +31,11 @@ class _AdaptiveParams(BaseModel):
     adaptive: bool = Field(True, description="draft only the nodes the cost model says pay for their "
                                              "verification (and nothing when none does); false = always "
                                              "draft the full budget when there is a match")
-    node_cost: float = Field(0.08, ge=0.0, le=10.0,
-                             description="verification cost of one draft node, as a fraction of a plain "
-                                         "decoding step (about 0.08 for the default model on CPU, "
-                                         "near 0 on a GPU); see benchmarks/verify_cost.py")
+    node_cost: Annotated[float, Field(ge=0.0, le=10.0)] | Literal["auto"] = Field(
+        0.08, description="verification cost of one draft node, as a fraction of a plain decoding step "
+                          "(about 0.08-0.12 for the default model in float32 on a 2-core CPU, 0.01-0.02 in "
+                          "bfloat16 with AMX or on a GPU; see benchmarks/verify_cost.py), or 'auto' to "
+                          "measure it on the target when the pipeline is built (about a second)")
     draft_overhead: float = Field(0.0, ge=0.0, le=10.0,
                                   description="fixed extra cost of a step that verifies a draft, as a "
                                               "fraction of a plain step")
@@ -78,10 +79,15 @@ class RestParams(_AdaptiveParams):
         return self
 
 
-def _cost(params: _AdaptiveParams):
+def _cost(context, params: _AdaptiveParams):
     from specdec_plugin_retrieval.adaptive import CostModel
 
-    return CostModel(node_cost=params.node_cost, draft_overhead=params.draft_overhead)
+    node_cost = params.node_cost
+    if node_cost == "auto":
+        from specdec_plugin_retrieval.calibrate import measure_node_cost
+
+        node_cost = measure_node_cost(context.target)
+    return CostModel(node_cost=node_cost, draft_overhead=params.draft_overhead)
 
 
 def _build_prompt_lookup(context, params: PromptLookupParams):
@@ -91,7 +97,7 @@ def _build_prompt_lookup(context, params: PromptLookupParams):
         max_ngram=params.max_ngram, min_ngram=params.min_ngram, num_tokens=params.num_tokens,
         max_branches=params.max_branches, selection=params.selection,
         max_occurrences=params.max_occurrences, max_nodes=params.max_nodes, adaptive=params.adaptive,
-        cost=_cost(params), min_gain=params.min_gain)
+        cost=_cost(context, params), min_gain=params.min_gain)
 
 
 def _build_rest(context, params: RestParams):
@@ -111,7 +117,7 @@ def _build_rest(context, params: RestParams):
     return RestDrafter(
         store, max_span=params.max_span, min_span=params.min_span, num_tokens=params.num_tokens,
         max_candidates=params.max_candidates, max_nodes=params.max_nodes,
-        max_branches=params.max_branches, adaptive=params.adaptive, cost=_cost(params),
+        max_branches=params.max_branches, adaptive=params.adaptive, cost=_cost(context, params),
         min_gain=params.min_gain)
 
 
