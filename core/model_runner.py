@@ -13,10 +13,11 @@ from typing import Sequence
 
 import torch
 
+from specdec.attention import GROUPED_QUERY_SDPA, use_grouped_query_sdpa
 from specdec.cache import PositionalKVCache
 from specdec.errors import ModelMismatchError
 
-_MASKABLE_ATTENTION = ("sdpa", "eager")
+_MASKABLE_ATTENTION = ("sdpa", "eager", GROUPED_QUERY_SDPA)
 
 
 def _text_config(model):
@@ -103,6 +104,7 @@ class CausalLMRunner:
 
     def __init__(self, model: torch.nn.Module):
         check_supported(model)
+        use_grouped_query_sdpa(model)  # same output as "sdpa", no cache copy under a tree mask
         config = _text_config(model)
         self.model = model
         self.device = model.device
