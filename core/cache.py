@@ -45,6 +45,7 @@ class _PositionalLayer(CacheLayerMixin):
                              f"{tuple(key_states.shape[:2])}x{key_states.shape[-1]}")
         layer[0, :, :, start:end] = key_states
         layer[1, :, :, start:end] = value_states
+        self.owner.writes += 1
         return layer[0, :, :, :end], layer[1, :, :, :end]
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
@@ -76,6 +77,7 @@ class PositionalKVCache(Cache):
         self.capacity = capacity
         self.length = 0
         self.buffer: torch.Tensor | None = None  # [layers, 2, B, H_kv, capacity, D]
+        self.writes = 0  # layer updates so far: lets the runner see that a model used the cache
 
     def _allocate(self, like: torch.Tensor) -> None:
         batch, heads, _, dim = like.shape

@@ -9,6 +9,7 @@ that use SDPA or eager attention.
 
 from __future__ import annotations
 
+import inspect
 from typing import Sequence
 
 import torch
@@ -83,6 +84,23 @@ def check_tree_attention(model) -> None:
             f"it does not honour position ids or custom attention masks, so specdec cannot verify trees on it")
 
 
+def cache_argument(model) -> str:
+    """The name under which the model's forward takes a KV cache.
+
+    transformers 5.x renames `past_key_values` to `cache`; a model that silently swallowed the
+    wrong name in `**kwargs` would decode without context, so the name is read from the signature.
+    """
+    parameters = inspect.signature(model.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in parameters:
+            return name
+    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()):
+        return "cache"  # a wrapped forward: `forward` checks that the cache was really used
+    raise ModelMismatchError(
+        f"{type(model).__name__}.forward takes neither `cache` nor `past_key_values`; specdec needs a "
+        f"Hugging Face causal LM that accepts a KV cache object")
+
+
 def attention_window(model) -> int | None:
     """The sliding-window size if any layer uses one, else None.
 
@@ -118,6 +136,7 @@ class CausalLMRunner:
         self.vocab_size = int(output_embeddings.weight.shape[0]) if output_embeddings is not None \
             else int(config.vocab_size)
         self.cache = PositionalKVCache(self.num_layers, capacity=0)
+        self._cache_argument = cache_argument(model)
         self._blocked = torch.finfo(self.dtype).min
 
     @property
@@ -154,15 +173,23 @@ class CausalLMRunner:
             mask = torch.zeros(count, past + count, dtype=self.dtype, device=self.device)
             mask[:, past:].masked_fill_(~allowed.to(self.device), self._blocked)
             mask = mask[None, None]
+        writes = self.cache.writes
         output = self.model(
             input_ids=input_ids[None],
             position_ids=positions[None],
             attention_mask=mask,
-            cache=self.cache,
             use_cache=True,
             logits_to_keep=logits_rows,
             output_hidden_states=list(hidden_state_layers) if hidden_state_layers else False,
+            **{self._cache_argument: self.cache},
         )
+        if self.cache.writes == writes:
+            import transformers
+
+            raise ModelMismatchError(
+                f"{type(self.model).__name__} ignored specdec's KV cache (passed as `{self._cache_argument}`) "
+                f"and would decode without context; transformers {transformers.__version__} is outside "
+                f"the supported range: install the version in specdec's requirements (>=5.20)")
         logits = output.logits[0].float()
         if logits.shape[0] != logits_rows:
             raise ModelMismatchError(

@@ -164,6 +164,34 @@ def test_models_that_ignore_position_ids_are_refused():
         HFVerifier(broken)
 
 
+def test_models_that_ignore_the_cache_are_refused():
+    """A transformers version that takes the cache under another name would swallow ours in
+    **kwargs and decode every step without context: wrong text, silently."""
+    broken = tiny_llama(7, vocab_size=VOCAB)
+    forward = broken.forward
+
+    def forward_without_cache(input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                              **kwargs):
+        kwargs.pop("cache", None)
+        return forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
+
+    broken.forward = forward_without_cache
+    plain = SpeculativeDecoder(HFVerifier(broken), NoDrafter(), RejectionSampling())
+    with pytest.raises(ModelMismatchError, match="ignored specdec's KV cache"):
+        plain.generate([1, 2, 3], SamplingParams(max_new_tokens=4))
+
+
+def test_the_cache_goes_under_the_name_the_forward_takes():
+    renamed = tiny_llama(7, vocab_size=VOCAB)
+    forward = renamed.forward
+    renamed.forward = lambda input_ids=None, past_key_values=None, **kwargs: forward(
+        input_ids=input_ids, cache=past_key_values, **kwargs)
+    params = SamplingParams(max_new_tokens=6)
+    expected = SpeculativeDecoder(HFVerifier(tiny_llama(7, vocab_size=VOCAB)), NoDrafter(), RejectionSampling())
+    actual = SpeculativeDecoder(HFVerifier(renamed), NoDrafter(), RejectionSampling())
+    assert actual.generate([1, 2, 3], params).tokens == expected.generate([1, 2, 3], params).tokens
+
+
 def test_alibi_configs_are_refused():
     from transformers import BloomConfig, BloomForCausalLM
 
