@@ -1,6 +1,7 @@
 """Measure what one verification costs as the draft grows: the input of the cost model.
 
     flock /tmp/specdec-cpu.lock python benchmarks/verify_cost.py [--model NAME] [--dtype float32] [--context 300]
+    python benchmarks/verify_cost.py --device cuda --dtype bfloat16
 
 Prints, for draft sizes k, the mean time of one target forward over the pending token plus k
 draft nodes (a chain; a tree of the same size costs the same: only the mask differs), and the
@@ -21,9 +22,15 @@ from specdec.models import load_model
 from specdec.verifiers.hf import HFVerifier
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="model (default: the embedded default model)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps")
     parser.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
     parser.add_argument("--context", type=int, default=300, help="committed tokens in the cache")
     parser.add_argument("--sizes", default="0,1,2,4,8,12,16,24,32,64")
@@ -32,7 +39,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, _ = load_model(args.model, dtype=args.dtype)
+    model, _ = load_model(args.model, device=args.device, dtype=args.dtype)
+    device = model.device
     verifier = HFVerifier(model)
     generator = torch.Generator().manual_seed(0)
     vocab = verifier.vocab_size
@@ -46,14 +54,16 @@ def main() -> None:
         for size in sizes:  # interleaved, so that load changes hit every size alike
             draft = Draft.chain(torch.randint(0, vocab, (size,), generator=generator).tolist()) \
                 if size else Draft.empty()
+            _sync(device)
             tic = time.perf_counter()
             verifier.verify([int(prompt[-1])], draft)
+            _sync(device)
             elapsed = time.perf_counter() - tic
             verifier.runner.rollback(len(prompt))  # forget the forward: the cache stays at `context`
             if repeat >= 2:  # warm-up
                 times[size].append(elapsed)
     base = statistics.median(times[sizes[0]])
-    print(f"{args.dtype}, context {args.context} tokens, {torch.get_num_threads()} threads; median of {args.repeats}")
+    print(f"{device}, {args.dtype}, context {args.context} tokens, {torch.get_num_threads()} threads; median of {args.repeats}")
     print(f"{'draft nodes':>12} {'ms':>8} {'x plain':>8} {'slope':>7}")
     for size in sizes:
         median = statistics.median(times[size])

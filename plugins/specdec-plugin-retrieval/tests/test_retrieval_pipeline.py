@@ -123,8 +123,12 @@ def test_node_cost_auto_measures_the_target_once(model_dir, monkeypatch):
     measure = calibrate._measure
     monkeypatch.setattr(calibrate, "_measure", lambda model: calls.append(model) or measure(model))
     built = pipeline(model_dir, {"type": "prompt_lookup", "params": {"node_cost": "auto"}})
-    node_cost = built.drafter.drafting.cost.node_cost
-    assert 0.0 <= node_cost <= 1.0 and len(calls) == 1
-    assert calibrate.measure_node_cost(built.model) == node_cost and len(calls) == 1  # cached per model
+    cost = built.drafter.drafting.cost
+    sizes = [size for size, _ in cost.curve]
+    costs = [value for _, value in cost.curve]
+    assert sizes == list(calibrate.DRAFT_SIZES) and len(calls) == 1
+    assert 1.0 <= costs[0] and costs == sorted(costs)  # a larger draft never costs less
+    assert cost.step_cost(8) == costs[sizes.index(8)]
+    assert calibrate.measure_cost_model(built.model) is cost and len(calls) == 1  # cached per model
     plain = pipeline(model_dir, {"type": "none"}).generate(PROMPT)
     assert built.generate(PROMPT).token_ids == plain.token_ids

@@ -35,7 +35,8 @@ class _AdaptiveParams(BaseModel):
         0.08, description="verification cost of one draft node, as a fraction of a plain decoding step "
                           "(about 0.08-0.12 for the default model in float32 on a 2-core CPU, 0.01-0.02 in "
                           "bfloat16 with AMX or on a GPU; see benchmarks/verify_cost.py), or 'auto' to "
-                          "measure it on the target when the pipeline is built (about a second)")
+                          "measure the whole cost curve on the target when the pipeline is built (a few "
+                          "seconds on a CPU; replaces node_cost and draft_overhead)")
     draft_overhead: float = Field(0.0, ge=0.0, le=10.0,
                                   description="fixed extra cost of a step that verifies a draft, as a "
                                               "fraction of a plain step")
@@ -82,12 +83,11 @@ class RestParams(_AdaptiveParams):
 def _cost(context, params: _AdaptiveParams):
     from specdec_plugin_retrieval.adaptive import CostModel
 
-    node_cost = params.node_cost
-    if node_cost == "auto":
-        from specdec_plugin_retrieval.calibrate import measure_node_cost
+    if params.node_cost == "auto":
+        from specdec_plugin_retrieval.calibrate import measure_cost_model
 
-        node_cost = measure_node_cost(context.target)
-    return CostModel(node_cost=node_cost, draft_overhead=params.draft_overhead)
+        return measure_cost_model(context.target)
+    return CostModel(node_cost=params.node_cost, draft_overhead=params.draft_overhead)
 
 
 def _build_prompt_lookup(context, params: PromptLookupParams):
