@@ -34,7 +34,7 @@ import torch
 from specdec.acceptance import RejectionSampling
 from specdec.draft import Draft
 from specdec.engine import SpeculativeDecoder
-from specdec.model_runner import CausalLMRunner
+from specdec.model_runner import CausalLMRunner, cache_argument
 from specdec.protocols import AcceptancePolicy, BaseDrafter, DraftContext, Drafter, StepOutcome
 from specdec.sampling import RandomSource, SamplingParams, warp_logits
 
@@ -383,12 +383,13 @@ def exact_model_distribution(model: torch.nn.Module, prompt: Sequence[int], para
                 f"{len(prefixes[0]) + 1} (more than {MAX_EXACT_PREFIXES}): use fewer tokens, a smaller "
                 f"vocabulary, or top_k")
         with torch.inference_mode():
-            ids = torch.tensor([list(prompt) + list(prefix) for prefix in prefixes])
+            ids = torch.tensor([list(prompt) + list(prefix) for prefix in prefixes], device=model.device)
             logits = model(ids).logits[:, -1].float()
         if params.greedy:
             probs = torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).double()
         else:
             probs = warp_logits(logits, params).double()
+        probs = probs.cpu()
         expanded: dict[tuple[int, ...], float] = {}
         for row, prefix in enumerate(prefixes):
             for token in probs[row].nonzero().flatten().tolist():
@@ -488,7 +489,7 @@ def assert_cache_matches(runner: CausalLMRunner, model: torch.nn.Module, tokens:
 
     with torch.inference_mode():
         fresh = DynamicCache(config=model.config)
-        model(torch.tensor([list(tokens)]), cache=fresh, use_cache=True)
+        model(torch.tensor([list(tokens)], device=model.device), use_cache=True, **{cache_argument(model): fresh})
     for layer in range(runner.num_layers):
         keys, values = runner.cache.keys_values(layer)
         gap = max(float((keys - fresh.layers[layer].keys).abs().max()),
@@ -521,7 +522,7 @@ def check_greedy_identity(make_drafter: DrafterFactory, target: torch.nn.Module,
     for prompt in prompts:
         reference = plain.generate(prompt, params).tokens
         with torch.inference_mode():
-            ids = torch.tensor([list(prompt)])
+            ids = torch.tensor([list(prompt)], device=target.device)
             generated = target.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                         max_new_tokens=max_new_tokens, eos_token_id=list(eos) or None,
                                         pad_token_id=eos[0] if eos else 0)[0, len(prompt):].tolist()
@@ -573,7 +574,7 @@ class ModelTreeDrafter(BaseDrafter):
         prefix = list(context.tokens)
 
         def draft_logits(path: tuple[int, ...]) -> torch.Tensor:
-            return self.model(torch.tensor([prefix + list(path)])).logits[0, -1].float()
+            return self.model(torch.tensor([prefix + list(path)], device=self.model.device)).logits[0, -1].float()
 
         return sample_tree(context.rng, context.params, draft_logits,
                            self.widths[: context.max_depth], self.mode)
