@@ -25,6 +25,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a drafter param in every pipeline (JSON value), e.g. --set num_tokens=8")
     parser.add_argument("--limit", type=int)
+    parser.add_argument("--curve", help="verification cost curve as SIZE:COST,... (e.g. 1:1.03,4:1.39,8:1.71,"
+                                        "16:2.0,32:2.44,64:3.4 from verify_cost.py); default: the pipeline's "
+                                        "node_cost, 0.08 per node where it is 'auto'")
     args = parser.parse_args(argv)
 
     from specdec.config import load_yaml, validate_pipeline
@@ -41,16 +44,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         data["drafter"].setdefault("params", {}).update(overrides)
         validated = validate_pipeline(data, registry, path, text)
 
+        if args.curve:
+            cost = CostModel(curve=tuple((int(size), float(value)) for size, value in
+                                         (item.split(":") for item in args.curve.split(","))))
+        else:
+            node_cost = getattr(validated.drafter_params, "node_cost", 0.08)
+            cost = CostModel(0.08 if node_cost == "auto" else node_cost,
+                             getattr(validated.drafter_params, "draft_overhead", 0.0))
+
         def build(block, location):
             from specdec.config import validate_component
 
+            if block.get("params", {}).get("node_cost") == "auto":  # no model here to time
+                block = {**block, "params": {**block["params"], "node_cost": 0.08}}
             component, params = validate_component("drafter", block, registry, location)
-            return component.factory(context, params)
+            built = component.factory(context, params)
+            if hasattr(built, "drafting"):  # the retrieval drafters: decide with the replay's cost model
+                built.drafting.cost = cost
+            return built
 
         context = BuildContext(None, tokenizer, "cpu", None, None, build)
         drafter = build(data["drafter"], "drafter")
-        params = validated.drafter_params
-        cost = CostModel(getattr(params, "node_cost", 0.08), getattr(params, "draft_overhead", 0.0))
         total = ReplayStats()
         for prompt, output in pairs:
             total.add(replay(drafter, prompt, output, cost))

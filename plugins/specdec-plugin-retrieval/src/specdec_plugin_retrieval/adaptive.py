@@ -1,13 +1,14 @@
 """Adaptive drafting: verify only the candidate nodes that pay for their verification.
 
-The cost model. Verifying a draft of m nodes costs `1 + draft_overhead + node_cost * m` plain
-steps (one plain step = the target forward over one token; measured with
-`benchmarks/verify_cost.py`: about 0.08 per node for the default model on CPU, about 0 on a
-GPU until the batch gets large). A step that verifies the nodes S commits on average
+The cost model. Verifying a draft of m nodes costs `cost(m)` plain steps (one plain step = the
+target forward over one token): a curve measured on the target (`node_cost: auto`, or
+`benchmarks/verify_cost.py`; for the default model in float32 on 2 CPU cores 1.03 at m = 1, 1.39
+at 4, 1.71 at 8, 2.0 at 16; near 1 on a GPU until m is large), or the linear model
+`1 + draft_overhead + node_cost * m`. A step that verifies the nodes S commits on average
 `1 + sum(p_i for i in S)` tokens, where p_i is the probability that node i is accepted (that the
 target's tokens follow the path to it). Speed relative to plain decoding is therefore
 
-    R(S) = (1 + sum_S p_i) / (1 + draft_overhead + node_cost * |S|)
+    R(S) = (1 + sum_S p_i) / cost(|S|)
 
 and the drafter proposes the S that maximizes R, or nothing when max R <= 1 + min_gain. Because
 p never grows along a path, the best S of each size is the top nodes by p (a prefix-closed set),

@@ -5,7 +5,7 @@ node is accepted exactly when its path matches the output. So given (prompt, gre
 pairs, this replays the engine's loop (propose, accept the longest matching path, commit it plus
 the target's token, observe) and reports exact steps and mean accepted tokens, plus a *modeled*
 speedup from the cost model: plain decoding costs one unit per token, a step with m draft nodes
-`1 + draft_overhead + node_cost * m` units. Timing-free, so it is reliable on a busy machine;
+`cost.step_cost(m)` units. Timing-free, so it is reliable on a busy machine;
 wall-clock checks go through `specdec bench`.
 
 `benchmarks/replay.py` runs it over a JSONL of chats (for example a self-distilled corpus) for
