@@ -32,21 +32,26 @@ class _PositionalLayer(CacheLayerMixin):
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        # key_states, value_states: [B, H_kv, n, D], for the n tokens of the current forward
-        if self.owner.buffer is None:
-            self.owner._allocate(key_states)
+        # key_states, value_states: [B, H_kv, n, D], for the n tokens of the current forward.
+        # Called once per layer per forward: on a GPU a 135M model is bound by this Python work,
+        # so it is kept to two narrow-and-copy calls on views made once per buffer.
+        owner = self.owner
+        if owner.buffer is None:
+            owner._allocate(key_states)
         self.is_initialized = True
-        start = self.owner.length
-        end = start + key_states.shape[-2]
-        layer = self.owner.buffer[self.index]  # [2, B, H_kv, capacity, D]
-        if key_states.shape[:2] != layer.shape[1:3] or key_states.shape[-1] != layer.shape[-1]:
-            raise ValueError("PositionalKVCache needs every layer to share one KV shape "
-                             f"{tuple(layer.shape[1:3])}x{layer.shape[-1]}, layer {self.index} has "
-                             f"{tuple(key_states.shape[:2])}x{key_states.shape[-1]}")
-        layer[0, :, :, start:end] = key_states
-        layer[1, :, :, start:end] = value_states
-        self.owner.writes += 1
-        return layer[0, :, :, :end], layer[1, :, :, :end]
+        keys, values = owner.layer_views[self.index]  # [B, H_kv, capacity, D] each
+        if not owner.shapes_checked[self.index]:
+            if key_states.shape[:2] != keys.shape[:2] or key_states.shape[-1] != keys.shape[-1]:
+                raise ValueError("PositionalKVCache needs every layer to share one KV shape "
+                                 f"{tuple(keys.shape[:2])}x{keys.shape[-1]}, layer {self.index} has "
+                                 f"{tuple(key_states.shape[:2])}x{key_states.shape[-1]}")
+            owner.shapes_checked[self.index] = True
+        start = owner.length
+        count = key_states.shape[-2]
+        keys.narrow(2, start, count).copy_(key_states)
+        values.narrow(2, start, count).copy_(value_states)
+        owner.writes += 1
+        return keys.narrow(2, 0, start + count), values.narrow(2, 0, start + count)
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.owner.length + query_length, 0
@@ -77,19 +82,26 @@ class PositionalKVCache(Cache):
         self.capacity = capacity
         self.length = 0
         self.buffer: torch.Tensor | None = None  # [layers, 2, B, H_kv, capacity, D]
+        self.layer_views: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer: keys, values of `buffer`
+        self.shapes_checked = [False] * num_layers
         self.writes = 0  # layer updates so far: lets the runner see that a model used the cache
 
     def _allocate(self, like: torch.Tensor) -> None:
         batch, heads, _, dim = like.shape
-        self.buffer = torch.empty(self.num_layers, 2, batch, heads, self.capacity, dim,
-                                  dtype=like.dtype, device=like.device)
+        self._set_buffer(torch.empty(self.num_layers, 2, batch, heads, self.capacity, dim,
+                                     dtype=like.dtype, device=like.device))
+
+    def _set_buffer(self, buffer: torch.Tensor | None) -> None:
+        self.buffer = buffer
+        self.layer_views = [] if buffer is None else [(layer[0], layer[1]) for layer in buffer.unbind(0)]
+        self.shapes_checked = [False] * self.num_layers
 
     def reset(self, capacity: int | None = None) -> None:
         """Forget every entry; keep the buffer unless a larger capacity is needed."""
         self.length = 0
         if capacity is not None and capacity > self.capacity:
             self.capacity = capacity
-            self.buffer = None
+            self._set_buffer(None)
 
     def ensure_capacity(self, needed: int) -> None:
         """Grow (geometrically, copying committed entries) so `needed` entries fit."""
@@ -99,7 +111,7 @@ class PositionalKVCache(Cache):
         if self.buffer is not None:
             grown = self.buffer.new_empty(self.buffer.shape[:4] + (new_capacity, self.buffer.shape[-1]))
             grown[:, :, :, :, : self.length] = self.buffer[:, :, :, :, : self.length]
-            self.buffer = grown
+            self._set_buffer(grown)
         self.capacity = new_capacity
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
