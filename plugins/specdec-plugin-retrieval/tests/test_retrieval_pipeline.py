@@ -117,7 +117,7 @@ def test_the_shipped_prompt_set_is_large_and_diverse():
 
 
 def test_node_cost_auto_measures_the_target_once(model_dir, monkeypatch):
-    from specdec_plugin_retrieval import calibrate
+    from specdec import cost as calibrate
 
     calls = []
     measure = calibrate._measure

@@ -10,7 +10,7 @@ module stays light (pydantic only): the factory and the command handlers import 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -41,10 +41,11 @@ class MedusaParams(BaseModel):
     adaptive: bool = Field(False, description="treat the tree as a candidate pool and draft, each step, only the "
                                               "nodes whose estimated acceptance pays for their verification "
                                               "(nothing when none does)")
-    node_cost: float = Field(0.12, ge=0.0, le=10.0,
-                             description="with adaptive: verification cost of one draft node as a fraction of a "
-                                         "plain step (about 0.12 for the default model in float32 on a 2-core "
-                                         "CPU, 0.01-0.02 in bfloat16 with AMX or on a GPU)")
+    node_cost: Annotated[float, Field(ge=0.0, le=10.0)] | Literal["auto"] = Field(
+        0.12, description="with adaptive: verification cost of one draft node as a fraction of a plain step "
+                          "(about 0.12 for the default model in float32 on a 2-core CPU, 0.01-0.02 in bfloat16 "
+                          "with AMX or on a GPU), or 'auto' to measure the target's whole cost curve when the "
+                          "pipeline is built (a few seconds on a CPU)")
     min_gain: float = Field(0.0, ge=0.0, le=10.0,
                             description="with adaptive: least expected speed gain over a plain step worth drafting for")
 
@@ -100,7 +101,12 @@ def _build_medusa(context, params: MedusaParams):
         from specdec.errors import ConfigError
 
         raise ConfigError(f"drafter.params.tree: {error}") from None
-    pruning = ConfidencePruning(params.node_cost, params.min_gain) if params.adaptive else None
+    pruning = None
+    if params.adaptive:
+        from specdec.cost import CostModel, measure_cost_model
+
+        cost = measure_cost_model(context.target) if params.node_cost == "auto" else CostModel(node_cost=params.node_cost)
+        pruning = ConfidencePruning(cost, params.min_gain)
     return MedusaDrafter(heads, TreeLayout.from_paths(paths), pruning)
 
 

@@ -22,6 +22,7 @@ import torch
 
 from specdec.draft import Draft
 from specdec.protocols import BaseDrafter, DraftContext, StepOutcome
+from specdec.cost import CostModel
 from specdec.sampling import SamplingParams
 
 from specdec_plugin_medusa.heads import MedusaHeads
@@ -37,17 +38,17 @@ class ConfidencePruning:
     A node's acceptance probability is estimated as the product of the heads' softmax
     probabilities along its path (each head's probability that its token is the right one,
     depths treated as independent, as in `trees.derive_tree`). Verifying m nodes costs
-    `1 + node_cost * m` plain steps and commits `1 + sum p` tokens on average, so the drafter
-    keeps the most probable nodes (a prefix-closed set: a child is never likelier than its
-    parent) up to the count that maximises the ratio, or none when no count beats `1 + min_gain`.
+    `cost.step_cost(m)` plain steps (`specdec.cost`) and commits `1 + sum p` tokens on average,
+    so the drafter keeps the most probable nodes (a prefix-closed set: a child is never likelier
+    than its parent) up to the count that maximises the ratio, or none when no count beats
+    `1 + min_gain`.
 
-    :param node_cost: verification cost of one draft node, as a fraction of a plain step (about
-        0.12 for the default model in float32 on a 2-core CPU; 0.01-0.02 in bfloat16 with AMX or
-        on a GPU; measure with the retrieval plugin's `benchmarks/verify_cost.py`).
+    :param cost: the target's verification cost (a linear `node_cost`, about 0.12 per node for
+        the default model in float32 on a 2-core CPU, or a curve measured on the target).
     :param min_gain: least expected speed gain over a plain step worth drafting for.
     """
 
-    node_cost: float = 0.12
+    cost: CostModel = CostModel(node_cost=0.12)
     min_gain: float = 0.0
 
     def select(self, node_probs: Sequence[float], parents: Sequence[int]) -> list[int]:
@@ -60,7 +61,7 @@ class ConfidencePruning:
         best_ratio, best_count, total = 1.0 + self.min_gain, 0, 0.0
         for count, node in enumerate(order, start=1):
             total += path_probs[node]
-            ratio = (1.0 + total) / (1.0 + self.node_cost * count)
+            ratio = (1.0 + total) / self.cost.step_cost(count)
             if ratio > best_ratio:
                 best_ratio, best_count = ratio, count
         return sorted(order[:best_count])

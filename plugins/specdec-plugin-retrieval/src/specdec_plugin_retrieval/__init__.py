@@ -81,11 +81,9 @@ class RestParams(_AdaptiveParams):
 
 
 def _cost(context, params: _AdaptiveParams):
-    from specdec_plugin_retrieval.adaptive import CostModel
+    from specdec.cost import CostModel, measure_cost_model
 
     if params.node_cost == "auto":
-        from specdec_plugin_retrieval.calibrate import measure_cost_model
-
         return measure_cost_model(context.target)
     return CostModel(node_cost=params.node_cost, draft_overhead=params.draft_overhead)
 

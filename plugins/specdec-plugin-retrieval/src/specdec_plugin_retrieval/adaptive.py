@@ -32,47 +32,13 @@ import bisect
 from dataclasses import dataclass
 from typing import Sequence
 
+from specdec.cost import CostModel  # noqa: F401 - re-exported: the drafters' cost model
 from specdec.draft import Draft
 from specdec_plugin_retrieval.candidates import CandidateTree
 
 #: Share buckets: a node's occurrences / (its parent's occurrences + 1). The +1 makes one lone
 #: occurrence (share 0.5) less certain than ten that agree (share 0.91).
 SHARE_EDGES = (0.25, 0.5, 0.75)
-
-
-@dataclass(frozen=True)
-class CostModel:
-    """Verification cost of a draft, in plain (one-token) steps.
-
-    Linear by default: `1 + draft_overhead + node_cost * m` for m draft nodes. With `curve`
-    (measured points `(m, cost)`, as `node_cost: auto` records them), the cost interpolates
-    linearly between the points, and beyond the last one extends the last segment's slope. The
-    curve matters on CPUs, where it is far from linear: the first draft nodes are expensive (a
-    matrix-vector product becomes a matrix product) and later ones nearly free.
-
-    :param node_cost: extra cost of each draft node (linear model).
-    :param draft_overhead: extra fixed cost of a step that verifies any draft (linear model).
-    :param curve: measured `(draft nodes, cost)` points, sizes increasing; replaces the linear model.
-    """
-
-    node_cost: float = 0.08
-    draft_overhead: float = 0.0
-    curve: tuple[tuple[int, float], ...] = ()
-
-    def __post_init__(self):
-        sizes = [size for size, _ in self.curve]
-        if any(size <= 0 for size in sizes) or sizes != sorted(set(sizes)):
-            raise ValueError(f"curve sizes must be positive and increasing, got {sizes}")
-
-    def step_cost(self, num_nodes: int) -> float:
-        if not num_nodes:
-            return 1.0
-        if not self.curve:
-            return 1.0 + self.draft_overhead + self.node_cost * num_nodes
-        points = ((0, 1.0),) + self.curve
-        index = min(max(bisect.bisect_left([size for size, _ in points], num_nodes), 1), len(points) - 1)
-        (left, left_cost), (right, right_cost) = points[index - 1], points[index]
-        return left_cost + (right_cost - left_cost) * (num_nodes - left) / (right - left)
 
 
 class AcceptanceModel:

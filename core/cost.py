@@ -1,0 +1,115 @@
+"""What verifying a draft costs the target: the cost model drafters decide with.
+
+Verifying m draft nodes costs `cost(m)` plain (one-token) steps. It depends on the model, the
+device and the dtype, and on a CPU it is far from linear in m: for the default model in float32
+on 2 cores, 1-2 nodes cost about 1.05 plain steps, 4 nodes 1.4-1.6, 8 nodes 1.7-1.9 and 32 nodes
+2.5 (a matrix-vector product turns into a matrix product at the fourth row); in bfloat16 with
+AMX, or on a GPU, the whole curve stays near 1. Drafters that size their drafts by expected gain
+(the retrieval drafters, Medusa with confidence pruning) divide the expected accepted tokens by
+this cost.
+
+`measure_cost_model` times the target the way a decoding step uses it: a forward over the
+pending token plus a chain of m draft tokens on a cache of `CONTEXT_TOKENS` committed tokens,
+for each m in `DRAFT_SIZES`, and returns the curve (about three seconds for the default model on
+a CPU, once per model per process). `node_cost: auto` in a pipeline file asks for it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import statistics
+import time
+import weakref
+from dataclasses import dataclass
+
+import torch
+
+@dataclass(frozen=True)
+class CostModel:
+    """Verification cost of a draft, in plain (one-token) steps.
+
+    Linear by default: `1 + draft_overhead + node_cost * m` for m draft nodes. With `curve`
+    (measured points `(m, cost)`, as `node_cost: auto` records them), the cost interpolates
+    linearly between the points, and beyond the last one extends the last segment's slope. The
+    curve matters on CPUs, where it is far from linear: the first draft nodes are expensive (a
+    matrix-vector product becomes a matrix product) and later ones nearly free.
+
+    :param node_cost: extra cost of each draft node (linear model).
+    :param draft_overhead: extra fixed cost of a step that verifies any draft (linear model).
+    :param curve: measured `(draft nodes, cost)` points, sizes increasing; replaces the linear model.
+    """
+
+    node_cost: float = 0.08
+    draft_overhead: float = 0.0
+    curve: tuple[tuple[int, float], ...] = ()
+
+    def __post_init__(self):
+        sizes = [size for size, _ in self.curve]
+        if any(size <= 0 for size in sizes) or sizes != sorted(set(sizes)):
+            raise ValueError(f"curve sizes must be positive and increasing, got {sizes}")
+
+    def step_cost(self, num_nodes: int) -> float:
+        if not num_nodes:
+            return 1.0
+        if not self.curve:
+            return 1.0 + self.draft_overhead + self.node_cost * num_nodes
+        points = ((0, 1.0),) + self.curve
+        index = min(max(bisect.bisect_left([size for size, _ in points], num_nodes), 1), len(points) - 1)
+        (left, left_cost), (right, right_cost) = points[index - 1], points[index]
+        return left_cost + (right_cost - left_cost) * (num_nodes - left) / (right - left)
+
+
+#: Draft sizes the cost is measured at; the cost model interpolates between them.
+DRAFT_SIZES = (1, 2, 4, 8, 16, 32, 64)
+#: Committed tokens in the cache while measuring (a mid-length Spec-Bench prompt and answer).
+CONTEXT_TOKENS = 512
+#: Timed forwards per size (after one warm-up each); the median is used.
+REPEATS = 3
+
+_measured: "weakref.WeakKeyDictionary[torch.nn.Module, CostModel]" = weakref.WeakKeyDictionary()
+
+
+def measure_cost_model(model: torch.nn.Module) -> CostModel:
+    """The target's verification cost curve (see the module docstring), cached per model."""
+    if model not in _measured:
+        _measured[model] = CostModel(curve=_measure(model))
+    return _measured[model]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _measure(model: torch.nn.Module) -> tuple[tuple[int, float], ...]:
+    from specdec.draft import Draft
+    from specdec.verifiers.hf import HFVerifier
+
+    verifier = HFVerifier(model, eos_token_ids=())
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(0)
+    vocab = verifier.vocab_size
+    context = min(CONTEXT_TOKENS, verifier.runner.max_positions - DRAFT_SIZES[-1] - 2)
+    prompt = torch.randint(0, vocab, (context,), generator=generator).tolist()
+    verifier.start(len(prompt), DRAFT_SIZES[-1] + 2)
+    verifier.verify(prompt, Draft.empty())
+    verifier.commit(len(prompt), ())
+    times: dict[int, list[float]] = {size: [] for size in (0,) + DRAFT_SIZES}
+    for repeat in range(REPEATS + 1):
+        for size in times:  # interleaved, so that load changes hit every size alike
+            draft = Draft.chain(torch.randint(0, vocab, (size,), generator=generator).tolist()) \
+                if size else Draft.empty()
+            _sync(device)
+            tic = time.perf_counter()
+            verifier.verify([prompt[-1]], draft)
+            _sync(device)
+            elapsed = time.perf_counter() - tic
+            verifier.runner.rollback(len(prompt))  # forget the forward: the cache stays at the context
+            if repeat:  # the first round warms up
+                times[size].append(elapsed)
+    plain = statistics.median(times[0])
+    curve, floor = [], 1.0
+    for size in DRAFT_SIZES:  # a larger draft never costs less: smooth out timing noise
+        floor = max(floor, statistics.median(times[size]) / plain)
+        curve.append((size, round(floor, 4)))
+    return tuple(curve)
