@@ -21,8 +21,10 @@ import statistics
 import time
 import weakref
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
+
 
 @dataclass(frozen=True)
 class CostModel:
@@ -48,15 +50,21 @@ class CostModel:
         if any(size <= 0 for size in sizes) or sizes != sorted(set(sizes)):
             raise ValueError(f"curve sizes must be positive and increasing, got {sizes}")
 
+    @cached_property
+    def _points(self) -> tuple[tuple[int, ...], tuple[float, ...]]:
+        """The curve with a plain step at 0 nodes, as (sizes, costs)."""
+        return (0,) + tuple(size for size, _ in self.curve), (1.0,) + tuple(cost for _, cost in self.curve)
+
     def step_cost(self, num_nodes: int) -> float:
+        """What verifying `num_nodes` draft nodes costs, in plain steps (1.0 for no draft)."""
         if not num_nodes:
             return 1.0
         if not self.curve:
             return 1.0 + self.draft_overhead + self.node_cost * num_nodes
-        points = ((0, 1.0),) + self.curve
-        index = min(max(bisect.bisect_left([size for size, _ in points], num_nodes), 1), len(points) - 1)
-        (left, left_cost), (right, right_cost) = points[index - 1], points[index]
-        return left_cost + (right_cost - left_cost) * (num_nodes - left) / (right - left)
+        sizes, costs = self._points
+        right = min(max(bisect.bisect_left(sizes, num_nodes), 1), len(sizes) - 1)
+        left = right - 1
+        return costs[left] + (costs[right] - costs[left]) * (num_nodes - sizes[left]) / (sizes[right] - sizes[left])
 
 
 #: Draft sizes the cost is measured at; the cost model interpolates between them.
@@ -76,6 +84,14 @@ def measure_cost_model(model: torch.nn.Module) -> CostModel:
     return _measured[model]
 
 
+def cost_model_for(target: torch.nn.Module, node_cost: float | str, draft_overhead: float = 0.0) -> CostModel:
+    """The cost model a drafter's `node_cost` parameter asks for: "auto" measures the target's
+    curve (`measure_cost_model`), a number is the linear model with `draft_overhead`."""
+    if node_cost == "auto":
+        return measure_cost_model(target)
+    return CostModel(node_cost=float(node_cost), draft_overhead=draft_overhead)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -89,7 +105,7 @@ def _measure(model: torch.nn.Module) -> tuple[tuple[int, float], ...]:
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(0)
     vocab = verifier.vocab_size
-    context = min(CONTEXT_TOKENS, verifier.runner.max_positions - DRAFT_SIZES[-1] - 2)
+    context = max(1, min(CONTEXT_TOKENS, verifier.runner.max_positions - DRAFT_SIZES[-1] - 2))
     prompt = torch.randint(0, vocab, (context,), generator=generator).tolist()
     verifier.start(len(prompt), DRAFT_SIZES[-1] + 2)
     verifier.verify(prompt, Draft.empty())

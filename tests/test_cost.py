@@ -2,7 +2,7 @@
 
 import pytest
 
-from specdec.cost import DRAFT_SIZES, CostModel, measure_cost_model
+from specdec.cost import DRAFT_SIZES, CostModel, cost_model_for, measure_cost_model
 from specdec.testing import tiny_llama
 
 
@@ -32,3 +32,9 @@ def test_measuring_gives_a_non_decreasing_curve_once_per_model():
     assert sizes == list(DRAFT_SIZES)
     assert costs[0] >= 1.0 and costs == sorted(costs)  # a larger draft never costs less
     assert measure_cost_model(model) is measured
+
+
+def test_a_node_cost_parameter_picks_the_linear_model_or_the_measurement():
+    model = tiny_llama(2)
+    assert cost_model_for(model, 0.1, 0.5) == CostModel(node_cost=0.1, draft_overhead=0.5)
+    assert cost_model_for(model, "auto") is measure_cost_model(model)

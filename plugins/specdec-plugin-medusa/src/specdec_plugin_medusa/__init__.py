@@ -103,10 +103,9 @@ def _build_medusa(context, params: MedusaParams):
         raise ConfigError(f"drafter.params.tree: {error}") from None
     pruning = None
     if params.adaptive:
-        from specdec.cost import CostModel, measure_cost_model
+        from specdec.cost import cost_model_for
 
-        cost = measure_cost_model(context.target) if params.node_cost == "auto" else CostModel(node_cost=params.node_cost)
-        pruning = ConfidencePruning(cost, params.min_gain)
+        pruning = ConfidencePruning(cost_model_for(context.target, params.node_cost), params.min_gain)
     return MedusaDrafter(heads, TreeLayout.from_paths(paths), pruning)
 
 

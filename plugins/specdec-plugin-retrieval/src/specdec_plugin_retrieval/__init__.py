@@ -81,11 +81,9 @@ class RestParams(_AdaptiveParams):
 
 
 def _cost(context, params: _AdaptiveParams):
-    from specdec.cost import CostModel, measure_cost_model
+    from specdec.cost import cost_model_for
 
-    if params.node_cost == "auto":
-        return measure_cost_model(context.target)
-    return CostModel(node_cost=params.node_cost, draft_overhead=params.draft_overhead)
+    return cost_model_for(context.target, params.node_cost, params.draft_overhead)
 
 
 def _build_prompt_lookup(context, params: PromptLookupParams):
