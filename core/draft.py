@@ -24,6 +24,22 @@ import torch
 from specdec.errors import DraftError
 
 
+def tree_depths(parents: Sequence[int]) -> tuple[int, ...]:
+    """Depth of every node of a tree given in topological order (children of the root: depth 1)."""
+    depths: list[int] = []
+    for parent in parents:
+        depths.append(1 if parent < 0 else depths[parent] + 1)
+    return tuple(depths)
+
+
+def tree_children(parents: Sequence[int]) -> tuple[tuple[int, ...], ...]:
+    """`children[row]`: the nodes below row `row` (row 0 = root, row i + 1 = node i), in node order."""
+    children: list[list[int]] = [[] for _ in range(len(parents) + 1)]
+    for node, parent in enumerate(parents):
+        children[parent + 1].append(node)
+    return tuple(tuple(nodes) for nodes in children)
+
+
 @dataclass(frozen=True, eq=False)
 class AuxTokens:
     """Extra rows that ride along in the verification forward without being candidates.
@@ -136,10 +152,7 @@ class Draft:
     @cached_property
     def depths(self) -> tuple[int, ...]:
         """Depth of every node (children of the root have depth 1)."""
-        depths: list[int] = []
-        for parent in self.parents:
-            depths.append(1 if parent < 0 else depths[parent] + 1)
-        return tuple(depths)
+        return tree_depths(self.parents)
 
     @property
     def max_depth(self) -> int:
@@ -148,10 +161,7 @@ class Draft:
     @cached_property
     def children(self) -> tuple[tuple[int, ...], ...]:
         """`children[row]`: the nodes below row `row` (row 0 = root, row i + 1 = node i), in draft order."""
-        children: list[list[int]] = [[] for _ in range(self.num_nodes + 1)]
-        for node, parent in enumerate(self.parents):
-            children[parent + 1].append(node)
-        return tuple(tuple(nodes) for nodes in children)
+        return tree_children(self.parents)
 
     @cached_property
     def is_chain(self) -> bool:

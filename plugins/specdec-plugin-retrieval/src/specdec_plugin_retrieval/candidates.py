@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from specdec.draft import Draft
+from specdec.draft import Draft, tree_children, tree_depths
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,18 +42,12 @@ class CandidateTree:
 
     @cached_property
     def depths(self) -> tuple[int, ...]:
-        depths: list[int] = []
-        for parent in self.parents:
-            depths.append(1 if parent < 0 else depths[parent] + 1)
-        return tuple(depths)
+        return tree_depths(self.parents)
 
     @cached_property
     def children(self) -> tuple[tuple[int, ...], ...]:
         """`children[row]`: nodes below row `row` (row 0 = root, row i + 1 = node i), best first."""
-        rows: list[list[int]] = [[] for _ in range(self.num_nodes + 1)]
-        for node, parent in enumerate(self.parents):
-            rows[parent + 1].append(node)
-        return tuple(tuple(row) for row in rows)
+        return tree_children(self.parents)
 
     def parent_count(self, node: int) -> int:
         parent = self.parents[node]
