@@ -9,8 +9,11 @@ Every step thus commits the accepted tokens plus exactly one target token.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
+from specdec.batch import DraftBatch
 from specdec.draft import Draft
 from specdec.errors import DraftError, InputError
 from specdec.protocols import Acceptance
@@ -20,7 +23,11 @@ from specdec.sampling import RandomSource, SamplingParams, warp_logits
 def greedy_walk(logits: torch.Tensor, draft: Draft) -> Acceptance:
     """Follow the target's argmax down the tree: keep a child whose token is the argmax at its
     parent; stop at the first row where no child matches and emit that row's argmax."""
-    best = logits.argmax(dim=-1).tolist()  # [1 + T]
+    return _walk(logits.argmax(dim=-1).tolist(), draft)
+
+
+def _walk(best: list[int], draft: Draft) -> Acceptance:
+    """`greedy_walk` given the argmax of every row (`[1 + T]`)."""
     if draft.num_nodes == 0:
         return Acceptance((), best[0])
     tokens = draft.tokens.tolist()
@@ -37,7 +44,30 @@ def greedy_walk(logits: torch.Tensor, draft: Draft) -> Acceptance:
             return Acceptance(tuple(path), target)
 
 
-class GreedyAcceptance:
+class _BatchedGreedy:
+    """`accept_batch` for the built-in policies: the greedy sequences of a step share one argmax
+    over all their rows (one device transfer for the batch); the others go through `accept`."""
+
+    def accept_batch(self, logits: Sequence[torch.Tensor], batch: DraftBatch, params: Sequence[SamplingParams],
+                     rngs: Sequence[RandomSource]) -> list[Acceptance | Exception]:
+        greedy = [index for index, row_params in enumerate(params) if row_params.greedy]
+        best: dict[int, list[int]] = {}
+        if len(greedy) > 1:
+            flat = torch.cat([logits[index] for index in greedy]).argmax(dim=-1).tolist()
+            offset = 0
+            for index in greedy:
+                best[index], offset = flat[offset: offset + logits[index].shape[0]], offset + logits[index].shape[0]
+        results: list[Acceptance | Exception] = []
+        for index, (row_logits, draft, row_params, rng) in enumerate(zip(logits, batch.drafts, params, rngs)):
+            try:
+                results.append(_walk(best[index], draft) if index in best
+                               else self.accept(row_logits, draft, row_params, rng))
+            except Exception as error:  # noqa: BLE001 - handed back per sequence
+                results.append(error)
+        return results
+
+
+class GreedyAcceptance(_BatchedGreedy):
     """Exact argmax matching; the output equals plain greedy decoding token for token."""
 
     lossless = True
@@ -75,7 +105,7 @@ def _draft_prob(q: torch.Tensor, node: int, token: int) -> torch.Tensor:
     return value
 
 
-class RejectionSampling:
+class RejectionSampling(_BatchedGreedy):
     """Speculative sampling (Leviathan et al. 2023; Chen et al. 2023), generalised to trees as
     multi-candidate rejection (SpecInfer): lossless at any temperature, top-k and top-p.
 
@@ -145,3 +175,25 @@ class RejectionSampling:
                 remaining = _residual(remaining, None if q is None else q[child], token)
             else:
                 return Acceptance(tuple(path), rng.categorical(remaining))
+
+
+def accept_batch(policy, logits: Sequence[torch.Tensor], batch: DraftBatch, params: Sequence[SamplingParams],
+                 rngs: Sequence[RandomSource]) -> list[Acceptance | Exception]:
+    """Run a policy over every sequence of a step; a sequence whose acceptance raises gets the
+    exception in its place, so that it fails alone.
+
+    `logits[b]` is sequence b's `[1 + T_b, V]`. A policy may offer `accept_batch` with the same
+    signature to work on the whole batch at once; the built-in ones do for greedy sequences, whose
+    argmax rows take one device transfer for the whole batch.
+    """
+    own = getattr(policy, "accept_batch", None)
+    if own is not None:
+        return own(logits, batch, params, rngs)
+    results: list[Acceptance | Exception] = []
+    for row_logits, draft, row_params, rng in zip(logits, batch.drafts, params, rngs):
+        try:
+            results.append(policy.accept(row_logits, draft, row_params, rng))
+        except Exception as error:  # noqa: BLE001 - handed back per sequence
+            results.append(error)
+    return results
+

@@ -129,3 +129,73 @@ def _measure(model: torch.nn.Module) -> tuple[tuple[int, float], ...]:
         floor = max(floor, statistics.median(times[size]) / plain)
         curve.append((size, round(floor, 4)))
     return tuple(curve)
+
+
+#: Draft sizes (tokens per sequence) the batched cost is measured at.
+BATCH_DRAFT_SIZES = (1, 2, 4, 8, 16)
+#: Committed tokens per sequence while measuring a batch.
+BATCH_CONTEXT_TOKENS = 256
+
+_measured_batch: "weakref.WeakKeyDictionary[torch.nn.Module, dict[int, CostModel]]" = weakref.WeakKeyDictionary()
+
+
+def batch_bucket(batch_size: int) -> int:
+    """The batch size whose measured cost stands for `batch_size`: the next power of two."""
+    return 1 << max(0, batch_size - 1).bit_length()
+
+
+def measure_batch_cost_model(model: torch.nn.Module, batch_size: int) -> CostModel:
+    """Verification cost at a batch size: a forward over `batch_size` sequences, each with its
+    pending token plus a chain of m draft tokens, in units of the same batch's plain step.
+
+    Measured once per model and batch bucket (`batch_bucket`) on `BATCH_CONTEXT_TOKENS` committed
+    tokens per sequence (a few seconds per bucket on a CPU). Batch size 1 is `measure_cost_model`.
+    """
+    bucket = batch_bucket(batch_size)
+    if bucket == 1:
+        return measure_cost_model(model)
+    per_model = _measured_batch.setdefault(model, {})
+    if bucket not in per_model:
+        per_model[bucket] = CostModel(curve=_measure_batch(model, bucket))
+    return per_model[bucket]
+
+
+def _measure_batch(model: torch.nn.Module, batch_size: int) -> tuple[tuple[int, float], ...]:
+    from specdec.batch import DraftBatch
+    from specdec.draft import Draft
+    from specdec.verifiers.hf import HFVerifier
+
+    verifier = HFVerifier(model, eos_token_ids=())
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(0)
+    vocab = verifier.vocab_size
+    largest = BATCH_DRAFT_SIZES[-1]
+    context = max(1, min(BATCH_CONTEXT_TOKENS, verifier.runner.max_positions - largest - 2))
+    slots = tuple(range(batch_size))
+    prompts = [torch.randint(0, vocab, (context,), generator=generator).tolist() for _ in slots]
+    for slot, prompt in enumerate(prompts):
+        verifier.start(len(prompt), largest + 2, slot)
+    warm = DraftBatch((Draft.empty(),) * batch_size, tuple(tuple(prompt) for prompt in prompts), slots)
+    verifier.verify_batch(warm)
+    verifier.commit_batch(warm, [()] * batch_size)
+    roots = tuple((prompt[-1],) for prompt in prompts)
+    times: dict[int, list[float]] = {size: [] for size in (0,) + BATCH_DRAFT_SIZES}
+    for repeat in range(REPEATS + 1):
+        for size in times:  # interleaved, so that load changes hit every size alike
+            drafts = tuple(Draft.chain(torch.randint(0, vocab, (size,), generator=generator).tolist())
+                           if size else Draft.empty() for _ in slots)
+            batch = DraftBatch(drafts, roots, slots)
+            _sync(device)
+            tic = time.perf_counter()
+            verifier.verify_batch(batch)
+            _sync(device)
+            elapsed = time.perf_counter() - tic
+            if repeat:  # the first round warms up
+                times[size].append(elapsed)
+            # nothing is committed: the next forward overwrites these entries
+    plain = statistics.median(times[0])
+    curve, floor = [], 1.0
+    for size in BATCH_DRAFT_SIZES:  # a larger draft never costs less: smooth out timing noise
+        floor = max(floor, statistics.median(times[size]) / plain)
+        curve.append((size, round(floor, 4)))
+    return tuple(curve)

@@ -27,3 +27,8 @@ class ConfigError(SpecdecError, ValueError):
 
 class PluginError(SpecdecError):
     """A plugin failed to load or to register its components."""
+
+
+class GenerationError(SpecdecError, RuntimeError):
+    """A component (drafter, policy, model) failed while generating one request; the request
+    fails alone and the cause is chained (`__cause__`)."""

@@ -118,9 +118,9 @@ def attention_window(model) -> int | None:
 
 
 class CausalLMRunner:
-    """A model plus its `PositionalKVCache`, for one sequence at a time."""
+    """A model plus its `PositionalKVCache`: one sequence (slot 0) unless `num_slots` says more."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, num_slots: int = 1):
         check_supported(model)
         use_grouped_query_sdpa(model)  # same output as "sdpa", no cache copy under a tree mask
         config = _text_config(model)
@@ -135,13 +135,13 @@ class CausalLMRunner:
         output_embeddings = model.get_output_embeddings()
         self.vocab_size = int(output_embeddings.weight.shape[0]) if output_embeddings is not None \
             else int(config.vocab_size)
-        self.cache = PositionalKVCache(self.num_layers, capacity=0)
+        self.cache = PositionalKVCache(self.num_layers, capacity=0, num_slots=num_slots)
         self._cache_argument = cache_argument(model)
         self._blocked = torch.finfo(self.dtype).min
 
     @property
     def length(self) -> int:
-        """Entries committed to the cache (tokens the model has seen and kept)."""
+        """Entries committed to slot 0 of the cache (tokens the model has seen and kept)."""
         return self.cache.length
 
     def reset(self, capacity: int) -> None:
@@ -155,8 +155,9 @@ class CausalLMRunner:
         allowed: torch.Tensor | None = None,  # [N, N] bool: row i may attend to new token j; None = causal
         logits_rows: int = 1,
         hidden_state_layers: Sequence[int] = (),
+        slot: int = 0,
     ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        """Run the model on N new tokens after the committed cache entries.
+        """Run the model on N new tokens of one sequence after its committed cache entries.
 
         Every new token attends to all committed entries; among the new tokens, `allowed` decides
         (None = causal). The new entries are written to the cache but not committed.
@@ -166,17 +167,78 @@ class CausalLMRunner:
             (0 = embeddings, -1 = the final normed state the LM head reads).
         """
         count = input_ids.shape[0]
-        past = self.cache.length
+        past = self.cache.lengths[slot]
         self.cache.ensure_capacity(past + count)
         mask = None  # causal: transformers builds it (and SDPA may skip it), O(1) memory for prefill
         if allowed is not None:
             mask = torch.zeros(count, past + count, dtype=self.dtype, device=self.device)
             mask[:, past:].masked_fill_(~allowed.to(self.device), self._blocked)
             mask = mask[None, None]
+        self.cache.plan_writes(slot, None)
+        try:
+            logits, hidden = self._run(input_ids[None], positions[None], mask, logits_rows, hidden_state_layers)
+        finally:
+            self.cache.plan_writes(0, None)
+        return logits[0], {layer: states[0] for layer, states in hidden.items()}
+
+    @torch.inference_mode()
+    def forward_batch(
+        self,
+        first_slot: int,
+        rows: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
+        logits_rows: int,
+        hidden_state_layers: Sequence[int] = (),
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """One forward over B sequences in slots `first_slot .. first_slot + B - 1`.
+
+        Row b is `(input_ids [n_b], positions [n_b], allowed [n_b, n_b] bool or None = causal)`,
+        new tokens of slot `first_slot + b`. Rows are left-padded to the longest: the real tokens
+        of every row end at the last column, so the last `logits_rows` columns hold the rows each
+        sequence needs. Padding columns attend only to themselves and write past the row's real
+        entries, where the next forward overwrites them.
+
+        :returns: logits `[B, logits_rows, V]` (float32) and hidden states `{layer: [B, N, H]}`
+            (N = the longest row; row b's own states are its last n_b columns).
+        """
+        count = len(rows)
+        width = max(row[0].shape[0] for row in rows)
+        lengths = torch.tensor(self.cache.lengths[first_slot: first_slot + count])  # [B]
+        span = int(lengths.max()) + width
+        self.cache.ensure_capacity(span)
+        input_ids = torch.zeros(count, width, dtype=torch.long)
+        positions = torch.zeros(count, width, dtype=torch.long)
+        allowed = torch.zeros(count, width, width, dtype=torch.bool)
+        columns = torch.arange(width)
+        for index, (ids, places, row_allowed) in enumerate(rows):
+            size = ids.shape[0]
+            pad = width - size
+            input_ids[index, pad:] = ids.cpu()
+            positions[index, pad:] = places.cpu()
+            allowed[index, pad:, pad:] = (torch.ones(size, size, dtype=torch.bool).tril_()
+                                         if row_allowed is None else row_allowed.cpu())
+            allowed[index, columns[:pad], columns[:pad]] = True
+        # real entry k of row b goes to lengths[b] + k, padding after them: pad j to lengths[b] + n_b + j
+        sizes = torch.tensor([row[0].shape[0] for row in rows])[:, None]  # [B, 1]
+        pads = width - sizes
+        writes = lengths[:, None] + torch.where(columns[None] >= pads, columns[None] - pads, sizes + columns[None])
+        mask = torch.full((count, width, span), self._blocked, dtype=self.dtype)
+        mask.masked_fill_(torch.arange(span)[None, None] < lengths[:, None, None], 0.0)
+        new_entries = torch.zeros(count, width, width, dtype=self.dtype).masked_fill_(~allowed, self._blocked)
+        mask.scatter_(2, writes[:, None, :].expand(count, width, width), new_entries)
+        device = self.device
+        self.cache.plan_writes(first_slot, writes.to(device), span)
+        try:
+            return self._run(input_ids.to(device), positions.to(device), mask[:, None].to(device),
+                             logits_rows, hidden_state_layers)
+        finally:
+            self.cache.plan_writes(0, None)
+
+    def _run(self, input_ids, positions, mask, logits_rows, hidden_state_layers):
+        """The model forward over `[B, N]` inputs with specdec's cache; checks the model used it."""
         writes = self.cache.writes
         output = self.model(
-            input_ids=input_ids[None],
-            position_ids=positions[None],
+            input_ids=input_ids,
+            position_ids=positions,
             attention_mask=mask,
             use_cache=True,
             logits_to_keep=logits_rows,
@@ -190,21 +252,21 @@ class CausalLMRunner:
                 f"{type(self.model).__name__} ignored specdec's KV cache (passed as `{self._cache_argument}`) "
                 f"and would decode without context; transformers {transformers.__version__} is outside "
                 f"the supported range: install the version in specdec's requirements (>=5.20)")
-        logits = output.logits[0].float()
-        if logits.shape[0] != logits_rows:
+        logits = output.logits.float()
+        if logits.shape[1] != logits_rows:
             raise ModelMismatchError(
-                f"{type(self.model).__name__} returned logits for {logits.shape[0]} positions where "
+                f"{type(self.model).__name__} returned logits for {logits.shape[1]} positions where "
                 f"{logits_rows} were asked with logits_to_keep; specdec needs models that honour it")
-        hidden = {layer: output.hidden_states[layer][0] for layer in hidden_state_layers}
+        hidden = {layer: output.hidden_states[layer] for layer in hidden_state_layers}
         return logits, hidden
 
     @torch.inference_mode()
-    def commit(self, num_contiguous: int, extra_offsets: Sequence[int] = ()) -> None:
+    def commit(self, num_contiguous: int, extra_offsets: Sequence[int] = (), slot: int = 0) -> None:
         """Keep new entries of the last forward (see `PositionalKVCache.commit`)."""
-        self.cache.commit(num_contiguous, extra_offsets)
+        self.cache.commit(num_contiguous, extra_offsets, slot)
 
-    def rollback(self, length: int) -> None:
-        """Forget committed entries from `length` on."""
-        if not 0 <= length <= self.cache.length:
-            raise ValueError(f"cannot roll back to {length}: the cache holds {self.cache.length}")
-        self.cache.length = length
+    def rollback(self, length: int, slot: int = 0) -> None:
+        """Forget committed entries of a slot from `length` on."""
+        if not 0 <= length <= self.cache.lengths[slot]:
+            raise ValueError(f"cannot roll back to {length}: the cache holds {self.cache.lengths[slot]}")
+        self.cache.lengths[slot] = length

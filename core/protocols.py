@@ -16,6 +16,7 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import torch
 
+from specdec.batch import DraftBatch
 from specdec.draft import Draft
 from specdec.sampling import RandomSource, SamplingParams
 
@@ -30,6 +31,10 @@ class DraftContext:
     max_depth: int  # the draft must not be deeper than this (>= 1)
     rng: RandomSource  # draw draft samples from this, so seeded runs are reproducible
     step: int  # 0 for the first step of a generation
+    # Most draft nodes that pay for their verification at the current batch size (None = no
+    # limit). The scheduler keeps the first `max_nodes` nodes of a larger draft; a drafter that
+    # reads it can choose its best nodes itself.
+    max_nodes: int | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,6 +73,9 @@ class StepOutcome:
     # step), then the accepted nodes. Only the layers the drafter asked for.
     hidden_states: dict[int, torch.Tensor] = field(default_factory=dict)
     aux_logits: torch.Tensor | None = None  # [A, V] target logits of the draft's aux rows
+    # [1 + T, V] float32 target logits of this step's root (row 0) and draft nodes (row i + 1),
+    # only for drafters that set `wants_logits = True` (Jacobi decoding, Token Recycling).
+    logits: torch.Tensor | None = None
 
 
 @runtime_checkable
@@ -84,6 +92,9 @@ class Drafter(Protocol):
     #: Hugging Face `hidden_states` indices of the target whose states `observe` should receive
     #: (for example `(-1,)`, the final normed state, for Medusa heads). Empty = none.
     hidden_state_layers: tuple[int, ...]
+    #: True when `observe` should receive the verification logits (`StepOutcome.logits`).
+    #: Optional attribute: read with a default of False.
+    wants_logits: bool
 
     def start(self, prompt: Sequence[int], params: SamplingParams) -> None:
         """A new generation begins with this prompt."""
@@ -107,6 +118,7 @@ class BaseDrafter:
 
     provides_draft_probs: bool = False
     hidden_state_layers: tuple[int, ...] = ()
+    wants_logits: bool = False
 
     def start(self, prompt: Sequence[int], params: SamplingParams) -> None:
         pass
@@ -120,28 +132,45 @@ class BaseDrafter:
 
 @runtime_checkable
 class Verifier(Protocol):
-    """Runs the target model and owns its KV cache for one sequence."""
+    """Runs the target model and owns its KV cache, one slot per sequence of a batch.
+
+    The scheduler keeps its B active sequences in slots `0..B-1` and calls `verify_batch` once
+    per step. `verify` and `commit` are the batch of one in slot 0 (tools and tests use them).
+    """
 
     vocab_size: int  # columns of the target's logits
     max_positions: int  # longest sequence the target can attend over
     device: torch.device  # where logits live; the random source is created there
     eos_token_ids: tuple[int, ...]  # default stop tokens
 
-    def start(self, prompt_length: int, max_new_tokens: int) -> None:
-        """Reset the cache for a new sequence of at most this many tokens."""
+    def start(self, prompt_length: int, max_new_tokens: int, slot: int = 0) -> None:
+        """Empty `slot` for a new sequence of at most this many tokens."""
+        ...
+
+    def verify_batch(self, batch: DraftBatch) -> list[VerifyOutput]:
+        """One target forward over every sequence's pending tokens, then its draft tree.
+
+        `batch.pending[b]` are committed tokens slot `batch.slots[b]` has not seen (the prompt
+        on a sequence's first step, the previous step's target token afterwards); the last of
+        them is the root of `batch.drafts[b]`. Returns one `VerifyOutput` per sequence.
+        """
+        ...
+
+    def commit_batch(self, batch: DraftBatch, paths: Sequence[Sequence[int]]) -> None:
+        """Per sequence, keep the pending tokens and the accepted draft nodes, drop the rest."""
+        ...
+
+    def move_slot(self, source: int, destination: int) -> None:
+        """Move a sequence's cache to another (free) slot."""
         ...
 
     def verify(self, pending: Sequence[int], draft: Draft,
                hidden_state_layers: Sequence[int] = ()) -> VerifyOutput:
-        """One target forward over the pending committed tokens, then the draft tree.
-
-        `pending` are committed tokens the cache has not seen (the prompt on the first step, the
-        previous step's target token afterwards); the last of them is the draft's root.
-        """
+        """`verify_batch` for one sequence in slot 0."""
         ...
 
     def commit(self, num_pending: int, path: Sequence[int]) -> None:
-        """Keep the pending tokens and the accepted draft nodes in the cache, drop the rest."""
+        """`commit_batch` for one sequence in slot 0."""
         ...
 
 
@@ -154,5 +183,10 @@ class AcceptancePolicy(Protocol):
 
     def accept(self, logits: torch.Tensor, draft: Draft, params: SamplingParams,
                rng: RandomSource) -> Acceptance:
-        """`logits`: `[1 + T, V]` target logits by row (row 0 = root, row i + 1 = node i)."""
+        """`logits`: `[1 + T, V]` target logits by row (row 0 = root, row i + 1 = node i).
+
+        A policy may also offer `accept_batch(logits, batch, params, rngs)` (lists per sequence
+        of a `DraftBatch`, returning an `Acceptance` or the exception per sequence) to work on a
+        whole step at once; `specdec.acceptance.accept_batch` falls back to calling `accept`.
+        """
         ...
