@@ -119,7 +119,9 @@ class PositionalKVCache(Cache):
 
     def _allocate(self, like: torch.Tensor) -> None:
         _, heads, _, dim = like.shape
-        self._set_buffer(torch.empty(self.num_layers, 2, self.num_slots, heads, self.capacity, dim,
+        # zeros, not empty: a batched forward reads past a short row's entries (masked out), and
+        # uninitialised memory may hold NaN, which a zero attention weight does not cancel
+        self._set_buffer(torch.zeros(self.num_layers, 2, self.num_slots, heads, self.capacity, dim,
                                      dtype=like.dtype, device=like.device))
 
     def _set_buffer(self, buffer: torch.Tensor | None) -> None:
@@ -146,7 +148,7 @@ class PositionalKVCache(Cache):
             return
         new_count = max(count, 2 * self.num_slots)
         if self.buffer is not None:
-            grown = self.buffer.new_empty(self.buffer.shape[:2] + (new_count,) + self.buffer.shape[3:])
+            grown = self.buffer.new_zeros(self.buffer.shape[:2] + (new_count,) + self.buffer.shape[3:])
             grown[:, :, : self.num_slots] = self.buffer
             self._set_buffer(grown)
         self.lengths += [0] * (new_count - self.num_slots)
@@ -158,7 +160,7 @@ class PositionalKVCache(Cache):
             return
         new_capacity = max(needed, 2 * self.capacity)
         if self.buffer is not None:
-            grown = self.buffer.new_empty(self.buffer.shape[:4] + (new_capacity, self.buffer.shape[-1]))
+            grown = self.buffer.new_zeros(self.buffer.shape[:4] + (new_capacity, self.buffer.shape[-1]))
             longest = max(self.lengths)
             grown[:, :, :, :, :longest] = self.buffer[:, :, :, :, :longest]
             self._set_buffer(grown)

@@ -53,6 +53,17 @@ class TargetSpec(BaseModel):
         return value
 
 
+class SchedulerSpec(BaseModel):
+    """How many sequences share a verification forward, and how drafts are sized under load."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_batch_size: int = Field(8, ge=1, le=1024, description="most sequences verified in one forward")
+    draft_budget: Literal["auto", "off"] = Field(
+        "auto", description="auto: at batch sizes above 1, draft only as many tokens as pay at that batch "
+                            "size (measured once per model and batch size); off: drafts as the drafter proposes")
+
+
 class PipelineSpec(BaseModel):
     """The envelope of a pipeline file; component params are checked in phase 2."""
 
@@ -64,6 +75,7 @@ class PipelineSpec(BaseModel):
     verifier: ComponentSpec = ComponentSpec(type="hf")
     acceptance: ComponentSpec = ComponentSpec(type="rejection")
     sampling: SamplingParams = SamplingParams()
+    scheduler: SchedulerSpec = SchedulerSpec()
 
 
 @dataclass(frozen=True)

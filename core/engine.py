@@ -32,12 +32,14 @@ class SpeculativeDecoder:
     """
 
     def __init__(self, verifier: Verifier, drafter: Drafter, policy: AcceptancePolicy,
-                 decode: Callable[[Sequence[int]], str] | None = None):
+                 decode: Callable[[Sequence[int]], str] | None = None, *,
+                 scheduler: StepScheduler | None = None):
+        """:param scheduler: run on this scheduler (it shares the verifier) instead of a private one."""
         self.verifier = verifier
         self.drafter = drafter
         self.policy = policy
         self.decode = decode
-        self.scheduler = StepScheduler(verifier, policy, [drafter], max_batch_size=1, decode=decode)
+        self.scheduler = scheduler or StepScheduler(verifier, policy, [drafter], max_batch_size=1, decode=decode)
 
     def generate(self, prompt: Sequence[int], params: SamplingParams | None = None,
                  **overrides) -> GenerationResult:

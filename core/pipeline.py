@@ -76,8 +76,11 @@ class Pipeline:
         :param model: an already loaded target model to use instead of `target.model`.
         :param tokenizer: its tokenizer (needed for text prompts and stop strings).
         """
+        from specdec.budget import DraftBudget
+        from specdec.cost import measure_batch_cost_model
         from specdec.engine import SpeculativeDecoder
         from specdec.models import load_model, resolve_device, resolve_dtype
+        from specdec.scheduler import StepScheduler
 
         self.config = validated
         self.plugins = plugins or default_plugins()
@@ -114,8 +117,10 @@ class Pipeline:
                                base_dir=base_dir)
         spec = validated.spec
         self.verifier = registry.get("verifier", spec.verifier.type).factory(context, validated.verifier_params)
-        context.extras["verifier"] = self.verifier
-        self.drafter = registry.get("drafter", spec.drafter.type).factory(context, validated.drafter_params)
+        context.verifier = self.verifier
+        context.extras["verifier"] = self.verifier  # the name used before BuildContext.verifier
+        drafter_component = registry.get("drafter", spec.drafter.type)
+        self.drafter = drafter_component.factory(context, validated.drafter_params)
         policy_component = registry.get("acceptance", spec.acceptance.type)
         self.policy = policy_component.factory(context, validated.acceptance_params)
         self.lossless = bool(policy_component.lossless)
@@ -123,8 +128,16 @@ class Pipeline:
             logger.warning("acceptance policy '%s' is LOSSY: under sampling its outputs are not "
                            "distributed as plain sampling from the target model", spec.acceptance.type)
         self.sampling = spec.sampling
-        self.decoder = SpeculativeDecoder(self.verifier, self.drafter, self.policy,
-                                          decode=self._decode if tokenizer is not None else None)
+        decode = self._decode if tokenizer is not None else None
+        budget = None
+        if spec.scheduler.draft_budget == "auto":
+            budget = DraftBudget(lambda batch_size: measure_batch_cost_model(model, batch_size))
+        # One drafter instance per concurrent sequence; instances are reused across requests.
+        self.scheduler = StepScheduler(
+            self.verifier, self.policy, [self.drafter],
+            lambda: drafter_component.factory(context, validated.drafter_params),
+            max_batch_size=spec.scheduler.max_batch_size, decode=decode, budget=budget)
+        self.decoder = SpeculativeDecoder(self.verifier, self.drafter, self.policy, decode, scheduler=self.scheduler)
 
     # -- construction -----------------------------------------------------------------------------
 
@@ -169,19 +182,47 @@ class Pipeline:
         overrides = {key: value for key, value in overrides.items() if value is not None}
         return self.sampling.replace(**overrides) if overrides else self.sampling
 
-    def generate(self, prompt: Prompt, **overrides) -> PipelineResult:
-        """Generate a completion; keyword arguments override the pipeline's sampling defaults."""
-        stream = self.stream(prompt, **overrides)
+    def generate(self, prompt: Prompt, *, max_draft_tokens: int | None = None, **overrides) -> PipelineResult:
+        """Generate a completion; keyword arguments override the pipeline's sampling defaults.
+
+        :param max_draft_tokens: cap this request's drafts (0 = plain decoding for it).
+
+        Safe to call from several threads: their requests share the step scheduler's batched
+        forwards (up to `scheduler.max_batch_size` at once; more wait for a slot).
+        """
+        stream = self.stream(prompt, max_draft_tokens=max_draft_tokens, **overrides)
         for _ in stream:
             pass
         assert stream.result is not None
         return stream.result
 
-    def stream(self, prompt: Prompt, **overrides) -> TextStream:
+    def stream(self, prompt: Prompt, *, max_draft_tokens: int | None = None, **overrides) -> TextStream:
         """Like `generate`, but iterate the returned object for text pieces as they are committed."""
         prompt_ids = self.encode(prompt)
         params = self.params(**overrides)
-        return TextStream(self, prompt_ids, self.decoder.stream(prompt_ids, params), params)
+        handle = self.scheduler.submit(prompt_ids, params, max_draft_tokens=max_draft_tokens)
+        return TextStream(self, prompt_ids, self.scheduler.stream(handle), params)
+
+    def generate_batch(self, prompts: Sequence[Prompt], *, max_draft_tokens: int | None = None,
+                       **overrides) -> list[PipelineResult]:
+        """Generate a completion for every prompt, decoding them together in batches of up to
+        `scheduler.max_batch_size` sequences; results in prompt order.
+
+        Every prompt is checked before any generation starts; a request that fails at run time
+        raises its error once the others have finished.
+        """
+        params = self.params(**overrides)
+        encoded = [self.encode(prompt) for prompt in prompts]
+        handles = [self.scheduler.submit(ids, params, max_draft_tokens=max_draft_tokens) for ids in encoded]
+        self.scheduler.run(handles)
+        results = []
+        for ids, handle in zip(encoded, handles):
+            if handle.error is not None:
+                raise handle.error
+            done = handle.result
+            results.append(PipelineResult(self._text(done.tokens, params), done.tokens, done.finish_reason,
+                                          done.stats, ids))
+        return results
 
     # -- text -------------------------------------------------------------------------------------
 

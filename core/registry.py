@@ -54,6 +54,8 @@ class BuildContext:
         ``{"type": ..., "params": {...}}`` mapping (for composite drafters).
     :param base_dir: the directory of the pipeline file (None for pipelines built from a dict);
         `resolve_path` resolves relative paths in params against it.
+    :param verifier: the pipeline's verifier (set before drafters are built): a layer-skip or
+        other self-drafting drafter shares the target's cache through it.
     """
 
     target: Any
@@ -64,6 +66,7 @@ class BuildContext:
     build_drafter: Callable[[dict, str], Any]
     extras: dict[str, Any] = field(default_factory=dict)
     base_dir: Path | None = None
+    verifier: Any = None  # the pipeline's `specdec.Verifier`, built before the drafter (self-drafting shares its cache)
 
     def resolve_path(self, path: str | Path) -> Path:
         """A path from a params block: absolute as is; relative to the pipeline file's directory

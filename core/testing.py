@@ -34,6 +34,7 @@ import torch
 from specdec.acceptance import RejectionSampling
 from specdec.draft import Draft
 from specdec.engine import SpeculativeDecoder
+from specdec.scheduler import StepScheduler
 from specdec.model_runner import CausalLMRunner, cache_argument
 from specdec.protocols import AcceptancePolicy, BaseDrafter, DraftContext, Drafter, StepOutcome
 from specdec.sampling import RandomSource, SamplingParams, warp_logits
@@ -402,11 +403,15 @@ def check_sampling_distribution(make_drafter: DrafterFactory, target: torch.nn.M
                                 params: SamplingParams, *, policy: AcceptancePolicy | None = None,
                                 prompt: Sequence[int] = (1, 2, 3), max_new_tokens: int = 4,
                                 num_samples: int = 1500, alpha: float = 1e-3,
-                                seed: int = 0) -> dict[str, ChiSquareResult]:
+                                seed: int = 0, companions: int = 0) -> dict[str, ChiSquareResult]:
     """Sample `num_samples` speculative generations of `max_new_tokens` tokens and test them
     against plain sampling's exact distribution: the joint distribution of the first two tokens,
     and the marginal distribution of every later position (so errors in deep draft positions
     show), each by a chi-square goodness-of-fit test.
+
+    With `companions > 0` every sample is decoded by the step scheduler inside a batch with that
+    many other requests (other prompts, lengths and temperatures, each with its own drafter):
+    a sequence's distribution must not depend on the company it keeps.
 
     `alpha` is the false-alarm rate of the whole check for a correct implementation (split
     evenly between the tests, Bonferroni); seeds are fixed, so the outcome is reproducible.
@@ -416,10 +421,25 @@ def check_sampling_distribution(make_drafter: DrafterFactory, target: torch.nn.M
 
     decoder = SpeculativeDecoder(HFVerifier(target, eos_token_ids=()), make_drafter(target),
                                  policy or RejectionSampling())
+    batch = None
+    if companions:
+        batch = StepScheduler(HFVerifier(target, eos_token_ids=()), decoder.policy,
+                              drafter_factory=lambda: make_drafter(target), max_batch_size=companions + 1)
+    vocab = int(target.config.vocab_size)
     samples = []
     for index in range(num_samples):
         sample = params.replace(seed=seed * 1_000_003 + index, max_new_tokens=max_new_tokens)
-        samples.append(tuple(decoder.generate(prompt, sample).tokens))
+        if batch is None:
+            samples.append(tuple(decoder.generate(prompt, sample).tokens))
+            continue
+        handle = batch.submit(prompt, sample)
+        for other in range(companions):  # submitted after the sample: it takes slot 0 or moves
+            batch.submit([(index + other + token) % vocab for token in range(1 + (index + other) % 5)],
+                         SamplingParams(temperature=0.5 + other, seed=index, max_new_tokens=1 + (index + other) % 7))
+        batch.run()
+        if handle.error is not None:
+            raise handle.error
+        samples.append(tuple(handle.result.tokens))
     exact = exact_model_distribution(target, prompt, params, max_new_tokens)
     groups = {"tokens 1-2": (0, 1)} if max_new_tokens >= 2 else {"token 1": (0,)}
     groups.update({f"token {position + 1}": (position,) for position in range(2, max_new_tokens)})

@@ -57,11 +57,13 @@ class HFVerifier:
         """The target's `PositionalKVCache` (self-drafting techniques share it)."""
         return self.runner.cache
 
+    @torch.inference_mode()
     def start(self, prompt_length: int, max_new_tokens: int, slot: int = 0) -> None:
         """Empty `slot` for a new sequence of at most `prompt_length + max_new_tokens` tokens."""
         self.runner.cache.reset_slot(slot, prompt_length + max_new_tokens + _DRAFT_SLACK)
         self._prefilled.pop(slot, None)
 
+    @torch.inference_mode()
     def move_slot(self, source: int, destination: int) -> None:
         """Move a sequence's cache to another slot (see `PositionalKVCache.move_slot`)."""
         self.runner.cache.move_slot(source, destination)
@@ -114,6 +116,7 @@ class HFVerifier:
             outputs.append(VerifyOutput(own[: 1 + nodes], states, own[1 + nodes:] if aux else None))
         return outputs
 
+    @torch.inference_mode()
     def commit_batch(self, batch: DraftBatch, paths: Sequence[Sequence[int]]) -> None:
         """Keep each sequence's pending tokens and accepted path; drop the rest of its draft."""
         for slot, tokens, path in zip(batch.slots, batch.pending, paths):

@@ -1,0 +1,252 @@
+"""The step scheduler: each sequence's output is unchanged by the company it keeps.
+
+Greedy identity runs in float64, where a batched forward's different rounding cannot flip an
+argmax; the float32 mismatch rate on the default model is a benchmark (docs/benchmarks.md).
+"""
+
+import functools
+import itertools
+import threading
+
+import pytest
+import torch
+
+from specdec import BaseDrafter, Draft, InputError, Pipeline, RejectionSampling, SamplingParams
+from specdec.budget import DraftBudget, SequenceRecord
+from specdec.cost import CostModel
+from specdec.drafters.draft_model import DraftModelDrafter
+from specdec.drafters.none import NoDrafter
+from specdec.errors import GenerationError
+from specdec.scheduler import StepScheduler, first_nodes
+from specdec.testing import (
+    ModelTreeDrafter,
+    check_sampling_distribution,
+    perturbed_copy,
+    save_tiny_model,
+    tiny_llama,
+    tiny_tokenizer,
+)
+from specdec.verifiers.hf import HFVerifier
+
+VOCAB = 24
+EOS = VOCAB - 1
+
+
+@functools.lru_cache(maxsize=None)
+def target():
+    return tiny_llama(3, vocab_size=VOCAB, max_positions=128, eos_token_id=EOS).double()
+
+
+@functools.lru_cache(maxsize=None)
+def draft_model():
+    return perturbed_copy(target(), 0.3, seed=5)
+
+
+class FixedChain(BaseDrafter):
+    """Proposes the same (mostly wrong) chain every step: rejections at every depth."""
+
+    def propose(self, context):
+        return Draft.chain([(context.tokens[-1] + offset) % VOCAB for offset in (1, 2, 3)])
+
+
+class Raising(BaseDrafter):
+    def propose(self, context):
+        if context.step == 2:
+            raise ZeroDivisionError("drafter bug")
+        return Draft.empty()
+
+
+def drafter_cycle():
+    """Mixed drafters: a draft model, plain decoding, a token tree, a wrong chain."""
+    kinds = itertools.cycle([
+        lambda: DraftModelDrafter(draft_model(), 3),
+        NoDrafter,
+        lambda: ModelTreeDrafter(draft_model(), (2, 2, 1), mode="top"),
+        FixedChain,
+    ])
+    return lambda: next(kinds)()
+
+
+def scheduler(max_batch_size, factory=None, budget=None):
+    return StepScheduler(HFVerifier(target()), RejectionSampling(), drafter_factory=factory or drafter_cycle(),
+                         max_batch_size=max_batch_size, budget=budget)
+
+
+def requests():
+    """Mixed prompt lengths; stops (EOS or max_new_tokens) at different steps."""
+    prompts = [[1, 2, 3], [5], [4, 4, 4, 4, 7, 2], list(range(20)) * 2, [9, 8], [3] * 30, [11, 12, 13, 14], [6, 1]]
+    lengths = [17, 9, 24, 5, 30, 12, 1, 20]
+    return [(prompt, SamplingParams(max_new_tokens=length)) for prompt, length in zip(prompts, lengths)]
+
+
+@functools.lru_cache(maxsize=None)
+def reference_outputs():
+    """Batch-1 plain decoding, checked against `model.generate`."""
+    plain = StepScheduler(HFVerifier(target()), RejectionSampling(), [NoDrafter()], max_batch_size=1)
+    outputs = []
+    for prompt, params in requests():
+        tokens = plain.generate_batch([prompt], params)[0].tokens
+        with torch.inference_mode():
+            ids = torch.tensor([prompt])
+            expected = target().generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                         max_new_tokens=params.max_new_tokens, eos_token_id=EOS,
+                                         pad_token_id=EOS)[0, len(prompt):].tolist()
+        assert tokens == expected
+        outputs.append(tokens)
+    return outputs
+
+
+def test_reference_stops_at_different_steps():
+    outputs = reference_outputs()
+    assert len({len(tokens) for tokens in outputs}) > 4
+    assert any(tokens[-1] == EOS for tokens in outputs)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+def test_greedy_outputs_in_a_batch_equal_batch_one_and_model_generate(batch_size):
+    runner = scheduler(batch_size)
+    handles = [runner.submit(prompt, params) for prompt, params in requests()]
+    runner.run()
+    assert [handle.result.tokens for handle in handles] == reference_outputs()
+    assert all(handle.error is None for handle in handles)
+
+
+def test_requests_admitted_while_others_run_equal_batch_one():
+    runner = scheduler(4)
+    pending = list(zip(requests(), reference_outputs()))
+    live = []
+    while pending or runner.has_work:
+        if pending:  # one newcomer per step: continuous batching
+            (prompt, params), expected = pending.pop(0)
+            live.append((runner.submit(prompt, params), expected))
+        runner.step()
+        assert runner.num_active <= 4
+    assert all(handle.result.tokens == expected for handle, expected in live)
+
+
+def test_speculation_off_for_one_request_and_a_draft_budget_keep_outputs():
+    budget = DraftBudget(lambda batch_size: CostModel(node_cost=0.5), sizes=(1, 2))
+    runner = scheduler(8, budget=budget)
+    handles = [runner.submit(prompt, params, max_draft_tokens=0 if index % 2 else None)
+               for index, (prompt, params) in enumerate(requests())]
+    runner.run()
+    assert [handle.result.tokens for handle in handles] == reference_outputs()
+    assert all(handle.stats.draft_tokens == 0 for handle in handles[1::2])
+
+
+def test_a_draft_budget_caps_draft_nodes_per_sequence():
+    seen = []
+
+    class Wide(BaseDrafter):
+        def propose(self, context):
+            seen.append(context.max_nodes)
+            return Draft.chain([1, 2, 3, 4, 5, 6])
+
+    budget = DraftBudget(lambda batch_size: CostModel(node_cost=0.01), sizes=(2,))
+    runner = scheduler(4, factory=Wide, budget=budget)
+    handles = [runner.submit([1, 2, 3], SamplingParams(max_new_tokens=10)) for _ in range(3)]
+    runner.run()
+    assert 2 in seen
+    assert all(handle.stats.draft_tokens <= 2 * handle.stats.steps for handle in handles)
+
+
+def test_budget_prefers_plain_decoding_when_verification_is_expensive():
+    record = SequenceRecord(offered_steps=50, drafted_at_depth=[50, 50, 50], accepted_at_depth=[10, 2, 0])
+    cheap = DraftBudget(lambda batch_size: CostModel(node_cost=0.02))
+    dear = DraftBudget(lambda batch_size: CostModel(node_cost=1.0))
+    assert cheap.max_nodes(8, [record] * 8) >= 1
+    assert dear.max_nodes(8, [record] * 8) == 0
+    accepting = SequenceRecord(offered_steps=50, drafted_at_depth=[50] * 6, accepted_at_depth=[48, 45, 40, 35, 30, 20])
+    assert DraftBudget(lambda batch_size: CostModel(node_cost=0.2)).max_nodes(8, [accepting] * 8) >= 3
+
+
+def test_a_drafter_that_raises_fails_its_own_sequence_only():
+    kinds = itertools.cycle([Raising, NoDrafter])
+    runner = scheduler(4, factory=lambda: next(kinds)())
+    handles = [runner.submit(prompt, params) for prompt, params in requests()[:4]]
+    runner.run()
+    assert isinstance(handles[0].error, GenerationError) and "drafter bug" in str(handles[0].error)
+    assert isinstance(handles[0].error.__cause__, ZeroDivisionError)
+    for handle, expected in zip(handles[1:], reference_outputs()[1:4]):
+        if handle.error is None:
+            assert handle.result.tokens == expected
+    assert sum(handle.error is None for handle in handles) >= 2
+
+
+def test_bad_input_is_refused_at_submit_and_the_others_continue():
+    runner = scheduler(4)
+    good = runner.submit(*requests()[0])
+    with pytest.raises(InputError, match="outside the model vocabulary"):
+        runner.submit([1, VOCAB + 3], SamplingParams())
+    with pytest.raises(InputError, match="at most 128"):
+        runner.submit([1] * 200, SamplingParams())
+    with pytest.raises(InputError, match="max_draft_tokens"):
+        runner.submit([1], SamplingParams(), max_draft_tokens=-1)
+    runner.run()
+    assert good.result.tokens == reference_outputs()[0]
+
+
+def test_cancelling_frees_the_slot_and_the_rest_are_unaffected():
+    runner = scheduler(2)
+    handles = [runner.submit(prompt, params) for prompt, params in requests()[:4]]
+    runner.step()
+    runner.cancel(handles[0])
+    assert handles[0].result.finish_reason == "cancelled"
+    runner.run()
+    assert [handle.result.tokens for handle in handles[1:]] == reference_outputs()[1:4]
+
+
+def test_slot_reuse_leaves_no_stale_cache():
+    """The same request in a reused slot (after longer and shorter sequences) equals a fresh run."""
+    runner = scheduler(2)
+    for _ in range(2):
+        handles = [runner.submit(prompt, params) for prompt, params in requests()]
+        runner.run()
+        assert [handle.result.tokens for handle in handles] == reference_outputs()
+
+
+def test_sampling_distribution_of_a_sequence_decoded_among_others():
+    small = tiny_llama(0, vocab_size=8, init_std=0.1)
+    check_sampling_distribution(lambda model: DraftModelDrafter(perturbed_copy(model, 0.5), 3), small,
+                                SamplingParams(temperature=1.0), num_samples=600, companions=2)
+
+
+def test_first_nodes_keeps_a_valid_subtree():
+    draft = Draft(torch.tensor([5, 6, 7, 8]), (-1, -1, 0, 2))
+    cut = first_nodes(draft, 3)
+    assert cut.tokens.tolist() == [5, 6, 7] and cut.parents == (-1, -1, 0)
+
+
+def test_threads_generating_on_one_pipeline_get_their_own_outputs(tmp_path):
+    """D1: concurrent `generate` calls on one pipeline share batched steps, never a cache."""
+    model = tiny_llama(4, vocab_size=len(tiny_tokenizer()), max_positions=256)
+    pipeline = Pipeline.from_dict({"drafter": {"type": "none"}, "scheduler": {"max_batch_size": 2}},
+                                  model=model, tokenizer=tiny_tokenizer())
+    prompts = ["hello there", "a much longer prompt, with punctuation!"]
+    alone = [pipeline.generate(prompt, max_new_tokens=24).token_ids for prompt in prompts]
+    barrier = threading.Barrier(len(prompts))
+    results: dict[int, list[int]] = {}
+
+    def work(index):
+        barrier.wait()
+        results[index] = pipeline.generate(prompts[index], max_new_tokens=24).token_ids
+
+    threads = [threading.Thread(target=work, args=(index,)) for index in range(len(prompts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert [results[index] for index in range(len(prompts))] == alone
+
+
+def test_generate_batch_equals_one_by_one_on_a_pipeline(tmp_path):
+    path = save_tiny_model(tmp_path / "tiny", seed=4)
+    pipeline = Pipeline.from_dict({"target": {"model": path},
+                                   "drafter": {"type": "draft_model", "params": {"model": path, "num_tokens": 3}},
+                                   "scheduler": {"max_batch_size": 2}})
+    prompts = ["abc", "hello world", "z"]
+    one_by_one = [pipeline.generate(prompt, max_new_tokens=12).token_ids for prompt in prompts]
+    batched = pipeline.generate_batch(prompts, max_new_tokens=12)
+    assert [result.token_ids for result in batched] == one_by_one
+    assert [result.prompt_token_ids for result in batched] == [pipeline.encode(prompt) for prompt in prompts]
+    assert all(result.stats.accepted_draft_tokens > 0 for result in batched)
