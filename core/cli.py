@@ -59,7 +59,13 @@ def _parser(plugins) -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     generate = subparsers.add_parser("generate", help="generate text with a pipeline, streaming it")
-    generate.add_argument("prompt", nargs="?", help="the user message (read from stdin when omitted)")
+    generate.add_argument("prompt", nargs="*", help="the user message (read from stdin when omitted); "
+                                                    "several prompts are generated together in batches")
+    generate.add_argument("--prompts-file", metavar="FILE.jsonl",
+                          help="one prompt per line: a JSON string or an object with a 'prompt' key; "
+                               "generated in batches, printed as JSON lines in the same order")
+    generate.add_argument("--batch-size", type=int, metavar="N",
+                          help="most prompts decoded together (default: the pipeline's scheduler.max_batch_size)")
     generate.add_argument("--pipeline", "-p", help="pipeline YAML file (default: the embedded model "
                                                    "with prompt lookup)")
     generate.add_argument("--system", help="a system message to put before the prompt")
@@ -119,12 +125,46 @@ def build_pipeline(path: str | None):
     return Pipeline.from_dict(data)
 
 
+def read_prompts_file(path: str) -> list[str]:
+    """Prompts of a JSON Lines file: each line a JSON string or an object with a "prompt" string."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except OSError as error:
+        raise ConfigError(f"cannot read --prompts-file {path}: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"--prompts-file {path} is not UTF-8 text (byte {error.start}): save it as UTF-8") from None
+    prompts = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{path}:{number}: not valid JSON: {error.msg}") from None
+        if isinstance(item, dict):
+            item = item.get("prompt")
+        if not isinstance(item, str) or not item.strip():
+            raise ConfigError(f"{path}:{number}: each line must be a non-empty JSON string or an object "
+                              f"with a non-empty \"prompt\" string")
+        prompts.append(item)
+    if not prompts:
+        raise ConfigError(f"--prompts-file {path} holds no prompts")
+    return prompts
+
+
 def _generate(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
-    if not prompt.strip():
+    prompts = list(args.prompt)
+    if args.prompts_file:
+        prompts += read_prompts_file(args.prompts_file)
+    if not prompts:
+        prompts = [sys.stdin.read()]
+    if any(not prompt.strip() for prompt in prompts):
         raise ConfigError("the prompt is empty: pass it as an argument or on stdin")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     pipeline = build_pipeline(args.pipeline)
     try:
         overrides = sampling_overrides(args)
@@ -132,12 +172,12 @@ def _generate(args: argparse.Namespace) -> int:
     except ValidationError as error:
         first = error.errors(include_url=False)[0]
         raise ConfigError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
-    if args.raw or not getattr(pipeline.tokenizer, "chat_template", None):
-        request = prompt
-    else:
-        request = ([{"role": "system", "content": args.system}] if args.system else []) + \
-                  [{"role": "user", "content": prompt}]
-    stream = pipeline.stream(request, **overrides)
+    if args.batch_size is not None:
+        pipeline.scheduler.max_batch_size = args.batch_size
+    requests = [_request(pipeline, prompt, args) for prompt in prompts]
+    if len(requests) > 1 or args.prompts_file:
+        return _generate_batch(pipeline, requests, overrides, args)
+    stream = pipeline.stream(requests[0], **overrides)
     quiet = args.no_stream or args.json
     for piece in stream:
         if not quiet:
@@ -151,6 +191,39 @@ def _generate(args: argparse.Namespace) -> int:
         print(result.text, end="")
     print()
     print(f"[{pipeline.config.label}] {result.stats.summary()}", file=sys.stderr)
+    return 0
+
+
+def _request(pipeline, prompt: str, args: argparse.Namespace):
+    """A prompt as the pipeline takes it: chat messages when the model has a chat template."""
+    if args.raw or not getattr(pipeline.tokenizer, "chat_template", None):
+        return prompt
+    return ([{"role": "system", "content": args.system}] if args.system else []) + \
+        [{"role": "user", "content": prompt}]
+
+
+def _generate_batch(pipeline, requests: list, overrides: dict, args: argparse.Namespace) -> int:
+    """Several prompts, decoded together: one JSON line per prompt with --json, else each text."""
+    import time
+
+    from specdec.stats import GenerationStats
+
+    started = time.perf_counter()
+    results = pipeline.generate_batch(requests, **overrides)
+    elapsed = time.perf_counter() - started
+    for index, result in enumerate(results):
+        if args.json or args.prompts_file:
+            print(json.dumps({"index": index, "text": result.text, "token_ids": result.token_ids,
+                              "finish_reason": result.finish_reason, "stats": result.stats.to_dict()}))
+        else:
+            print(f"--- [{index}]\n{result.text}")
+    total = GenerationStats()
+    for result in results:
+        total = total.merge(result.stats)
+    print(f"[{pipeline.config.label}] {len(results)} prompts, {total.new_tokens} tokens in {elapsed:.2f} s "
+          f"({total.new_tokens / elapsed:.1f} tok/s over all sequences, batches of up to "
+          f"{pipeline.scheduler.max_batch_size}), mean accepted tokens {total.mean_accepted_tokens:.2f}",
+          file=sys.stderr)
     return 0
 
 

@@ -75,3 +75,33 @@ def test_console_script_runs_without_traceback(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 2
     assert "unknown drafter 'nope'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_several_prompts_are_generated_together_and_equal_one_by_one(pipeline_file, capsys, tmp_path):
+    prompts = ["hello", "abc", "what is this?"]
+    alone = []
+    for prompt in prompts:
+        assert main(["generate", "-p", str(pipeline_file), "--json", "--raw", prompt]) == 0
+        alone.append(json.loads(capsys.readouterr().out)["token_ids"])
+    listing = tmp_path / "prompts.jsonl"
+    listing.write_text(json.dumps(prompts[0]) + "\n\n" + "\n".join(json.dumps({"prompt": p}) for p in prompts[1:]))
+    assert main(["generate", "-p", str(pipeline_file), "--raw", "--batch-size", "2",
+                 "--prompts-file", str(listing)]) == 0
+    out, err = capsys.readouterr()
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [record["index"] for record in records] == [0, 1, 2]
+    assert [record["token_ids"] for record in records] == alone
+    assert "3 prompts" in err and "batches of up to 2" in err
+    assert main(["generate", "-p", str(pipeline_file), "--raw", *prompts[:2]]) == 0
+    assert capsys.readouterr().out.count("--- [") == 2
+
+
+def test_a_bad_prompts_file_is_a_usage_error(pipeline_file, capsys, tmp_path):
+    listing = tmp_path / "bad.jsonl"
+    listing.write_text('"fine"\n{"prompt": 3}\n')
+    assert main(["generate", "-p", str(pipeline_file), "--prompts-file", str(listing)]) == 2
+    assert f"{listing}:2" in capsys.readouterr().err
+    listing.write_bytes(b'"\xff\xfe"\n')
+    assert main(["generate", "-p", str(pipeline_file), "--prompts-file", str(listing)]) == 2
+    assert "not UTF-8" in capsys.readouterr().err
+    assert main(["generate", "-p", str(pipeline_file), "--batch-size", "0", "hi"]) == 2
