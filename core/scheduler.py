@@ -133,7 +133,6 @@ class StepScheduler:
         self.max_batch_size = max_batch_size
         self._free_drafters: list[Drafter] = list(drafters)
         self._drafter_factory = drafter_factory
-        self._capacity = max_batch_size if drafter_factory is not None else min(max_batch_size, len(drafters))
         self._waiting: deque[SequenceHandle] = deque()
         self._active: list[SequenceHandle] = []  # ordered by slot: _active[i].slot == i
         self._lock = threading.RLock()
@@ -171,6 +170,21 @@ class StepScheduler:
                 handle.result = GenerationResult([], "cancelled", handle.stats)
             elif handle in self._active:
                 self._finish(handle, "cancelled")
+
+    @property
+    def capacity(self) -> int:
+        """Most sequences decoded at once: `max_batch_size`, or fewer drafters without a factory."""
+        if self._drafter_factory is not None:
+            return self.max_batch_size
+        return min(self.max_batch_size, len(self._free_drafters) + len(self._active))
+
+    def prepare(self, num_sequences: int) -> None:
+        """Build drafters for up to `num_sequences` concurrent sequences now (benchmarks call this
+        so that no drafter is built inside a timed step)."""
+        with self._lock:
+            wanted = min(num_sequences, self.max_batch_size) - len(self._active) - len(self._free_drafters)
+            for _ in range(wanted if self._drafter_factory is not None else 0):
+                self._free_drafters.append(self._drafter_factory())
 
     @property
     def num_active(self) -> int:
@@ -218,7 +232,7 @@ class StepScheduler:
             self._step()
 
     def _admit(self) -> None:
-        while self._waiting and len(self._active) < self._capacity:
+        while self._waiting and len(self._active) < self.capacity:
             handle = self._waiting.popleft()
             if not self._free_drafters:
                 self._free_drafters.append(self._drafter_factory())

@@ -173,3 +173,17 @@ def test_sampled_run_skips_the_equality_check(files, tmp_path):
     assert "Not checked: this run samples (temperature 0.8)" in markdown
     assert {r["method"] for r in read_records(output)} == {"ar", "draft"}
     assert all(r["seed"] is not None for r in read_records(output))
+
+
+def test_batch_size_measures_throughput_of_every_pipeline_at_every_size(files, tmp_path, capsys):
+    out = tmp_path / "throughput"
+    assert main(["bench", "-q", str(files["questions"]), "-p", str(files["draft"]), "-n", "6",
+                 "--batch-size", "1", "3", "-o", str(out), "--no-progress"]) == 0
+    results = json.loads((out / "throughput.json").read_text())
+    assert results["labels"] == ["AR", "draft"] and results["batch_sizes"] == [1, 3]
+    rows = {(row["pipeline"], row["batch_size"]): row for row in results["rows"]}
+    assert set(rows) == {("AR", 1), ("AR", 3), ("draft", 1), ("draft", 3)}
+    assert all(row["tokens_per_second"] > 0 and row["requests"] == rows[("AR", 1)]["requests"] for row in rows.values())
+    assert rows[("AR", 1)]["mean_accepted_tokens"] == 1.0 and rows[("draft", 3)]["mean_accepted_tokens"] > 1.0
+    assert "| AR | 3 |" in (out / "throughput.md").read_text()
+    assert "tok/s" in capsys.readouterr().out

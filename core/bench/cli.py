@@ -54,6 +54,9 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
                         help="continue an earlier run in DIR, skipping the generations it has")
     parser.add_argument("--report", metavar="DIR", help="only rewrite DIR's report from its records")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--batch-size", nargs="+", type=_positive, metavar="N",
+                        help="measure throughput instead: every pipeline (AR included) at each batch size N, "
+                             "first turns only (throughput.md, throughput.json, throughput.png)")
     hf = parser.add_argument_group("Hugging Face baselines")
     hf.add_argument("--hf-baselines", nargs="+", metavar="NAME",
                     help=f"any of {', '.join(HF_BASELINES)}, or none (default: {' '.join(DEFAULT_HF_BASELINES)}; "
@@ -105,6 +108,8 @@ def run_command(args: argparse.Namespace) -> int:
 
     if not args.questions:
         raise ConfigError("specdec bench needs --questions FILE (Spec-Bench JSON Lines)")
+    if args.batch_size:
+        return _throughput(args)
     settings = BenchSettings(max_new_tokens=args.max_new_tokens, runs=args.runs, temperature=args.temperature,
                              top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     try:
@@ -178,6 +183,53 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"specdec: interrupted; {len(store)} generations are kept in {directory}; continue with "
               f"--resume {directory}", file=sys.stderr)
         return 130
+    return 0
+
+
+def _throughput(args: argparse.Namespace) -> int:
+    """`--batch-size`: every pipeline at every batch size (see `specdec.bench.throughput`)."""
+    from specdec.bench.questions import load_questions, select_questions
+    from specdec.bench.throughput import measure_throughput, write_throughput
+    from specdec.config import load_yaml, validate_pipeline
+    from specdec.params import SamplingParams
+    from specdec.pipeline import Pipeline
+    from specdec.plugins import default_plugins
+
+    if args.resume or args.report or args.runs != 1:
+        raise ConfigError("--batch-size measures throughput in one go: leave out --resume, --report and --runs")
+    params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                            max_new_tokens=args.max_new_tokens)
+    questions = select_questions(load_questions(args.questions), args.tasks, args.limit)
+    plugins = default_plugins()
+    validated = []
+    for path in args.pipelines:
+        data, text = load_yaml(path)
+        validated.append(validate_pipeline(data, plugins.registry, path, text))
+    target = validated[0].spec.target.model_dump() if validated else {}
+    if not any(item.spec.drafter.type == "none" for item in validated):
+        validated.insert(0, validate_pipeline({"name": "AR", "target": target, "drafter": {"type": "none"}},
+                                              plugins.registry, "<AR>"))
+    else:  # the plain-decoding pipeline goes first: it is the baseline
+        validated.sort(key=lambda item: item.spec.drafter.type != "none")
+    first = Pipeline(validated[0], plugins)
+    pipelines = [first] + [Pipeline(item, plugins, model=first.model, tokenizer=first.tokenizer)
+                           for item in validated[1:]]
+    labels = [item.label for item in validated]
+    directory = _output_folder(args)
+    sizes = sorted(set(args.batch_size))
+    print(f"specdec bench: throughput of {', '.join(labels)} at batch sizes {sizes} on {len(questions)} "
+          f"questions; writing to {directory}", file=sys.stderr)
+    summary = measure_throughput(pipelines, labels, questions, sizes, params,
+                                 progress=(lambda line: None) if args.no_progress else
+                                 (lambda line: print(line, file=sys.stderr)))
+    meta = {"settings": {"questions": args.questions, "tasks": args.tasks, "limit": args.limit,
+                         **params.model_dump(mode="json")},
+            "environment": _environment(first), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    from specdec.bench.throughput import markdown
+
+    files = write_throughput(directory, summary, meta)
+    print(markdown(summary))
+    print("files: " + ", ".join(str(path) for path in files))
     return 0
 
 
