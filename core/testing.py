@@ -11,7 +11,8 @@ which runs, on seeded tiny random Llama models:
 1. greedy identity: speculative greedy output equals the engine's plain decoding and
    `model.generate(do_sample=False)` token for token, over several prompts and lengths;
 2. cache exactness: after every step, the target cache (and any draft-model cache the drafter
-   holds) equals a fresh forward over the committed tokens;
+   holds) equals a fresh forward over the committed tokens; and greedy identity inside batches
+   of the step scheduler (one drafter instance per sequence, in float64);
 3. sampling distribution: the empirical joint distribution of the first generated tokens
    matches the exact distribution of plain sampling (chi-square goodness of fit) at several
    temperatures and under top-k and top-p.
@@ -560,6 +561,39 @@ def check_greedy_identity(make_drafter: DrafterFactory, target: torch.nn.Module,
     return outputs
 
 
+def check_batched_greedy_identity(make_drafter: DrafterFactory, target: torch.nn.Module,
+                                  prompts: Sequence[Sequence[int]], *, policy: AcceptancePolicy | None = None,
+                                  max_new_tokens: int = 24, batch_sizes: Sequence[int] = (2, 4)) -> None:
+    """Greedy output of every prompt decoded inside a batch (the step scheduler, one drafter
+    instance per sequence, requests of different lengths joining as others finish) must equal
+    plain batch-1 decoding token for token.
+
+    Batched forwards round differently from single ones; use a float64 target (`.double()`) so
+    that no near-tie can flip an argmax.
+    """
+    from specdec.drafters.none import NoDrafter
+    from specdec.verifiers.hf import HFVerifier
+
+    eos = HFVerifier(target).eos_token_ids
+    plain = SpeculativeDecoder(HFVerifier(target, eos), NoDrafter(), RejectionSampling())
+    lengths = [max(1, max_new_tokens - 3 * index) for index in range(len(prompts))]
+    references = [plain.generate(prompt, SamplingParams(max_new_tokens=length)).tokens
+                  for prompt, length in zip(prompts, lengths)]
+    for batch_size in batch_sizes:
+        scheduler = StepScheduler(HFVerifier(target, eos), policy or RejectionSampling(),
+                                  drafter_factory=lambda: make_drafter(target), max_batch_size=batch_size)
+        handles = [scheduler.submit(prompt, SamplingParams(max_new_tokens=length))
+                   for prompt, length in zip(prompts, lengths)]
+        scheduler.run()
+        for prompt, handle, reference in zip(prompts, handles, references):
+            if handle.error is not None:
+                raise AssertionError(f"prompt {list(prompt)} failed at batch size {batch_size}: {handle.error}")
+            if handle.result.tokens != reference:
+                raise AssertionError(
+                    f"greedy output at batch size {batch_size} differs from batch-1 plain decoding for prompt "
+                    f"{list(prompt)}:\n  batched {handle.result.tokens}\n  plain   {reference}")
+
+
 def assert_lossless(make_drafter: DrafterFactory, *, policy: AcceptancePolicy | None = None,
                     vocab_size: int = 12, seed: int = 0, num_samples: int = 1500,
                     sampling_cases: Sequence[SamplingParams] = SAMPLING_CASES) -> None:
@@ -570,6 +604,7 @@ def assert_lossless(make_drafter: DrafterFactory, *, policy: AcceptancePolicy | 
     prompts = [[1, 2, 3], [5], [4, 4, 4, 4, 7, 2], list(range(vocab_size - 1)) * 2]
     for max_new_tokens in (1, 2, 7, 20):
         check_greedy_identity(make_drafter, target, prompts, policy=policy, max_new_tokens=max_new_tokens)
+    check_batched_greedy_identity(make_drafter, copy.deepcopy(target).double(), prompts, policy=policy)
     sampling_target = tiny_llama(seed, vocab_size=vocab_size, init_std=0.1)
     for params in sampling_cases:
         check_sampling_distribution(make_drafter, sampling_target, params, policy=policy,
