@@ -104,6 +104,11 @@ class Drafter(Protocol):
         """Return a draft no deeper than `context.max_depth` (an empty draft is allowed)."""
         ...
 
+    # Optional: a classmethod `propose_batch(drafters, contexts) -> list[Draft]` that proposes for
+    # several instances of the class at once (one call per step for all sequences whose drafter
+    # is of this class), so a model-based drafter can batch its own forwards. Without it the
+    # scheduler calls `propose` per sequence.
+
     def observe(self, outcome: StepOutcome) -> None:
         """The target verified a draft; update per-sequence state.
 

@@ -264,15 +264,7 @@ class StepScheduler:
             budget = self.budget.max_nodes(len(self._active), [
                 SequenceRecord(handle.offered_steps, handle.stats.drafted_at_depth, handle.stats.accepted_at_depth)
                 for handle in self._active if handle.max_draft_tokens != 0])
-        drafts: dict[int, tuple[Draft, float]] = {}
-        for handle in list(self._active):
-            tic = time.perf_counter()
-            try:
-                draft = self._propose(handle, budget)
-            except Exception as error:  # noqa: BLE001 - the drafter's fault fails its own sequence only
-                self._fail(handle, error)
-                continue
-            drafts[handle.request_id] = (draft, time.perf_counter() - tic)
+        drafts = self._draft_all(budget)
         active = list(self._active)
         if not active:
             return
@@ -304,17 +296,59 @@ class StepScheduler:
                 continue
             self._advance(handle, draft, output, acceptance, drafts[handle.request_id][1], verify_seconds)
 
-    def _propose(self, handle: SequenceHandle, budget: int | None) -> Draft:
+    def _draft_all(self, budget: int | None) -> dict[int, tuple[Draft, float]]:
+        """Every active sequence's checked draft and drafting time, by request id.
+
+        Drafters of one class that define `propose_batch` are asked together (one call for the
+        group, so a model-based drafter can batch its own forwards); the rest one by one. A
+        drafter that raises fails its own sequence (a batched call: the sequences of its group).
+        """
+        drafts: dict[int, tuple[Draft, float]] = {}
+        groups: dict[type, list[tuple[SequenceHandle, DraftContext]]] = {}
+        for handle in list(self._active):
+            context = self._context(handle, budget)
+            if context is None:
+                drafts[handle.request_id] = (_EMPTY_DRAFT, 0.0)
+            elif hasattr(type(handle.drafter), "propose_batch"):
+                groups.setdefault(type(handle.drafter), []).append((handle, context))
+            else:
+                tic = time.perf_counter()
+                try:
+                    draft = self._check_draft(handle.drafter, handle.drafter.propose(context), context)
+                except Exception as error:  # noqa: BLE001 - the drafter's fault fails its own sequence only
+                    self._fail(handle, error)
+                    continue
+                drafts[handle.request_id] = (draft, time.perf_counter() - tic)
+        for kind, members in groups.items():
+            tic = time.perf_counter()
+            try:
+                proposed = kind.propose_batch([handle.drafter for handle, _ in members],
+                                              [context for _, context in members])
+                if len(proposed) != len(members):
+                    raise DraftError(f"{kind.__name__}.propose_batch returned {len(proposed)} drafts for "
+                                     f"{len(members)} sequences")
+            except Exception as error:  # noqa: BLE001 - a failed batched call fails its group
+                for handle, _ in members:
+                    self._fail(handle, error)
+                continue
+            share = (time.perf_counter() - tic) / len(members)
+            for (handle, context), draft in zip(members, proposed):
+                try:
+                    drafts[handle.request_id] = (self._check_draft(handle.drafter, draft, context), share)
+                except DraftError as error:
+                    self._fail(handle, error)
+        return drafts
+
+    def _context(self, handle: SequenceHandle, budget: int | None) -> DraftContext | None:
+        """What the sequence's drafter sees this step; None when it must not draft."""
         remaining = handle.max_new - (len(handle.tokens) - len(handle.prompt))
         limit = budget if handle.max_draft_tokens is None else (
             handle.max_draft_tokens if budget is None else min(budget, handle.max_draft_tokens))
         if remaining <= 1 or limit == 0:
-            return _EMPTY_DRAFT
+            return None
         handle.offered_steps += 1
-        context = DraftContext(TokenView(handle.tokens), len(handle.prompt), handle.params, remaining - 1,
-                               handle.rng, handle.step, max_nodes=limit)
-        draft = handle.drafter.propose(context)
-        return self._check_draft(handle.drafter, draft, remaining - 1, len(handle.tokens) - 1, limit)
+        return DraftContext(TokenView(handle.tokens), len(handle.prompt), handle.params, remaining - 1,
+                            handle.rng, handle.step, max_nodes=limit)
 
     def _advance(self, handle: SequenceHandle, draft: Draft, output, acceptance, draft_seconds: float,
                  verify_seconds: float) -> None:
@@ -413,9 +447,9 @@ class StepScheduler:
                 f"{self.verifier.max_positions}; shorten the prompt")
         return tokens
 
-    def _check_draft(self, drafter: Drafter, draft: Draft, max_depth: int, root_position: int,
-                     max_nodes: int | None) -> Draft:
+    def _check_draft(self, drafter: Drafter, draft: Draft, context: DraftContext) -> Draft:
         """Refuse drafts that cannot be verified; trim drafts deeper or larger than the budget."""
+        max_depth, max_nodes, root_position = context.max_depth, context.max_nodes, len(context.tokens) - 1
         name = type(drafter).__name__
         if not isinstance(draft, Draft):
             raise DraftError(f"{name}.propose returned {type(draft).__name__}, expected a specdec.Draft")

@@ -250,3 +250,26 @@ def test_generate_batch_equals_one_by_one_on_a_pipeline(tmp_path):
     assert [result.token_ids for result in batched] == one_by_one
     assert [result.prompt_token_ids for result in batched] == [pipeline.encode(prompt) for prompt in prompts]
     assert all(result.stats.accepted_draft_tokens > 0 for result in batched)
+
+
+class BatchedChain(BaseDrafter):
+    """Drafts like FixedChain, but through the optional batched hook."""
+
+    calls: list[int] = []
+
+    @classmethod
+    def propose_batch(cls, drafters, contexts):
+        cls.calls.append(len(drafters))
+        return [Draft.chain([(context.tokens[-1] + offset) % VOCAB for offset in (1, 2, 3)]) for context in contexts]
+
+    def propose(self, context):  # pragma: no cover - the scheduler uses propose_batch
+        raise AssertionError("propose_batch should be used")
+
+
+def test_drafters_with_propose_batch_are_asked_once_per_step_for_all_their_sequences():
+    BatchedChain.calls.clear()
+    runner = scheduler(4, factory=BatchedChain)
+    handles = [runner.submit(prompt, params) for prompt, params in requests()[:4]]
+    runner.run()
+    assert [handle.result.tokens for handle in handles] == reference_outputs()[:4]
+    assert max(BatchedChain.calls) == 4 and all(handle.stats.draft_tokens > 0 for handle in handles)
