@@ -60,3 +60,28 @@ def test_cli_generates_with_the_default_pipeline(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip()
     assert "mean accepted tokens" in done.stderr and "tok/s" in done.stderr
+
+
+def test_two_threads_on_one_pipeline_each_get_their_own_answer():
+    """D1 as reported: two threads behind a barrier call `generate` on one pipeline. With one
+    slot the second queues behind the first, so each output equals its answer decoded alone
+    (batched decoding of both is covered on tiny float64 models in test_scheduler.py)."""
+    import threading
+
+    shared = Pipeline.from_dict({"drafter": {"type": "none"}, "scheduler": {"max_batch_size": 1}})
+    prompts = [[{"role": "user", "content": text}] for text in PROMPTS[:2]]
+    alone = [shared.generate(prompt, max_new_tokens=24).token_ids for prompt in prompts]
+    barrier = threading.Barrier(2)
+    results = {}
+
+    def work(index):
+        barrier.wait()
+        results[index] = shared.generate(prompts[index], max_new_tokens=24)
+
+    threads = [threading.Thread(target=work, args=(index,)) for index in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert [results[index].token_ids for index in range(2)] == alone
+    assert all(results[index].finish_reason == "length" for index in range(2))
