@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from specdec.errors import InputError
 
 
 MIN_TEMPERATURE = 1e-4
@@ -57,5 +59,26 @@ class SamplingParams(BaseModel):
         return self.temperature == 0.0
 
     def replace(self, **overrides) -> "SamplingParams":
-        """A copy with some fields changed, validated like the original."""
-        return SamplingParams(**{**self.model_dump(), **overrides})
+        """A copy with some fields changed, validated like the original.
+
+        Raises `InputError` (not pydantic's ValidationError) naming each bad override: overrides
+        come from API callers, who get specdec errors only.
+        """
+        try:
+            return SamplingParams(**{**self.model_dump(), **overrides})
+        except ValidationError as error:
+            problems = "; ".join(f"{name}: {message}" for name, message in describe_errors(error))
+            raise InputError(f"invalid sampling parameters: {problems}") from None
+
+
+def describe_errors(error: ValidationError) -> list[tuple[str, str]]:
+    """`(field, message)` for each problem of a `SamplingParams` validation, worded for users."""
+    described = []
+    for item in error.errors(include_url=False):
+        name = ".".join(str(part) for part in item["loc"]) or "sampling"
+        if item["type"] == "extra_forbidden":
+            message = f"unknown sampling parameter; valid ones: {', '.join(SamplingParams.model_fields)}"
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+        described.append((name, message))
+    return described
