@@ -25,7 +25,9 @@ class SamplingParams(BaseModel):
     temperature: float = Field(0.0, ge=0.0, description="0 = greedy; otherwise logits are divided by it")
     top_k: int | None = Field(None, ge=1, description="keep the k most likely tokens (None = all)")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="keep the smallest set with mass >= top_p")
-    seed: int | None = Field(None, description="seed of the random source (None = fresh entropy)")
+    # torch.Generator.manual_seed takes 64-bit values; a larger one would fail at the first step
+    seed: int | None = Field(None, ge=0, le=2**64 - 1,
+                             description="seed of the random source (None = fresh entropy)")
     max_new_tokens: int = Field(256, ge=1, description="upper bound on generated tokens")
     stop_token_ids: tuple[int, ...] | None = Field(None, description="None = the model's EOS tokens")
     stop_strings: tuple[str, ...] = Field((), description="stop once the generated text contains one")
