@@ -156,16 +156,22 @@ class _StrictLoader(yaml.SafeLoader):
 
 def parse_yaml(text: str, source: str = "<yaml>") -> Any:
     """Parse pipeline YAML safely; every problem is a `ConfigError` naming `source` and the line."""
-    loader = _StrictLoader(text)
+    loader = None
     try:
+        loader = _StrictLoader(text)  # the reader checks the characters already here
         return loader.get_single_data()
+    except yaml.reader.ReaderError as error:
+        line = text.count("\n", 0, max(error.position, 0)) + 1
+        raise ConfigError(f"{source}:{line}: not valid YAML: the character U+{error.character:04X} is not allowed "
+                          f"in YAML text; remove it") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source
         problem = getattr(error, "problem", None) or str(error)
         raise ConfigError(f"{where}: not valid YAML: {problem}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def load_yaml(path: str | Path) -> tuple[Any, str]:

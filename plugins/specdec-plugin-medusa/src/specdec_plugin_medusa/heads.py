@@ -80,6 +80,11 @@ class HeadsConfig:
             value = data.get(name)
             if value is not None and not isinstance(value, kind):
                 problems.append(f"{name} must be a JSON {'boolean' if kind is bool else 'object'}, got {value!r:.60}")
+        target = data.get("target") or {}
+        for name in ("lm_head_probe", "embedding_probe"):
+            if name in target and not _is_probe(target[name]):
+                problems.append(f"target.{name} must be an object with a list of numbers 'values' and a "
+                                f"number 'spread'")
         if problems:
             raise InputError(f"{source}: malformed heads config: {'; '.join(problems)}; {_RETRAIN}")
         config = cls(**{name: data[name] for name in cls.__dataclass_fields__ if data.get(name) is not None})
@@ -123,6 +128,16 @@ class HeadsConfig:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_probe(probe: Any) -> bool:
+    """What `_same_probe` compares: {"values": [numbers], "spread": number}."""
+    return (isinstance(probe, dict) and isinstance(probe.get("values"), list)
+            and all(map(_is_number, probe["values"])) and _is_number(probe.get("spread", 0.0)))
 
 
 class ResBlock(nn.Module):

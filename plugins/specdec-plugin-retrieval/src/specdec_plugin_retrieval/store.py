@@ -216,17 +216,18 @@ def open_store(path: str | os.PathLike, *, verify: bool = False) -> Store:
             raise InputError(f"the retrieval store {path} is missing {name}; {rebuild}")
         listed = listed_sizes[name]
         if file.stat().st_size != listed:
-            raise InputError(f"the retrieval store's {name} is {file.stat().st_size} bytes but "
+            raise InputError(f"the retrieval store file {file} is {file.stat().st_size} bytes but "
                              f"{META} says {listed}: the file is truncated or was replaced; {rebuild}")
         if verify and _sha256(file) != files[name].get("sha256"):
-            raise InputError(f"the retrieval store's {name} does not match its sha256: it is corrupted; {rebuild}")
+            raise InputError(f"the retrieval store file {file} does not match its sha256: it is corrupted; {rebuild}")
         try:
             array = np.load(file, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError, EOFError, SyntaxError) as error:
-            raise InputError(f"the retrieval store's {name} is not a readable numpy array ({error}); "
+        except Exception as error:  # noqa: BLE001 - numpy's header parser fails in many ways (SyntaxError,
+            # tokenize.TokenError, ...) on a damaged file, and every one of them means the file is damaged
+            raise InputError(f"the retrieval store file {file} is not a readable numpy array ({error}); "
                              f"{rebuild}") from None
         if array.dtype != dtype or array.shape != (size,):
-            raise InputError(f"the retrieval store's {name} holds {array.dtype}{list(array.shape)}, "
+            raise InputError(f"the retrieval store file {file} holds {array.dtype}{list(array.shape)}, "
                              f"{META} says {dtype}[{size}]; {rebuild}")
         arrays[name] = array
     store = Store(path, meta, arrays[TOKENS], arrays[SUFFIXES])
