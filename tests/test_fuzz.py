@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from specdec import Pipeline
-from specdec.cli import _parser, check_sampling_flags, read_prompt, validated_pipeline
+from specdec.cli import _parser, check_sampling_flags, read_prompts, validated_pipeline
 from specdec.config import ValidatedPipeline, parse_yaml, validate_pipeline
 from specdec.errors import ConfigError, InputError
 from specdec.plugins import load_plugins
@@ -95,7 +95,7 @@ def test_random_bytes_in_a_pipeline_file_are_config_errors(tmp_path_factory, raw
 
 COMMANDS = ["generate", "validate", "plugins", "bench", "retrieval", "medusa", "typical", "build", "info",
             "train", "tree", "self-distill", "distill"]
-FLAGS = ["--temperature", "-t", "--top-k", "--top-p", "--seed", "--max-new-tokens", "-n", "--stop", "--system",
+FLAGS = ["--prompts-file", "--batch-size", "--temperature", "-t", "--top-k", "--top-p", "--seed", "--max-new-tokens", "-n", "--stop", "--system",
          "--raw", "--json", "--no-stream", "--pipeline", "-p", "--help", "--version", "--verify", "--nodes",
          "--heads", "--tokenizer", "-o", "--questions", "--tasks", "--limit", "--", "-"]
 ARGUMENTS = ["0", "-1", "0.7", "nan", "inf", "-inf", "1e309", "", " ", "3", "99999999999999999999999",
@@ -114,13 +114,14 @@ def test_random_command_lines_parse_or_exit_with_a_usage_error(argv):
         except SystemExit as stopped:
             assert stopped.code in (0, 2), err.getvalue()
             return
-        if getattr(args, "prompt", "missing") == "missing" or args.prompt is None:
-            return  # not `generate`, or a prompt to read from stdin
+        if not getattr(args, "prompt", None):
+            return  # not `generate`, or prompts to read from stdin
         try:
-            read_prompt(args)
+            read_prompts(args)
             check_sampling_flags(validated_pipeline(None, PLUGINS), args)
         except ConfigError as error:
-            assert str(error).startswith(("--", "the prompt", "<default pipeline>")), str(error)
+            assert str(error).startswith(("--", "the prompt", "prompt argument", "cannot read --prompts-file",
+                                          "<default pipeline>")), str(error)
 
 
 # -- prompts and overrides in the Python API -------------------------------------------------------
