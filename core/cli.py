@@ -73,7 +73,7 @@ def _parser(plugins) -> argparse.ArgumentParser:
     _add_sampling_flags(generate)
     generate.add_argument("--no-stream", action="store_true", help="print the text only when done")
     generate.add_argument("--json", action="store_true", help="print one JSON object (text, ids, stats)")
-    generate.set_defaults(handler=_generate)
+    generate.set_defaults(handler=lambda args: _generate(args, plugins))
 
     listing = subparsers.add_parser("plugins", help="list installed plugins and their components")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
@@ -102,6 +102,11 @@ def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--stop", action="append", help="stop string (repeatable)")
 
 
+#: The flag that sets each `SamplingParams` field, to name it in messages.
+SAMPLING_FLAGS = {"temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "seed": "--seed",
+                  "max_new_tokens": "--max-new-tokens", "stop_strings": "--stop"}
+
+
 def sampling_overrides(args: argparse.Namespace) -> dict:
     """The sampling flags a user actually gave, as `SamplingParams` fields."""
     overrides = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
@@ -115,14 +120,82 @@ def build_pipeline(path: str | None):
     from specdec.pipeline import Pipeline
     from specdec.plugins import default_plugins
 
+    plugins = default_plugins()
+    return Pipeline(validated_pipeline(path, plugins), plugins)
+
+
+def validated_pipeline(path: str | None, plugins):
+    """The validated pipeline of a file, or of the default pipeline; loads no model."""
+    from specdec.config import load_yaml, validate_pipeline
+
     if path:
-        return Pipeline.from_yaml(path)
+        data, text = load_yaml(path)
+        return validate_pipeline(data, plugins.registry, path, text)
     data = dict(DEFAULT_PIPELINE)
-    if "prompt_lookup" not in default_plugins().registry.components["drafter"]:
+    if "prompt_lookup" not in plugins.registry.components["drafter"]:
         print("specdec: note: specdec-plugin-retrieval is not installed; decoding without a drafter",
               file=sys.stderr)
         data["drafter"] = {"type": "none"}
-    return Pipeline.from_dict(data)
+    return validate_pipeline(data, plugins.registry, "<default pipeline>")
+
+
+def check_sampling_flags(validated, args: argparse.Namespace) -> dict:
+    """The sampling overrides the flags give, checked against the pipeline's sampling block and its
+    acceptance policy before any model loads; a `ConfigError` names the flag to fix."""
+    from pydantic import ValidationError
+
+    from specdec.config import sampling_problem
+    from specdec.params import SamplingParams, describe_errors
+
+    overrides = sampling_overrides(args)
+    try:
+        params = SamplingParams(**{**validated.spec.sampling.model_dump(), **overrides})
+    except ValidationError as error:
+        raise ConfigError("\n".join(f"{SAMPLING_FLAGS.get(name, name)}: {message}"
+                                     for name, message in describe_errors(error))) from None
+    problem = sampling_problem(validated.acceptance_params, params)
+    if problem:
+        flag = " (from --temperature)" if "temperature" in overrides else ""
+        raise ConfigError(f"{validated.source}: acceptance{flag}: {problem}")
+    return overrides
+
+
+def read_prompts(args: argparse.Namespace) -> list[str]:
+    """The prompts from argv, --prompts-file or stdin, refused (ConfigError) when empty or not UTF-8.
+
+    Python hands undecodable argv bytes over as lone surrogates, which tokenizers reject with a
+    TypeError; stdin is read as bytes and decoded here for the same reason.
+    """
+    from specdec.pipeline import check_text
+
+    several = len(args.prompt) > 1
+    prompts = [(prompt, f"prompt argument {index + 1}" if several else "the prompt argument")
+               for index, prompt in enumerate(args.prompt)]
+    if args.prompts_file:
+        prompts += [(prompt, f"a prompt in {args.prompts_file}") for prompt in read_prompts_file(args.prompts_file)]
+    if not prompts:
+        prompts = [(_read_stdin(), "the prompt on stdin")]
+    for text, what in [*prompts, (args.system, "--system"), *((stop, "--stop") for stop in args.stop or ())]:
+        if text is not None:
+            try:
+                check_text(text, what)
+            except SpecdecError as error:
+                raise ConfigError(str(error)) from None
+    if any(not prompt.strip() for prompt, _ in prompts):
+        raise ConfigError("the prompt is empty: pass it as an argument or on stdin")
+    return [prompt for prompt, _ in prompts]
+
+
+def _read_stdin() -> str:
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:  # replaced by a text stream (tests, embedding)
+        return sys.stdin.read()
+    raw = stream.read()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"the prompt on stdin is not UTF-8 text (byte 0x{raw[error.start]:02x} at offset "
+                          f"{error.start}); convert it to UTF-8, e.g. with iconv") from None
 
 
 def read_prompts_file(path: str) -> list[str]:
@@ -153,25 +226,16 @@ def read_prompts_file(path: str) -> list[str]:
     return prompts
 
 
-def _generate(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
+def _generate(args: argparse.Namespace, plugins) -> int:
+    from specdec.pipeline import Pipeline
 
-    prompts = list(args.prompt)
-    if args.prompts_file:
-        prompts += read_prompts_file(args.prompts_file)
-    if not prompts:
-        prompts = [sys.stdin.read()]
-    if any(not prompt.strip() for prompt in prompts):
-        raise ConfigError("the prompt is empty: pass it as an argument or on stdin")
+    # everything a user can get wrong is checked before the model loads (seconds to minutes)
+    prompts = read_prompts(args)
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
-    pipeline = build_pipeline(args.pipeline)
-    try:
-        overrides = sampling_overrides(args)
-        pipeline.params(**overrides)
-    except ValidationError as error:
-        first = error.errors(include_url=False)[0]
-        raise ConfigError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
+    validated = validated_pipeline(args.pipeline, plugins)
+    overrides = check_sampling_flags(validated, args)
+    pipeline = Pipeline(validated, plugins)
     if args.batch_size is not None:
         pipeline.scheduler.max_batch_size = args.batch_size
     requests = [_request(pipeline, prompt, args) for prompt in prompts]

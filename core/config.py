@@ -93,20 +93,101 @@ class ValidatedPipeline:
         return self.spec.name or Path(self.source).stem
 
 
+#: Deeper nesting is refused while composing: no pipeline needs it, and PyYAML's composer recurses
+#: once per level, so a few hundred levels would end in a RecursionError instead of a message.
+MAX_DEPTH = 64
+#: A report lists this many problems, then how many more there are: a file with thousands of
+#: mistakes is fixed a screen at a time, and a longer report only hides the first ones.
+MAX_PROBLEMS = 20
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that turns every way it can fail into a `yaml.YAMLError` with a line.
+
+    It also refuses duplicate mapping keys, which plain YAML loading resolves silently by keeping
+    the last one: a pipeline with `drafter:` twice would run a drafter nobody meant to keep.
+    """
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested more than {MAX_DEPTH} levels deep; a pipeline file needs a few",
+                    self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_object(self, node, deep=False):
+        # a scalar with an explicit tag (`!!int 0x`, `!!timestamp 5`, `!!float ''`) makes PyYAML's
+        # constructors raise ValueError, IndexError, KeyError, ...: report it at the node
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except Exception:  # noqa: BLE001 - any constructor failure is a bad value in the file
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {node.value!r} as !!{node.tag.rsplit(':', 1)[-1]}; "
+                f"fix the value or remove the tag", node.start_mark) from None
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *base` then overriding a key is YAML's intended way to inherit
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    seen = first.setdefault(key, key_node)
+                except TypeError:
+                    continue  # unhashable: the base class reports it
+                if seen is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first on line {seen.start_mark.line + 1}, "
+                        f"again on line {key_node.start_mark.line + 1}); YAML would silently keep only the "
+                        f"last one: merge them into one block", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str, source: str = "<yaml>") -> Any:
+    """Parse pipeline YAML safely; every problem is a `ConfigError` naming `source` and the line."""
+    loader = None
+    try:
+        loader = _StrictLoader(text)  # the reader checks the characters already here
+        return loader.get_single_data()
+    except yaml.reader.ReaderError as error:
+        line = text.count("\n", 0, max(error.position, 0)) + 1
+        raise ConfigError(f"{source}:{line}: not valid YAML: the character U+{error.character:04X} is not allowed "
+                          f"in YAML text; remove it") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
 def load_yaml(path: str | Path) -> tuple[Any, str]:
-    """Read a pipeline file with `yaml.safe_load`; returns the data and the text."""
+    """Read a pipeline file (UTF-8) and parse it with `parse_yaml`; returns the data and the text."""
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as error:
         raise ConfigError(f"cannot read pipeline file {path}: {error.strerror or error}") from None
     try:
-        return yaml.safe_load(text), text
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        problem = getattr(error, "problem", None) or str(error)
-        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[error.start]:02x} at offset "
+                          f"{error.start}); save the file as UTF-8") from None
+    return parse_yaml(text, str(path)), text
 
 
 def validate_pipeline(data: Any, registry: Registry, source: str = "<dict>",
@@ -157,10 +238,34 @@ def validate_pipeline(data: Any, registry: Registry, source: str = "<dict>",
             continue
         problems.extend(_nested_problems(params, (kind, "params"), registry, source, locate))
         validated[kind] = params
+    sampling_valid = "sampling" not in data or "sampling" in sections
+    if "acceptance" in validated and sampling_valid:
+        problem = sampling_problem(validated["acceptance"], spec.sampling)
+        if problem:
+            problems.append(_where(source, locate, ("acceptance", "type")) + f"acceptance.type: {problem}")
     if problems:
-        raise ConfigError("\n".join(problems))
+        raise ConfigError(summarize(problems))
     return ValidatedPipeline(spec, validated["drafter"], validated["verifier"],
                              validated["acceptance"], source)
+
+
+def sampling_problem(acceptance_params: BaseModel | None, sampling: SamplingParams) -> str | None:
+    """Why an acceptance policy cannot run with these sampling params, or None.
+
+    A policy's params model may define `check_sampling(sampling) -> str | None` (the greedy policy
+    needs temperature 0): checked here, when a file is validated or flags are given, instead of at
+    the first decoding step after the model has loaded.
+    """
+    check = getattr(acceptance_params, "check_sampling", None)
+    return check(sampling) if callable(check) else None
+
+
+def summarize(problems: list[str], limit: int = MAX_PROBLEMS) -> str:
+    """The first `limit` problem lines, then how many more there are."""
+    lines = [line for problem in problems for line in problem.splitlines()]
+    if len(lines) <= limit:
+        return "\n".join(lines)
+    return "\n".join(lines[:limit] + [f"... and {len(lines) - limit} more problems"])
 
 
 def validate_component(kind: str, block: Any, registry: Registry, location: str) -> tuple[Any, BaseModel]:
@@ -267,31 +372,42 @@ def _where(source: str, locate, location: tuple) -> str:
 
 
 def _line_finder(text: str | None):
-    """Map a location tuple to the line of the deepest YAML node that exists along it."""
+    """Map a location tuple to the line of the deepest YAML node that exists along it.
+
+    Each mapping's keys are indexed on first use, so locating every problem of a file with
+    thousands of keys takes linear time (scanning the keys per problem took minutes).
+    """
     if not text:
         return None
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
+        root = _StrictLoader(text).get_single_node()
+    except (yaml.YAMLError, RecursionError):
         return None
+    indexes: dict[int, dict[str, tuple[Any, Any]]] = {}
+
+    def child_of(node, part):
+        if isinstance(node, yaml.MappingNode):
+            index = indexes.get(id(node))
+            if index is None:
+                index = indexes[id(node)] = {}
+                for key, value in node.value:
+                    index.setdefault(str(key.value), (key, value))
+            found = index.get(str(part))
+            return (found[1], found[0].start_mark.line + 1) if found else (None, None)
+        if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            child = node.value[part]
+            return child, child.start_mark.line + 1
+        return None, None
 
     def locate(location: tuple) -> int | None:
-        node, line = root, None
-        if node is not None:
-            line = node.start_mark.line + 1
+        if root is None:
+            return None
+        node, line = root, root.start_mark.line + 1
         for part in location:
-            child = None
-            if isinstance(node, yaml.MappingNode):
-                for key, value in node.value:
-                    if key.value == str(part):
-                        child, line = value, key.start_mark.line + 1
-                        break
-            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-                child = node.value[part]
-                line = child.start_mark.line + 1
+            child, child_line = child_of(node, part)
             if child is None:
                 break
-            node = child
+            node, line = child, child_line
         return line
 
     return locate

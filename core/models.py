@@ -9,6 +9,7 @@ a checksummed manifest; later loads validate that entry and read it in about a s
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib.util
 import json
@@ -16,6 +17,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -159,6 +161,7 @@ def validate_entry(entry: Path) -> str | None:
 
     Catches partial writes, truncated or altered files, and stray files that could change what
     `from_pretrained` reads. Sizes are checked before hashes so truncation is found cheaply.
+    Raises PermissionError for an entry this user may not read (it may be perfectly valid).
     """
     if not entry.is_dir():
         return "not a folder"
@@ -166,6 +169,8 @@ def validate_entry(entry: Path) -> str | None:
         manifest = json.loads((entry / MANIFEST).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return "manifest missing"
+    except PermissionError:
+        raise  # another user's private entry: not damaged, and not ours to delete
     except (OSError, ValueError) as error:
         return f"manifest unreadable: {error}"
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION:
@@ -186,9 +191,18 @@ def validate_entry(entry: Path) -> str | None:
     return None
 
 
+def _owner() -> str:
+    """`host.pid` of this process, put in the names of its temp folders so that others can tell
+    whether the writer of a leftover folder is still running."""
+    return f"{re.sub(r'[^A-Za-z0-9_]', '_', socket.gethostname())}.{os.getpid()}"
+
+
+_OWNED = re.compile(r"\.tmp-(?:discard-)?(?P<host>[A-Za-z0-9_]+)\.(?P<pid>\d+)-")
+
+
 def _discard(path: Path) -> None:
     """Delete an entry, renaming it away first so no one finds it half-deleted under its real name."""
-    trash = path.with_name(f".{path.name}.tmp-discard-{os.getpid()}-{time.time_ns()}")
+    trash = path.with_name(f".{path.name}.tmp-discard-{_owner()}-{time.time_ns()}")
     try:
         os.replace(path, trash)
     except FileNotFoundError:
@@ -199,16 +213,65 @@ def _discard(path: Path) -> None:
         trash.unlink(missing_ok=True)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: alive, another user's
+        return True
+    return True
+
+
+def _is_stale(temp: Path) -> bool:
+    """Whether a temp folder's writer is gone: dead (same host, pid not running), or silent for
+    STALE_TEMP_SECONDS (another host, an unknown name, or a pid reused since)."""
+    owned = _OWNED.search(temp.name)
+    if owned and owned["host"] == _owner().rsplit(".", 1)[0] and not _pid_alive(int(owned["pid"])):
+        return True
+    return temp.lstat().st_mtime < time.time() - STALE_TEMP_SECONDS
+
+
 def _remove_stale_temps(root: Path) -> None:
-    """Delete temp folders of writers that died mid-build; a live writer's folder is recent."""
-    cutoff = time.time() - STALE_TEMP_SECONDS
-    for temp in root.glob(".*.tmp-*"):
+    """Delete temp folders of writers that died mid-build (a killed conversion leaves ~500 MB).
+
+    Runs on every cache lookup, not only before a build: once a valid entry exists nothing is
+    built again, and the leftovers would stay forever. Never raises: cleaning is a courtesy.
+    """
+    try:
+        temps = list(root.glob(".*.tmp-*"))
+    except OSError:
+        return
+    for temp in temps:
         try:
-            stale = temp.lstat().st_mtime < cutoff
-        except FileNotFoundError:
+            if _is_stale(temp):
+                log.info("removing %s, left behind by a conversion that did not finish", temp)
+                _discard(temp)
+        except OSError:
             continue
-        if stale:
-            _discard(temp)
+
+
+def _umask() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # only way to read it elsewhere; restored at once
+    os.umask(mask)
+    return mask
+
+
+def _share(folder: Path) -> None:
+    """Give a finished build the modes the umask asks for: `mkdtemp` makes folders private (0700),
+    which would lock every other user of a shared SPECDEC_CACHE_DIR out of the entry."""
+    mask = _umask()
+    folder.chmod(0o777 & ~mask)
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def _install(temp: Path, entry: Path) -> None:
@@ -228,29 +291,48 @@ def ensure_entry(name: str, build: Callable[[Path], None], root: Path | None = N
     The build runs in a temp folder inside the cache folder; the manifest is written last and the
     folder is renamed into place, so an entry under its real name is always complete. An invalid
     entry is logged, deleted and rebuilt: nothing is loaded from an entry that failed validation.
+    A cache this user cannot read or write is reported, and the build goes to a private temp
+    folder that lasts as long as the process.
     """
     root = cache_dir() if root is None else root
     entry = root / name
-    if entry.exists() or entry.is_symlink():
-        problem = validate_entry(entry)
-        if problem is None:
-            return entry
-        log.warning("specdec cache entry %s is invalid (%s); deleting and rebuilding it.", entry, problem)
-        _discard(entry)
     try:
+        if entry.exists() or entry.is_symlink():
+            problem = validate_entry(entry)
+            if problem is None:
+                _remove_stale_temps(root)
+                return entry
+            log.warning("specdec cache entry %s is invalid (%s); deleting and rebuilding it.", entry, problem)
+            _discard(entry)
         root.mkdir(parents=True, exist_ok=True)
-        temp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
+        temp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-{_owner()}-", dir=root))
     except OSError as error:
-        raise InputError(f"Cannot write the specdec model cache at {root} ({error}); set SPECDEC_CACHE_DIR "
-                         "to a writable folder.") from error
+        return _build_outside_cache(name, build, root, error)
     _remove_stale_temps(root)
     try:
         build(temp)
+        _share(temp)
         write_manifest(temp)
         _install(temp, entry)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
     return entry
+
+
+def _build_outside_cache(name: str, build: Callable[[Path], None], root: Path, error: OSError) -> Path:
+    """Build into a temp folder removed at exit, after saying why the cache cannot be used."""
+    log.warning("The specdec model cache %s cannot be used (%s: %s), so the model is converted into a "
+                "temporary folder, again on every run. Make the cache readable and writable for this user "
+                "(a shared cache needs a common group and umask 002) or set SPECDEC_CACHE_DIR to a folder "
+                "of your own.", root, type(error).__name__, error.strerror or error)
+    temp = Path(tempfile.mkdtemp(prefix=f"specdec-{name}-"))
+    atexit.register(shutil.rmtree, temp, ignore_errors=True)
+    try:
+        build(temp)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    return temp
 
 
 def convert_gguf(gguf: Path, dest: Path) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from specdec.errors import InputError
 
 
 MIN_TEMPERATURE = 1e-4
@@ -23,7 +25,9 @@ class SamplingParams(BaseModel):
     temperature: float = Field(0.0, ge=0.0, description="0 = greedy; otherwise logits are divided by it")
     top_k: int | None = Field(None, ge=1, description="keep the k most likely tokens (None = all)")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="keep the smallest set with mass >= top_p")
-    seed: int | None = Field(None, description="seed of the random source (None = fresh entropy)")
+    # torch.Generator.manual_seed takes 64-bit values; a larger one would fail at the first step
+    seed: int | None = Field(None, ge=0, le=2**64 - 1,
+                             description="seed of the random source (None = fresh entropy)")
     max_new_tokens: int = Field(256, ge=1, description="upper bound on generated tokens")
     stop_token_ids: tuple[int, ...] | None = Field(None, description="None = the model's EOS tokens")
     stop_strings: tuple[str, ...] = Field((), description="stop once the generated text contains one")
@@ -57,5 +61,26 @@ class SamplingParams(BaseModel):
         return self.temperature == 0.0
 
     def replace(self, **overrides) -> "SamplingParams":
-        """A copy with some fields changed, validated like the original."""
-        return SamplingParams(**{**self.model_dump(), **overrides})
+        """A copy with some fields changed, validated like the original.
+
+        Raises `InputError` (not pydantic's ValidationError) naming each bad override: overrides
+        come from API callers, who get specdec errors only.
+        """
+        try:
+            return SamplingParams(**{**self.model_dump(), **overrides})
+        except ValidationError as error:
+            problems = "; ".join(f"{name}: {message}" for name, message in describe_errors(error))
+            raise InputError(f"invalid sampling parameters: {problems}") from None
+
+
+def describe_errors(error: ValidationError) -> list[tuple[str, str]]:
+    """`(field, message)` for each problem of a `SamplingParams` validation, worded for users."""
+    described = []
+    for item in error.errors(include_url=False):
+        name = ".".join(str(part) for part in item["loc"]) or "sampling"
+        if item["type"] == "extra_forbidden":
+            message = f"unknown sampling parameter; valid ones: {', '.join(SamplingParams.model_fields)}"
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+        described.append((name, message))
+    return described

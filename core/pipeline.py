@@ -11,11 +11,12 @@
 from __future__ import annotations
 
 import logging
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
-from specdec.config import ValidatedPipeline, load_yaml, validate_component, validate_pipeline
+from specdec.config import ValidatedPipeline, load_yaml, sampling_problem, validate_component, validate_pipeline
 from specdec.errors import InputError
 from specdec.params import SamplingParams
 from specdec.plugins import PluginSet, default_plugins
@@ -24,6 +25,20 @@ from specdec.registry import BuildContext
 logger = logging.getLogger(__name__)
 
 Prompt = str | Sequence[dict] | Sequence[int]
+_PROMPT_KINDS = ("a prompt is a string, a list of chat messages ({'role': ..., 'content': ...}) or a list "
+                 "of token ids (integers >= 0)")
+
+
+def check_text(text: str, what: str) -> None:
+    """Refuse text holding lone surrogates: Python's stand-ins for bytes that were not valid UTF-8
+    (in argv, or read with errors="surrogateescape"), which tokenizers reject with a TypeError."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        code = ord(text[error.start])
+        found = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"a lone surrogate U+{code:04X}"
+        raise InputError(f"{what} is not valid text: character {error.start} stands for {found}, which is "
+                         f"not UTF-8; pass UTF-8 text") from None
 
 
 @dataclass
@@ -157,30 +172,55 @@ class Pipeline:
     # -- generation -------------------------------------------------------------------------------
 
     def encode(self, prompt: Prompt) -> list[int]:
-        """Token ids of a prompt: text as is, chat messages through the chat template, ids unchanged."""
+        """Token ids of a prompt: text as is, chat messages through the chat template, ids unchanged.
+
+        Anything else is refused rather than guessed at: bytes iterate as integers (b"Hi" would be
+        the ids [72, 105]) and True or 2.7 would pass as the ids 1 and 2.
+        """
+        if isinstance(prompt, (bytes, bytearray, memoryview)):
+            raise InputError("the prompt is bytes; decode it to text first (prompt.decode('utf-8')): "
+                             "specdec never reads bytes as token ids")
         if isinstance(prompt, str):
             self._need_tokenizer("text prompts")
+            check_text(prompt, "the prompt")
             return list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+        if hasattr(prompt, "tolist") and hasattr(prompt, "ndim"):  # a tensor or array of ids
+            if prompt.ndim != 1:
+                raise InputError(f"a prompt of token ids must be 1-D, got shape {tuple(prompt.shape)}")
+            prompt = prompt.tolist()
+        if isinstance(prompt, dict) or not isinstance(prompt, Iterable):
+            raise InputError(f"the prompt is of type {type(prompt).__name__}; {_PROMPT_KINDS}")
         items = list(prompt)
         if items and all(isinstance(item, dict) for item in items):
             self._need_tokenizer("chat messages")
             if not getattr(self.tokenizer, "chat_template", None):
                 raise InputError("this model's tokenizer has no chat template; pass plain text instead")
             for index, message in enumerate(items):
-                if "role" not in message or "content" not in message:
-                    raise InputError(f"chat message {index} needs 'role' and 'content' keys")
+                if not isinstance(message.get("role"), str) or not isinstance(message.get("content"), str):
+                    raise InputError(f"chat message {index} needs 'role' and 'content' keys with string values")
+                check_text(message["content"], f"chat message {index}")
             encoded = self.tokenizer.apply_chat_template(items, add_generation_prompt=True, tokenize=True)
             if isinstance(encoded, dict) or hasattr(encoded, "input_ids"):
                 encoded = encoded["input_ids"]
             return [int(token) for token in encoded]
-        if all(isinstance(item, int) for item in items):
-            return [int(token) for token in items]
-        raise InputError("a prompt is a string, a list of chat messages ({'role', 'content'}) or a list of token ids")
+        for index, item in enumerate(items):
+            if not isinstance(item, numbers.Integral) or isinstance(item, bool):
+                raise InputError(f"prompt item {index} is {type(item).__name__} {item!r:.40}; {_PROMPT_KINDS}")
+            if item < 0:
+                raise InputError(f"prompt item {index} is the token id {item}; token ids are >= 0")
+        return [int(token) for token in items]
 
     def params(self, **overrides) -> SamplingParams:
-        """The pipeline's sampling defaults with overrides applied (None values are ignored)."""
+        """The pipeline's sampling defaults with overrides applied (None values are ignored).
+
+        Raises `InputError` for an invalid override, or one the acceptance policy cannot run with.
+        """
         overrides = {key: value for key, value in overrides.items() if value is not None}
-        return self.sampling.replace(**overrides) if overrides else self.sampling
+        params = self.sampling.replace(**overrides) if overrides else self.sampling
+        problem = sampling_problem(self.config.acceptance_params, params)
+        if problem:
+            raise InputError(problem)
+        return params
 
     def generate(self, prompt: Prompt, *, max_draft_tokens: int | None = None, **overrides) -> PipelineResult:
         """Generate a completion; keyword arguments override the pipeline's sampling defaults.

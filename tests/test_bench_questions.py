@@ -92,3 +92,10 @@ def test_the_shared_dev_questions_parse():
     assert len(questions) == 231
     assert tasks_in(questions) == ["mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag"]
     assert sum(len(q.turns) == 2 for q in questions) == 37
+
+
+def test_a_question_file_that_is_not_utf8_is_a_config_error(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_bytes(lines({"question_id": 1, "category": "qa", "turns": ["a"]}).encode() + b'{"x": "\xe9"}\n')
+    with pytest.raises(ConfigError, match=f"{path}:2: not UTF-8 text \\(byte 0xe9\\)"):
+        load_questions(path)

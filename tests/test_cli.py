@@ -105,3 +105,41 @@ def test_a_bad_prompts_file_is_a_usage_error(pipeline_file, capsys, tmp_path):
     assert main(["generate", "-p", str(pipeline_file), "--prompts-file", str(listing)]) == 2
     assert "not UTF-8" in capsys.readouterr().err
     assert main(["generate", "-p", str(pipeline_file), "--batch-size", "0", "hi"]) == 2
+
+
+@pytest.fixture
+def unloadable_pipeline(tmp_path):
+    """A valid pipeline file whose target cannot load: a test passing with it proves nothing loaded."""
+    path = tmp_path / "unloadable.yaml"
+    path.write_text(f"target: {{model: {tmp_path / 'no-such-model'}}}\n")
+    return path
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--stop", ""], "--stop: stop strings must be non-empty"),
+    (["--top-k", "0"], "--top-k: Input should be greater than or equal to 1"),
+    (["--temperature", "inf"], "--temperature: must be a finite number >= 0"),
+    (["--seed", "-1"], "--seed: Input should be greater than or equal to 0"),
+    (["-n", "0"], "--max-new-tokens: Input should be greater than or equal to 1"),
+])
+def test_bad_flags_are_named_before_the_model_loads(unloadable_pipeline, capsys, flags, message):
+    assert main(["generate", "-p", str(unloadable_pipeline), *flags, "hello"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Value error" not in err and "no-such-model" not in err
+
+
+def test_a_temperature_for_a_greedy_pipeline_is_refused_before_loading(tmp_path, capsys):
+    path = tmp_path / "greedy.yaml"
+    path.write_text(f"target: {{model: {tmp_path / 'no-such-model'}}}\nacceptance: {{type: greedy}}\n")
+    assert main(["generate", "-p", str(path), "-t", "0.7", "hello"]) == 2
+    assert "acceptance (from --temperature): the 'greedy' acceptance policy" in capsys.readouterr().err
+
+
+def test_prompts_that_are_not_utf8_are_refused_before_loading(unloadable_pipeline):
+    command = [sys.executable, "-m", "specdec.cli", "generate", "-p", str(unloadable_pipeline)]
+    argv = subprocess.run([*command, b"caf\xe9"], capture_output=True, text=True)
+    assert argv.returncode == 2 and "Traceback" not in argv.stderr
+    assert "the prompt argument is not valid text: character 3 stands for byte 0xe9" in argv.stderr
+    stdin = subprocess.run(command, input=b"hi \xff there", capture_output=True)
+    assert stdin.returncode == 2 and b"Traceback" not in stdin.stderr
+    assert b"the prompt on stdin is not UTF-8 text (byte 0xff at offset 3)" in stdin.stderr

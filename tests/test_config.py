@@ -105,3 +105,73 @@ def test_nested_drafters_of_a_fallback_are_validated(tmp_path):
     assert "pipeline.yaml:7: drafter.params.drafters[1].params.num_tokens: must be >= 1" in found
     assert any(line.startswith("pipeline.yaml:8: drafter.params.drafters[2].type: unknown drafter 'nope'")
                for line in found)
+
+
+def load_error(tmp_path, content: bytes | str) -> str:
+    path = tmp_path / "pipeline.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ConfigError) as error:
+        load_yaml(path)
+    return str(error.value).replace(str(path), "pipeline.yaml")
+
+
+def test_a_file_that_is_not_utf8_is_refused_with_its_line(tmp_path):
+    assert load_error(tmp_path, b"name: ok\nsampling: {seed: 1}  # caf\xe9\n") == (
+        "pipeline.yaml:2: not UTF-8 text (byte 0xe9 at offset 35); save the file as UTF-8")
+
+
+@pytest.mark.parametrize("text, value", [
+    ("sampling: {temperature: !!float }\n", "'' as !!float"),
+    ("sampling: {seed: !!int 0x}\n", "'0x' as !!int"),
+    ("name: !!timestamp 5\n", "'5' as !!timestamp"),
+    ("name: !!bool x\n", "'x' as !!bool"),
+])
+def test_badly_tagged_scalars_are_config_errors(tmp_path, text, value):
+    message = load_error(tmp_path, text)
+    assert message.startswith("pipeline.yaml:1: not valid YAML: cannot read ") and value in message
+
+
+@pytest.mark.parametrize("text", [
+    "name: " + "[" * 300 + "]" * 300 + "\n",
+    "a:\n" + "".join("  " * level + f"b{level}:\n" for level in range(1, 300)) + "  " * 300 + "x\n",
+])
+def test_deep_nesting_is_refused_before_python_recurses_too_deep(tmp_path, text):
+    assert "nested more than 64 levels deep" in load_error(tmp_path, text)
+
+
+def test_duplicate_keys_are_refused_with_both_lines(tmp_path):
+    assert load_error(tmp_path, "drafter:\n  type: none\nsampling: {}\ndrafter:\n  type: fallback\n") == (
+        "pipeline.yaml:4: not valid YAML: duplicate key 'drafter' (first on line 1, again on line 4); "
+        "YAML would silently keep only the last one: merge them into one block")
+    nested = load_error(tmp_path, "sampling:\n  seed: 1\n  top_k: 2\n  seed: 3\n")
+    assert nested.startswith("pipeline.yaml:4: not valid YAML: duplicate key 'seed' (first on line 2, again on line 4)")
+
+
+def test_merge_keys_may_still_override_what_they_merge(tmp_path):
+    path = tmp_path / "pipeline.yaml"
+    path.write_text("x: &base {seed: 1, top_k: 2}\nsampling:\n  <<: *base\n  seed: 5\n")
+    data, _ = load_yaml(path)
+    assert data["sampling"] == {"seed": 5, "top_k": 2}
+
+
+def test_greedy_acceptance_with_a_temperature_is_refused_when_validated(tmp_path):
+    assert problems(tmp_path, """\
+        acceptance: {type: greedy}
+        sampling:
+          temperature: 0.7
+        """) == ["pipeline.yaml:1: acceptance.type: the 'greedy' acceptance policy decodes "
+                 "deterministically but temperature is 0.7; set temperature to 0 or use the "
+                 "'rejection' policy, which samples losslessly at any temperature"]
+    assert validate_pipeline({"acceptance": {"type": "greedy"}}, REGISTRY).spec.sampling.greedy
+
+
+def test_many_problems_are_located_in_linear_time_and_listed_up_to_a_cap(tmp_path):
+    import time
+
+    text = "".join(f"key{index}: 1\n" for index in range(20_000))
+    started = time.perf_counter()
+    found = problems(tmp_path, text)
+    elapsed = time.perf_counter() - started
+    assert len(found) == 21 and found[-1] == "... and 19980 more problems"
+    assert found[19].startswith("pipeline.yaml:20: key19: unknown section")
+    assert elapsed < 30, f"took {elapsed:.1f} s: locating problems is not linear any more"

@@ -278,3 +278,71 @@ def test_default_model_cold_then_warm(cache):
         assert torch.equal(model(prompt["input_ids"]).logits, expected)
         assert torch.equal(cold_model(prompt["input_ids"]).logits, expected)
     assert warm < 10
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_entries_follow_the_umask_so_a_shared_cache_works(cache, builder, umask):
+    previous = os.umask(umask)
+    try:
+        entry = models.ensure_entry("tiny", builder)
+    finally:
+        os.umask(previous)
+    modes = {path.name: path.stat().st_mode & 0o777 for path in [entry, *entry.rglob("*")]}
+    assert modes.pop("tiny") == 0o777 & ~umask
+    assert set(modes.values()) == {0o666 & ~umask}, modes
+
+
+def test_an_unusable_cache_is_reported_and_the_build_goes_to_a_temp_folder(tmp_path, builder, caplog,
+                                                                           monkeypatch):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("the cache folder's parent is a file")
+    with caplog.at_level(logging.WARNING, logger="specdec.models"):
+        entry = models.ensure_entry("tiny", builder, root=blocked / "cache")
+    assert f"The specdec model cache {blocked / 'cache'} cannot be used" in caplog.text
+    assert "SPECDEC_CACHE_DIR" in caplog.text
+    assert builder.calls == 1 and (entry / "config.json").is_file() and blocked not in entry.parents
+
+    def unreadable(entry):
+        raise PermissionError(13, "Permission denied")
+
+    root = tmp_path / "shared"
+    first = models.ensure_entry("tiny", builder, root=root)
+    monkeypatch.setattr(models, "validate_entry", unreadable)  # another user's private entry, as root sees it
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="specdec.models"):
+        fallback = models.ensure_entry("tiny", builder, root=root)
+    assert fallback != first and first.is_dir() and "Permission denied" in caplog.text
+
+
+def test_a_killed_conversion_leaves_nothing_once_an_entry_exists(cache, builder):
+    import signal
+    import subprocess
+    import sys
+
+    killed = subprocess.run([sys.executable, "-c", f"""
+import os, signal, shutil
+from pathlib import Path
+from specdec import models
+
+def build(dest):
+    shutil.copytree({str(builder.source)!r}, dest, dirs_exist_ok=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # as if the OOM killer stopped the conversion
+
+models.ensure_entry("tiny", build)
+"""], env={**os.environ, "SPECDEC_CACHE_DIR": str(cache)})
+    assert killed.returncode == -signal.SIGKILL
+    leftovers = [path for path in cache.iterdir() if path.name.startswith(".tiny.tmp-")]
+    assert len(leftovers) == 1 and (leftovers[0] / "config.json").exists()
+    # a live writer's folder, named as ensure_entry names it, by a process that is still running
+    writer = subprocess.Popen(["sleep", "60"])
+    try:
+        live = cache / f".tiny.tmp-{models._owner().rsplit('.', 1)[0]}.{writer.pid}-abc"
+        live.mkdir()
+        entry = models.ensure_entry("tiny", builder)
+        assert not leftovers[0].exists() and live.exists()
+        writer.kill()
+        writer.wait()
+        assert models.ensure_entry("tiny", builder) == entry and builder.calls == 1  # the fast path cleans too
+        assert [path.name for path in cache.iterdir()] == ["tiny"]
+    finally:
+        writer.kill()

@@ -127,3 +127,45 @@ def test_relative_paths_resolve_against_the_pipeline_file(tmp_path, monkeypatch)
     context = BuildContext(None, None, None, None, None, None, base_dir=folder)
     assert context.resolve_path("store") == folder / "store"
     assert context.resolve_path("/abs/store") == Path("/abs/store")
+
+
+@pytest.mark.parametrize("prompt, message", [
+    (b"Hello", "the prompt is bytes; decode it to text first"),
+    (bytearray(b"Hi"), "the prompt is bytes"),
+    ([1, True, 3], "prompt item 1 is bool True"),
+    ([1, 2.0], "prompt item 1 is float 2.0"),
+    ([1, -2], "prompt item 1 is the token id -2; token ids are >= 0"),
+    ([[1, 2], [3]], "prompt item 0 is list [1, 2]"),
+    ([1, "a"], "prompt item 1 is str 'a'"),
+    (7, "the prompt is of type int"),
+    ({"role": "user", "content": "hi"}, "the prompt is of type dict"),
+    ([{"role": "user", "content": 5}], "chat message 0 needs 'role' and 'content' keys with string values"),
+    ("caf\udce9", "the prompt is not valid text: character 3 stands for byte 0xe9"),
+])
+def test_prompts_that_are_not_text_messages_or_ids_are_refused(pipelines, prompt, message):
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        pipelines[0].generate(prompt)
+
+
+def test_id_tensors_are_prompts_but_not_float_or_2d_ones(pipelines):
+    import torch
+
+    plain = pipelines[0]
+    assert plain.encode(torch.tensor([3, 4, 5])) == [3, 4, 5]
+    with pytest.raises(InputError, match="prompt item 0 is float"):
+        plain.encode(torch.tensor([3.0, 4.0]))
+    with pytest.raises(InputError, match=r"must be 1-D, got shape \(1, 2\)"):
+        plain.encode(torch.tensor([[3, 4]]))
+
+
+def test_bad_sampling_overrides_are_input_errors_naming_the_field(pipelines):
+    with pytest.raises(InputError, match="temperature: Input should be greater than or equal to 0"):
+        pipelines[0].generate("hi", temperature=-1)
+    with pytest.raises(InputError, match="tempreature: unknown sampling parameter"):
+        pipelines[0].generate("hi", tempreature=1)
+
+
+def test_a_greedy_pipeline_refuses_a_temperature_before_decoding(model_dir):
+    pipeline = Pipeline.from_dict({"target": {"model": model_dir}, "acceptance": {"type": "greedy"}})
+    with pytest.raises(InputError, match="'greedy' acceptance policy decodes deterministically"):
+        pipeline.params(temperature=0.5)

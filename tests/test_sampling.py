@@ -11,6 +11,8 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+from specdec.errors import InputError
+
 from specdec.sampling import SamplingParams, TorchRandom, _nucleus, warp_logits
 
 
@@ -27,7 +29,8 @@ def test_invalid_sampling_params_are_refused(field, value):
 def test_replace_validates_and_keeps_other_fields():
     params = SamplingParams(temperature=0.7, top_k=5, max_new_tokens=9)
     assert params.replace(top_p=0.5) == SamplingParams(temperature=0.7, top_k=5, top_p=0.5, max_new_tokens=9)
-    with pytest.raises(ValidationError):
+    with pytest.raises(InputError, match="invalid sampling parameters: max_new_tokens: Input should be "
+                                         "greater than or equal to 1"):
         params.replace(max_new_tokens=0)
 
 

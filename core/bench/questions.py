@@ -84,9 +84,15 @@ def parse_questions(text: str, source: str = "<questions>") -> list[Question]:
 def load_questions(path: str | Path) -> list[Question]:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as error:
         raise ConfigError(f"cannot read question file {path}: {error.strerror or error}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[error.start]:02x}); JSON Lines files "
+                          f"are UTF-8: convert the file") from None
     return parse_questions(text, str(path))
 
 

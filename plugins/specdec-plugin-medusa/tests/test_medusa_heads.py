@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 
-from specdec.errors import ModelMismatchError
+from specdec.errors import InputError, ModelMismatchError
 from specdec.testing import tiny_llama
 
-from specdec_plugin_medusa.heads import (CONFIG_FILE, HeadsConfig, MedusaHeads, load_heads, read_config,
-                                         save_heads, target_signature)
+from specdec_plugin_medusa.heads import (CONFIG_FILE, WEIGHTS_FILE, HeadsConfig, MedusaHeads, load_heads,
+                                         read_config, save_heads, target_signature)
 
 
 def config_for(model, **overrides):
@@ -98,3 +98,58 @@ def test_the_same_target_in_half_precision_is_accepted(tmp_path):
     half = copy.deepcopy(model).to(torch.bfloat16)
     heads = load_heads(str(tmp_path / "heads"), half)
     assert heads.blocks[0][0].linear.weight.dtype == torch.bfloat16
+
+
+def _rewrite_config(folder, **changes):
+    path = folder / CONFIG_FILE
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def _save_wrong_shapes(folder):
+    from safetensors.torch import save_file
+
+    model = tiny_llama(0)
+    other = MedusaHeads(config_for(model, num_layers=1), model.get_output_embeddings().weight)
+    tensors = {name: torch.zeros(2, 2) for name in other.state_dict()}
+    save_file(tensors, str(folder / WEIGHTS_FILE))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda folder: (folder / WEIGHTS_FILE).write_bytes((folder / WEIGHTS_FILE).read_bytes()[:-40]),
+     "cannot read Medusa head weights .*heads.safetensors"),
+    (lambda folder: (folder / WEIGHTS_FILE).write_bytes(b""), "cannot read Medusa head weights"),
+    (lambda folder: (folder / WEIGHTS_FILE).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}!"),
+     "cannot read Medusa head weights"),
+    (_save_wrong_shapes, r"heads.safetensors does not match .*config.json .*wrong shape or type"),
+    (lambda folder: _rewrite_config(folder, num_heads="4"), "num_heads must be an integer from 1 to 64, got '4'"),
+    (lambda folder: _rewrite_config(folder, num_layers=10**9), "num_layers must be an integer from 1 to 64"),
+    (lambda folder: _rewrite_config(folder, target=[1]), "target must be a JSON object"),
+    (lambda folder: (folder / CONFIG_FILE).write_text("[1, 2]"), "config.json must hold a JSON object"),
+    (lambda folder: (folder / CONFIG_FILE).write_bytes(b'{"format": "\xff"}'), "cannot read the Medusa heads config"),
+    (lambda folder: _rewrite_config(folder, tree=[[0], ["x"]]), "recommended tree must be a list of paths"),
+    (lambda folder: _rewrite_config(folder, tree=[[0], [0, 0, 0, 0]]), "recommended tree is invalid: path"),
+    (lambda folder: _rewrite_config(folder, tree=[[99]]), "rank beyond the 32-token vocabulary"),
+    (lambda folder: _rewrite_config(folder, accuracy={"per_rank": [["high"]]}), "accuracy.per_rank must list"),
+], ids=["truncated", "empty", "bad-header", "wrong-shapes", "num-heads-string", "huge-layers", "target-list",
+        "config-list", "config-not-utf8", "tree-types", "tree-too-deep", "tree-rank", "accuracy-types"])
+def test_damaged_heads_folders_are_input_errors_naming_the_file(tmp_path, damage, message):
+    model = tiny_llama(0)
+    folder = save_heads(MedusaHeads(config_for(model), model.get_output_embeddings().weight), tmp_path / "heads")
+    damage(folder)
+    with pytest.raises(InputError, match=message) as error:
+        load_heads(str(folder), model)
+    assert str(folder) in str(error.value)
+
+
+def test_a_bad_tree_in_the_heads_config_is_blamed_on_the_file_not_the_pipeline(tmp_path):
+    from specdec import Pipeline
+    from specdec.testing import tiny_tokenizer
+
+    model = tiny_llama(0)
+    folder = save_heads(MedusaHeads(config_for(model), model.get_output_embeddings().weight), tmp_path / "heads")
+    _rewrite_config(folder, tree=[[0], [1, 1]])
+    with pytest.raises(InputError) as error:
+        Pipeline.from_dict({"drafter": {"type": "medusa", "params": {"heads": str(folder)}}},
+                           model=model, tokenizer=tiny_tokenizer())
+    assert str(folder / CONFIG_FILE) in str(error.value) and "drafter.params.tree" not in str(error.value)
+    assert "needs its prefix [1]" in str(error.value)

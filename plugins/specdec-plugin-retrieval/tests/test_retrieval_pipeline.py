@@ -132,3 +132,21 @@ def test_node_cost_auto_measures_the_target_once(model_dir, monkeypatch):
     assert calibrate.measure_cost_model(built.model) is cost and len(calls) == 1  # cached per model
     plain = pipeline(model_dir, {"type": "none"}).generate(PROMPT)
     assert built.generate(PROMPT).token_ids == plain.token_ids
+
+
+def test_a_store_with_out_of_vocabulary_ids_is_refused_when_the_pipeline_is_built(tmp_path, model_dir,
+                                                                                  store_dir):
+    import shutil
+
+    import numpy as np
+
+    damaged = tmp_path / "store"
+    shutil.copytree(store_dir, damaged)
+    tokens = np.load(damaged / "tokens.npy")
+    top = tokens[tokens != tokens.max()].max()  # the largest id (the separator is the dtype's maximum)
+    tokens[tokens == top] = 1000  # same size, same suffix order, an id no tiny model has
+    np.save(damaged / "tokens.npy", tokens)
+    open_store(damaged)  # the cheap checks on opening cannot see it
+    with pytest.raises(ModelMismatchError, match=f"retrieval store {damaged} holds the token id 1000, outside "
+                                                 f"the target model's vocabulary"):
+        pipeline(model_dir, {"type": "rest", "params": {"store": str(damaged)}})

@@ -133,3 +133,34 @@ def test_full_verification_catches_altered_bytes(tiny_store):
 def test_missing_store_folder(tmp_path):
     with pytest.raises(InputError, match="no retrieval store at .*specdec retrieval build"):
         open_store(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("name, content, where", [
+    ("corpus.jsonl", b'{"text": "ok"}\n{"text": "caf\xe9"}\n', "line 2, byte 0xe9"),
+    ("corpus.json", b'[{"text": "\xff"}]', "line 1, byte 0xff"),
+    ("notes.txt", b"fine\nfine\n\x80", "line 3, byte 0x80"),
+])
+def test_corpus_files_that_are_not_utf8_are_named(tmp_path, name, content, where):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(InputError, match=f"corpus file .*{name} is not UTF-8 text \\({where}\\)"):
+        list(read_documents([tmp_path / name]))
+
+
+def test_jsonl_records_may_hold_unicode_line_separators(tmp_path):
+    (tmp_path / "corpus.jsonl").write_text(json.dumps({"text": "a\u2028b"}, ensure_ascii=False) + "\n",
+                                           encoding="utf-8")
+    assert [document.text for document in read_documents([tmp_path / "corpus.jsonl"])] == ["a\u2028b"]
+
+
+@pytest.mark.parametrize("files", [["tokens.npy"], {"tokens.npy": 5, "suffix_array.npy": {}}, "x", None,
+                                   {"tokens.npy": {"bytes": 1}}])
+def test_a_malformed_files_entry_in_meta_is_named(tiny_store, files):
+    corrupt_meta(tiny_store, files=files)
+    with pytest.raises(InputError, match="meta.json is incomplete or malformed"):
+        open_store(tiny_store.path)
+
+
+def test_store_dtypes_other_than_token_and_index_types_are_refused(tiny_store):
+    corrupt_meta(tiny_store, token_dtype="float64")
+    with pytest.raises(InputError, match="lists dtypes 'float64'"):
+        open_store(tiny_store.path)

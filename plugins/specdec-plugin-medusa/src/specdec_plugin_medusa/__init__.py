@@ -98,9 +98,15 @@ def _build_medusa(context, params: MedusaParams):
     try:
         paths = choose_tree(params, heads.num_heads, heads.config.tree, accuracy.get("per_rank"))
     except ValueError as error:
-        from specdec.errors import ConfigError
+        from specdec.errors import ConfigError, InputError
+        from specdec_plugin_medusa.heads import CONFIG_FILE, resolve_heads
 
-        raise ConfigError(f"drafter.params.tree: {error}") from None
+        # blame what set the tree: the params block, or the heads' own config.json
+        if isinstance(params.tree, list):
+            raise ConfigError(f"drafter.params.tree: {error}") from None
+        if params.num_nodes is not None and not accuracy.get("per_rank"):
+            raise ConfigError(f"drafter.params.num_nodes: {error}") from None
+        raise InputError(f"{resolve_heads(heads_path) / CONFIG_FILE}: {error}") from None
     pruning = None
     if params.adaptive:
         from specdec.cost import cost_model_for

@@ -33,6 +33,11 @@ _PROBE_SIZE = 256
 # Probe values may differ by this fraction of the weights' spread: loose enough for the same
 # weights in float16/bfloat16, far tighter than the gap to another model or quantization.
 _PROBE_TOLERANCE = 0.02
+# Far beyond any trained set (Medusa uses 4-5 heads of 1 layer); a config asking for more is
+# damaged, and building it would allocate without bound.
+MAX_HEADS = 64
+MAX_LAYERS = 64
+_RETRAIN = "train the heads again with `specdec medusa train`, or restore the folder from where you got it"
 
 
 @dataclass
@@ -53,17 +58,86 @@ class HeadsConfig:
         return {"format": FORMAT, "format_version": FORMAT_VERSION, **asdict(self)}
 
     @classmethod
-    def from_json(cls, data: dict, source: str) -> "HeadsConfig":
+    def from_json(cls, data: Any, source: str) -> "HeadsConfig":
+        """Check a parsed `config.json` field by field: a damaged or hand-edited file is an
+        InputError naming `source`, never a TypeError deep inside building the heads."""
+        if not isinstance(data, dict):
+            raise InputError(f"{source} must hold a JSON object (a Medusa heads config), not "
+                             f"{type(data).__name__}; {_RETRAIN}")
         if data.get("format") != FORMAT:
             raise InputError(f"{source} is not a Medusa heads config (format {data.get('format')!r})")
         if data.get("format_version") != FORMAT_VERSION:
-            raise InputError(f"{source} has heads format version {data.get('format_version')}; this "
+            raise InputError(f"{source} has heads format version {data.get('format_version')!r}; this "
                              f"plugin reads version {FORMAT_VERSION}")
-        fields = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
+        problems = []
+        for name, top in (("num_heads", MAX_HEADS), ("num_layers", MAX_LAYERS), ("hidden_size", None),
+                          ("vocab_size", None)):
+            value = data.get(name)
+            if not _is_int(value) or value < 1 or (top is not None and value > top):
+                bound = f"from 1 to {top}" if top else ">= 1"
+                problems.append(f"{name} must be an integer {bound}, got {value!r}")
+        for name, kind in (("own_lm_head", bool), ("target", dict), ("accuracy", dict), ("training", dict)):
+            value = data.get(name)
+            if value is not None and not isinstance(value, kind):
+                problems.append(f"{name} must be a JSON {'boolean' if kind is bool else 'object'}, got {value!r:.60}")
+        target = data.get("target") or {}
+        for name in ("lm_head_probe", "embedding_probe"):
+            if name in target and not _is_probe(target[name]):
+                problems.append(f"target.{name} must be an object with a list of numbers 'values' and a "
+                                f"number 'spread'")
+        if problems:
+            raise InputError(f"{source}: malformed heads config: {'; '.join(problems)}; {_RETRAIN}")
+        config = cls(**{name: data[name] for name in cls.__dataclass_fields__ if data.get(name) is not None})
+        config._check_tree(source)
+        config._check_accuracy(source)
+        return config
+
+    def _check_tree(self, source: str) -> None:
+        from specdec_plugin_medusa.trees import check_paths
+
+        if self.tree is None:
+            return
+        fix = "fix or remove 'tree' (then a tree is derived from the measured accuracy)"
+        if not (isinstance(self.tree, list) and all(isinstance(path, list) and all(map(_is_int, path))
+                                                    for path in self.tree)):
+            raise InputError(f"{source}: the recommended tree must be a list of paths of integer ranks, "
+                             f"e.g. [[0], [1], [0, 0]]; {fix}")
         try:
-            return cls(**fields)
-        except TypeError as error:
-            raise InputError(f"{source}: malformed heads config: {error}") from None
+            check_paths(self.tree, num_heads=self.num_heads)
+        except ValueError as error:
+            raise InputError(f"{source}: the recommended tree is invalid: {error}; {fix}") from None
+        too_high = [path for path in self.tree if path and max(path) >= self.vocab_size]
+        if too_high:
+            raise InputError(f"{source}: the recommended tree's path {too_high[0]} asks for a rank beyond the "
+                             f"{self.vocab_size}-token vocabulary; {fix}")
+
+    def _check_accuracy(self, source: str) -> None:
+        per_rank = (self.accuracy or {}).get("per_rank")
+        if per_rank is None:
+            return
+        valid = isinstance(per_rank, list) and 0 < len(per_rank) <= self.num_heads and all(
+            isinstance(row, list) and 0 < len(row) <= self.vocab_size
+            and all(isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
+                    for value in row)
+            for row in per_rank)
+        if not valid:
+            raise InputError(f"{source}: accuracy.per_rank must list, for each of at most {self.num_heads} "
+                             f"heads, the probabilities (0 to 1) of its ranks; measure them again with "
+                             f"`specdec medusa train` or remove 'accuracy'")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_probe(probe: Any) -> bool:
+    """What `_same_probe` compares: {"values": [numbers], "spread": number}."""
+    return (isinstance(probe, dict) and isinstance(probe.get("values"), list)
+            and all(map(_is_number, probe["values"])) and _is_number(probe.get("spread", 0.0)))
 
 
 class ResBlock(nn.Module):
@@ -227,8 +301,8 @@ def resolve_heads(name_or_path: str) -> Path:
 def read_config(folder: str | Path) -> HeadsConfig:
     path = Path(folder) / CONFIG_FILE
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise InputError(f"cannot read the Medusa heads config {path}: {error}") from None
     return HeadsConfig.from_json(data, str(path))
 
@@ -248,6 +322,7 @@ def save_heads(heads: MedusaHeads, folder: str | Path, dtype: torch.dtype = torc
 def load_heads(name_or_path: str, model, *, check: bool = True) -> MedusaHeads:
     """Load heads for `model` (checked against the target they were trained for), on the
     model's device and dtype."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     folder = resolve_heads(name_or_path)
@@ -256,12 +331,18 @@ def load_heads(name_or_path: str, model, *, check: bool = True) -> MedusaHeads:
         check_target(config, model, name_or_path)
     lm_head = model.get_output_embeddings().weight
     heads = MedusaHeads(config, None if config.own_lm_head else lm_head)
+    weights = folder / WEIGHTS_FILE
     try:
-        state = load_file(str(folder / WEIGHTS_FILE))
-    except (OSError, ValueError) as error:
-        raise InputError(f"cannot read Medusa head weights {folder / WEIGHTS_FILE}: {error}") from None
-    missing, unexpected = heads.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise InputError(f"{folder / WEIGHTS_FILE} does not match its config (missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]})")
+        state = load_file(str(weights))
+    except (OSError, ValueError, SafetensorError) as error:
+        raise InputError(f"cannot read Medusa head weights {weights}: {error}; {_RETRAIN}") from None
+    expected = heads.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    wrong = [f"{name} is {state[name].dtype}{list(state[name].shape)}, expected {list(expected[name].shape)}"
+             for name in expected if name in state and (state[name].shape != expected[name].shape
+                                                         or not state[name].is_floating_point())]
+    if missing or unexpected or wrong:
+        raise InputError(f"{weights} does not match {folder / CONFIG_FILE} (missing {missing[:3]}, unexpected "
+                         f"{unexpected[:3]}, wrong shape or type {wrong[:3]}); {_RETRAIN}")
+    heads.load_state_dict(state)
     return heads.to(device=lm_head.device, dtype=lm_head.dtype).eval().requires_grad_(False)

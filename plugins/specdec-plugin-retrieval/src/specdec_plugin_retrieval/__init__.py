@@ -102,14 +102,14 @@ def _build_rest(context, params: RestParams):
     from specdec_plugin_retrieval.store import open_store
 
     store = open_store(context.resolve_path(params.store))
+    rows = context.target.get_output_embeddings().weight.shape[0]
     if context.tokenizer is not None:
         store.check_tokenizer(context.tokenizer)
-    else:  # no tokenizer to compare with: at least the ids must fit the target
-        rows = context.target.get_output_embeddings().weight.shape[0]
-        if store.vocab_size > rows:
-            raise ModelMismatchError(
-                f"the retrieval store {store.path} was built for a {store.vocab_size}-token vocabulary, "
-                f"larger than the target's {rows} logits; rebuild it with the target's tokenizer")
+    elif store.vocab_size > rows:  # no tokenizer to compare with: at least the ids must fit the target
+        raise ModelMismatchError(
+            f"the retrieval store {store.path} was built for a {store.vocab_size}-token vocabulary, "
+            f"larger than the target's {rows} logits; rebuild it with the target's tokenizer")
+    store.check_vocabulary(rows)  # the ids actually stored, which a damaged file may not keep in range
     return RestDrafter(
         store, max_span=params.max_span, min_span=params.min_span, num_tokens=params.num_tokens,
         max_candidates=params.max_candidates, max_nodes=params.max_nodes,

@@ -58,22 +58,38 @@ def read_documents(paths: Sequence[str | os.PathLike], text_field: str = "text")
     """Every document of the corpus files, in order."""
     for path in corpus_files(paths):
         suffix = path.suffix.lower()
-        if suffix == ".jsonl":
-            with path.open(encoding="utf-8") as file:
-                for number, line in enumerate(file, 1):
+        if suffix == ".jsonl":  # streamed a line at a time: a corpus may be larger than memory
+            with path.open("rb") as file:
+                for number, raw in enumerate(file, 1):
+                    line = _decode(raw, path, number)
                     if line.strip():
                         yield _record(_parse(line, f"{path}:{number}"), f"{path}:{number}", text_field)
         elif suffix == ".json":
-            data = _parse(path.read_text(encoding="utf-8"), str(path))
+            data = _parse(_read_text(path), str(path))
             if not isinstance(data, list):
                 raise InputError(f"{path}: a .json corpus file must hold a list of records")
             for number, record in enumerate(data):
                 yield _record(record, f"{path}[{number}]", text_field)
         else:
-            try:
-                yield Document(text=path.read_text(encoding="utf-8"))
-            except UnicodeDecodeError:
-                raise InputError(f"corpus file {path} is not UTF-8 text") from None
+            yield Document(text=_read_text(path))
+
+
+def _read_text(path: Path) -> str:
+    """A corpus file's text; every corpus file is UTF-8, and the error says where it is not."""
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise InputError(f"cannot read corpus file {path}: {error.strerror or error}") from None
+    return _decode(raw, path)
+
+
+def _decode(raw: bytes, path: Path, first_line: int = 1) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = first_line + raw.count(b"\n", 0, error.start)
+        raise InputError(f"corpus file {path} is not UTF-8 text (line {line}, byte 0x{raw[error.start]:02x}); "
+                         f"convert it to UTF-8 or leave it out") from None
 
 
 def _parse(text: str, where: str) -> Any:

@@ -66,6 +66,27 @@ class Store:
     def vocab_size(self) -> int:
         return int(self.meta["tokenizer"]["vocab_size"])
 
+    def max_token(self) -> int:
+        """The largest token id stored (separators excluded; -1 when there is none). Reads the whole
+        token file, in chunks: a damaged file can hold any value the dtype allows."""
+        top, step = -1, 1 << 22
+        for start in range(0, self.tokens.shape[0], step):
+            chunk = np.asarray(self.tokens[start:start + step])
+            chunk = chunk[chunk != self.separator]
+            if chunk.size:
+                top = max(top, int(chunk.max()))
+        return top
+
+    def check_vocabulary(self, vocab_size: int) -> None:
+        """Refuse (ModelMismatchError) a store holding ids a `vocab_size`-token model cannot score:
+        caught when the pipeline is built, not as a DraftError in the middle of a generation."""
+        top = self.max_token()
+        if top >= vocab_size:
+            raise ModelMismatchError(
+                f"the retrieval store {self.path} holds the token id {top}, outside the target model's "
+                f"vocabulary [0, {vocab_size}): its {TOKENS} is damaged or it was built for another "
+                f"model; rebuild it with `specdec retrieval build CORPUS --tokenizer MODEL -o {self.path}`")
+
     def check_tokenizer(self, tokenizer: Any) -> None:
         """Refuse (ModelMismatchError) a tokenizer other than the one the store was built with."""
         built = self.meta["tokenizer"]
@@ -181,27 +202,32 @@ def open_store(path: str | os.PathLike, *, verify: bool = False) -> Store:
                     SUFFIXES: (np.dtype(meta["index_dtype"]), int(meta["num_tokens"]))}
         files = meta["files"]
         int(tokenizer["vocab_size"]), str(tokenizer["vocab_sha256"]), int(meta["separator"])
+        listed_sizes = {name: files[name]["bytes"] for name in expected}
     except (KeyError, TypeError, ValueError) as error:
         raise InputError(f"{path / META} is incomplete or malformed ({type(error).__name__}: {error}); "
                          f"{rebuild}") from None
+    if expected[TOKENS][0].name not in ("uint16", "uint32") or expected[SUFFIXES][0].name not in ("int32", "int64"):
+        raise InputError(f"{path / META} lists dtypes {meta['token_dtype']!r} and {meta['index_dtype']!r}; a store "
+                         f"holds uint16 or uint32 tokens and an int32 or int64 suffix array; {rebuild}")
     arrays = {}
     for name, (dtype, size) in expected.items():
         file = path / name
         if not file.is_file():
             raise InputError(f"the retrieval store {path} is missing {name}; {rebuild}")
-        listed = files.get(name, {}).get("bytes")
+        listed = listed_sizes[name]
         if file.stat().st_size != listed:
-            raise InputError(f"the retrieval store's {name} is {file.stat().st_size} bytes but "
+            raise InputError(f"the retrieval store file {file} is {file.stat().st_size} bytes but "
                              f"{META} says {listed}: the file is truncated or was replaced; {rebuild}")
         if verify and _sha256(file) != files[name].get("sha256"):
-            raise InputError(f"the retrieval store's {name} does not match its sha256: it is corrupted; {rebuild}")
+            raise InputError(f"the retrieval store file {file} does not match its sha256: it is corrupted; {rebuild}")
         try:
             array = np.load(file, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as error:
-            raise InputError(f"the retrieval store's {name} is not a readable numpy array ({error}); "
+        except Exception as error:  # noqa: BLE001 - numpy's header parser fails in many ways (SyntaxError,
+            # tokenize.TokenError, ...) on a damaged file, and every one of them means the file is damaged
+            raise InputError(f"the retrieval store file {file} is not a readable numpy array ({error}); "
                              f"{rebuild}") from None
         if array.dtype != dtype or array.shape != (size,):
-            raise InputError(f"the retrieval store's {name} holds {array.dtype}{list(array.shape)}, "
+            raise InputError(f"the retrieval store file {file} holds {array.dtype}{list(array.shape)}, "
                              f"{META} says {dtype}[{size}]; {rebuild}")
         arrays[name] = array
     store = Store(path, meta, arrays[TOKENS], arrays[SUFFIXES])
