@@ -44,6 +44,28 @@ _EXPORTS = {
     "SpecdecError": "specdec.errors",
     "hookimpl": "specdec.hookspecs",
     "Pipeline": "specdec.pipeline",
+    # what plugins build on besides the protocols: one public surface, so that plugins never
+    # import specdec's internal modules (`specdec.testing`, the harness, is public too)
+    "tree_children": "specdec.draft",
+    "tree_depths": "specdec.draft",
+    "greedy_walk": "specdec.acceptance",
+    "NoDrafter": "specdec.drafters.none",
+    "HFVerifier": "specdec.verifiers.hf",
+    "BuildContext": "specdec.registry",
+    "CostModel": "specdec.cost",
+    "cost_model_for": "specdec.cost",
+    "measure_cost_model": "specdec.cost",
+    "synchronize": "specdec.cost",
+    "time_verification": "specdec.cost",
+    "DEFAULT_MODEL": "specdec.models",
+    "checkpoint_source": "specdec.models",
+    "load_model": "specdec.models",
+    "DraftModelDrafter": "specdec.drafters.draft_model",
+    "ValidatedPipeline": "specdec.config",
+    "load_yaml": "specdec.config",
+    "validate_pipeline": "specdec.config",
+    "default_plugins": "specdec.plugins",
+    "load_plugins": "specdec.plugins",
 }
 
 __all__ = sorted(_EXPORTS)

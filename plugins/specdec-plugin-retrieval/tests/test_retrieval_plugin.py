@@ -65,3 +65,12 @@ def test_the_plugin_module_does_not_import_torch():
             "print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
+
+
+def test_the_plugin_offers_prompt_lookup_as_the_default_pipeline():
+    from specdec.cli import default_pipeline_data
+
+    loaded = load_plugins()
+    assert ("specdec_plugin_retrieval", {"name": "default", "drafter": {"type": "prompt_lookup"}}) \
+        in loaded.default_pipelines
+    assert default_pipeline_data(loaded)["drafter"] == {"type": "prompt_lookup"}

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from specdec.hookspecs import hookimpl
+from specdec import hookimpl
 
 from specdec_plugin_medusa.trees import check_paths
 
@@ -98,12 +98,12 @@ def _build_medusa(context, params: MedusaParams):
     try:
         paths = choose_tree(params, heads.num_heads, heads.config.tree, accuracy.get("per_rank"))
     except ValueError as error:
-        from specdec.errors import ConfigError
+        from specdec import ConfigError
 
         raise ConfigError(f"drafter.params.tree: {error}") from None
     pruning = None
     if params.adaptive:
-        from specdec.cost import cost_model_for
+        from specdec import cost_model_for
 
         pruning = ConfidencePruning(cost_model_for(context.target, params.node_cost), params.min_gain)
     return MedusaDrafter(heads, TreeLayout.from_paths(paths), pruning)

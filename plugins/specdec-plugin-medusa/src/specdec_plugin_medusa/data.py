@@ -24,7 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from specdec.errors import InputError
+from specdec import InputError
 
 #: The shipped self-distillation prompt set: generic chat instructions written for this plugin.
 PROMPTS_FILE = "prompts.jsonl"

@@ -20,10 +20,7 @@ from typing import Sequence
 
 import torch
 
-from specdec.draft import Draft
-from specdec.protocols import BaseDrafter, DraftContext, StepOutcome
-from specdec.cost import CostModel
-from specdec.sampling import SamplingParams
+from specdec import BaseDrafter, CostModel, Draft, DraftContext, SamplingParams, StepOutcome
 
 from specdec_plugin_medusa.heads import MedusaHeads
 from specdec_plugin_medusa.trees import TreeLayout

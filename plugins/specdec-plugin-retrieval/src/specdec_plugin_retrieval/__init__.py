@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from specdec.hookspecs import hookimpl
+from specdec import hookimpl
 
 __version__ = "0.1.0"
 
@@ -81,7 +81,7 @@ class RestParams(_AdaptiveParams):
 
 
 def _cost(context, params: _AdaptiveParams):
-    from specdec.cost import cost_model_for
+    from specdec import cost_model_for
 
     return cost_model_for(context.target, params.node_cost, params.draft_overhead)
 
@@ -97,7 +97,7 @@ def _build_prompt_lookup(context, params: PromptLookupParams):
 
 
 def _build_rest(context, params: RestParams):
-    from specdec.errors import ModelMismatchError
+    from specdec import ModelMismatchError
     from specdec_plugin_retrieval.rest import RestDrafter
     from specdec_plugin_retrieval.store import open_store
 
@@ -123,6 +123,13 @@ def register_drafters(register):
              description="prompt lookup: copy what followed earlier occurrences of the trailing n-gram")
     register("rest", RestParams, _build_rest,
              description="REST: draft token trees from a suffix-array datastore of text")
+
+
+@hookimpl
+def default_pipeline():
+    """Prompt lookup costs nothing to set up and never slows plain decoding down much (it drafts
+    only when the cost model expects a gain), so it is the default when this plugin is installed."""
+    return {"name": "default", "drafter": {"type": "prompt_lookup"}}
 
 
 @hookimpl

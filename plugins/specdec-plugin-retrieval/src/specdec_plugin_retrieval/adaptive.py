@@ -32,8 +32,7 @@ import bisect
 from dataclasses import dataclass
 from typing import Sequence
 
-from specdec.cost import CostModel  # noqa: F401 - re-exported: the drafters' cost model
-from specdec.draft import Draft
+from specdec import CostModel, Draft  # noqa: F401 - re-exported: the drafters' cost model
 from specdec_plugin_retrieval.candidates import CandidateTree
 
 #: Share buckets: a node's occurrences / (its parent's occurrences + 1). The +1 makes one lone

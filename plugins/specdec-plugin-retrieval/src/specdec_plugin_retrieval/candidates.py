@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from specdec.draft import Draft, tree_children, tree_depths
+from specdec import Draft, tree_children, tree_depths
 
 
 @dataclass(frozen=True, eq=False)

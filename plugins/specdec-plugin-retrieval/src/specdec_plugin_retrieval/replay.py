@@ -18,9 +18,7 @@ import json
 from dataclasses import dataclass
 from typing import Sequence
 
-from specdec.draft import Draft
-from specdec.params import SamplingParams
-from specdec.protocols import DraftContext, Drafter, StepOutcome
+from specdec import Draft, DraftContext, Drafter, SamplingParams, StepOutcome
 from specdec_plugin_retrieval.adaptive import CostModel
 
 

@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from specdec.errors import InputError
+from specdec import InputError
 
 Messages = list[dict[str, str]]
 
@@ -91,7 +91,7 @@ def self_distill(output: str | os.PathLike, *, prompts_path: str | os.PathLike |
                  overwrite: bool = False, progress: bool = True):
     """Answer the prompts with the model, append the chats to `corpus_path` (default: next to the
     store, `<output>.corpus.jsonl`), and build the store at `output` from that corpus."""
-    from specdec.models import load_model
+    from specdec import load_model
     from specdec_plugin_retrieval.corpus import build_from_corpus
 
     output = Path(output)
