@@ -22,6 +22,7 @@ import time
 import weakref
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Sequence
 
 import torch
 
@@ -92,37 +93,55 @@ def cost_model_for(target: torch.nn.Module, node_cost: float | str, draft_overhe
     return CostModel(node_cost=float(node_cost), draft_overhead=draft_overhead)
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the device's queued work, so that a wall-clock time covers it (CUDA runs
+    asynchronously; CPU work is done when the call returns)."""
+    device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _measure(model: torch.nn.Module) -> tuple[tuple[int, float], ...]:
+def time_verification(model: torch.nn.Module, sizes: Sequence[int], context: int = CONTEXT_TOKENS,
+                      repeats: int = REPEATS, warmup: int = 1, seed: int = 0) -> dict[int, list[float]]:
+    """Seconds of one verification of a chain of m random draft tokens (m = 0: a plain step) on a
+    cache of `context` random committed tokens, `repeats` times for each m in `sizes`.
+
+    Sizes are interleaved within each round, so that load changes hit every size alike; the
+    first `warmup` rounds are not timed. The cache is rolled back after each forward, so every
+    measurement sees the same context. A tree of m nodes costs what a chain does: only the mask
+    differs.
+    """
     from specdec.draft import Draft
     from specdec.verifiers.hf import HFVerifier
 
     verifier = HFVerifier(model, eos_token_ids=())
     device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(seed)
     vocab = verifier.vocab_size
-    context = max(1, min(CONTEXT_TOKENS, verifier.runner.max_positions - DRAFT_SIZES[-1] - 2))
+    largest = max(sizes, default=0)
+    context = max(1, min(context, verifier.runner.max_positions - largest - 2))
     prompt = torch.randint(0, vocab, (context,), generator=generator).tolist()
-    verifier.start(len(prompt), DRAFT_SIZES[-1] + 2)
+    verifier.start(len(prompt), largest + 2)
     verifier.verify(prompt, Draft.empty())
     verifier.commit(len(prompt), ())
-    times: dict[int, list[float]] = {size: [] for size in (0,) + DRAFT_SIZES}
-    for repeat in range(REPEATS + 1):
-        for size in times:  # interleaved, so that load changes hit every size alike
+    times: dict[int, list[float]] = {size: [] for size in sizes}
+    for repeat in range(repeats + warmup):
+        for size in times:
             draft = Draft.chain(torch.randint(0, vocab, (size,), generator=generator).tolist()) \
                 if size else Draft.empty()
-            _sync(device)
+            synchronize(device)
             tic = time.perf_counter()
             verifier.verify([prompt[-1]], draft)
-            _sync(device)
+            synchronize(device)
             elapsed = time.perf_counter() - tic
             verifier.runner.rollback(len(prompt))  # forget the forward: the cache stays at the context
-            if repeat:  # the first round warms up
+            if repeat >= warmup:
                 times[size].append(elapsed)
+    return times
+
+
+def _measure(model: torch.nn.Module) -> tuple[tuple[int, float], ...]:
+    times = time_verification(model, (0,) + DRAFT_SIZES)
     plain = statistics.median(times[0])
     curve, floor = [], 1.0
     for size in DRAFT_SIZES:  # a larger draft never costs less: smooth out timing noise

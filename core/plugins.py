@@ -22,7 +22,7 @@ from specdec import hookspecs
 from specdec.registry import KINDS, Registry
 
 #: Built-in components register through the same hooks as third-party plugins.
-DEFAULT_PLUGINS = ("specdec.drafters", "specdec.verifiers", "specdec.builtin_policies", "specdec.bench.plugin")
+DEFAULT_PLUGINS = ("specdec.drafters", "specdec.verifiers", "specdec.builtin_policies")
 
 _HOOKS = {"drafter": "register_drafters", "verifier": "register_verifiers",
           "acceptance": "register_acceptance_policies"}

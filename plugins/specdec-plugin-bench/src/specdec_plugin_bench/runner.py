@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from specdec.bench.metrics import first_difference, record_key
-from specdec.bench.questions import Question, build_messages
-from specdec.errors import ConfigError
+from specdec_plugin_bench.metrics import first_difference, record_key
+from specdec_plugin_bench.questions import Question, build_messages
+from specdec import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class BenchSettings:
     seed: int | None = None
 
     def params(self, seed: int | None = None):
-        from specdec.params import SamplingParams
+        from specdec import SamplingParams
 
         return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=seed,
                               max_new_tokens=self.max_new_tokens, stop_token_ids=None, stop_strings=())

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from specdec.errors import ConfigError
+from specdec import ConfigError
 
 MT_BENCH_CATEGORIES = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")
 #: Spec-Bench's column order; tasks it does not know follow in file order.
