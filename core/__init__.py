@@ -46,6 +46,9 @@ _EXPORTS = {
     "Pipeline": "specdec.pipeline",
     # what plugins build on besides the protocols: one public surface, so that plugins never
     # import specdec's internal modules (`specdec.testing`, the harness, is public too)
+    "breadth_first": "specdec.draft",
+    "merge_sequences": "specdec.draft",
+    "subtree_parents": "specdec.draft",
     "tree_children": "specdec.draft",
     "tree_depths": "specdec.draft",
     "greedy_walk": "specdec.acceptance",
@@ -55,7 +58,12 @@ _EXPORTS = {
     "CostModel": "specdec.cost",
     "cost_model_for": "specdec.cost",
     "measure_cost_model": "specdec.cost",
+    "select_nodes": "specdec.cost",
     "synchronize": "specdec.cost",
+    "MinGain": "specdec.cost_params",
+    "NodeCost": "specdec.cost_params",
+    "min_gain_field": "specdec.cost_params",
+    "node_cost_field": "specdec.cost_params",
     "time_verification": "specdec.cost",
     "DEFAULT_MODEL": "specdec.models",
     "checkpoint_source": "specdec.models",

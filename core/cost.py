@@ -68,6 +68,53 @@ class CostModel:
         return costs[left] + (costs[right] - costs[left]) * (num_nodes - sizes[left]) / (sizes[right] - sizes[left])
 
 
+def select_nodes(probabilities: Sequence[float], parents: Sequence[int], cost: CostModel, *,
+                 min_gain: float = 0.0, adaptive: bool = True, max_nodes: int | None = None,
+                 max_depth: int | None = None, max_leaves: int | None = None) -> list[int]:
+    """The draft nodes that pay for their verification, parents first, likeliest first.
+
+    `probabilities[i]` estimates the chance that node i is accepted (its whole path, so never
+    more than its parent's). Verifying m nodes costs `cost.step_cost(m)` plain steps and commits
+    `1 + sum p` tokens on average, so the speed ratio of a set is `(1 + sum p) / cost`. Nodes are
+    scanned by decreasing probability (ties: shallower, then earlier), keeping a node when its
+    parent is kept, its depth is within `max_depth`, it keeps the tree within `max_leaves`
+    root-to-leaf branches and the set within `max_nodes`. With `adaptive`, the result is the
+    prefix of that scan with the best ratio, or nothing when none beats `1 + min_gain` (plain
+    decoding); without, the whole scan. Which nodes are drafted never changes what is accepted,
+    so any selection is as lossless as the full tree.
+    """
+    from specdec.draft import tree_depths
+
+    depths = tree_depths(parents)
+    count = len(parents)
+    order = sorted(range(count), key=lambda node: (-probabilities[node], depths[node], node))
+    kept: list[int] = []
+    is_kept = [False] * count
+    has_child = [False] * (count + 1)  # by row: root = 0, node i = i + 1
+    leaves, total = 0, 0.0
+    best_ratio, best_size = 1.0 + min_gain, 0
+    for node in order:
+        if max_nodes is not None and len(kept) >= max_nodes:
+            break
+        parent = parents[node]
+        if (max_depth is not None and depths[node] > max_depth) or (parent >= 0 and not is_kept[parent]):
+            continue
+        # a node's first child extends its branch; any further child (and any child of the
+        # root, which is no branch yet) starts a new one
+        adds_leaf = parent < 0 or has_child[parent + 1]
+        if adds_leaf and max_leaves is not None and leaves >= max_leaves:
+            continue
+        leaves += adds_leaf
+        has_child[parent + 1] = True
+        is_kept[node] = True
+        kept.append(node)
+        total += probabilities[node]
+        ratio = (1.0 + total) / cost.step_cost(len(kept))
+        if ratio > best_ratio:
+            best_ratio, best_size = ratio, len(kept)
+    return kept[:best_size] if adaptive else kept
+
+
 #: Draft sizes the cost is measured at; the cost model interpolates between them.
 DRAFT_SIZES = (1, 2, 4, 8, 16, 32, 64)
 #: Committed tokens in the cache while measuring (a mid-length Spec-Bench prompt and answer).

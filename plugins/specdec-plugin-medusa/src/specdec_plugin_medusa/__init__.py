@@ -10,11 +10,11 @@ module stays light (pydantic only): the factory and the command handlers import 
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from specdec import hookimpl
+from specdec import MinGain, NodeCost, hookimpl, min_gain_field, node_cost_field
 
 from specdec_plugin_medusa.trees import check_paths
 
@@ -41,13 +41,8 @@ class MedusaParams(BaseModel):
     adaptive: bool = Field(False, description="treat the tree as a candidate pool and draft, each step, only the "
                                               "nodes whose estimated acceptance pays for their verification "
                                               "(nothing when none does)")
-    node_cost: Annotated[float, Field(ge=0.0, le=10.0)] | Literal["auto"] = Field(
-        0.12, description="with adaptive: verification cost of one draft node as a fraction of a plain step "
-                          "(about 0.12 for the default model in float32 on a 2-core CPU, 0.01-0.02 in bfloat16 "
-                          "with AMX or on a GPU), or 'auto' to measure the target's whole cost curve when the "
-                          "pipeline is built (a few seconds on a CPU)")
-    min_gain: float = Field(0.0, ge=0.0, le=10.0,
-                            description="with adaptive: least expected speed gain over a plain step worth drafting for")
+    node_cost: NodeCost = node_cost_field(0.12, condition="with adaptive: ")
+    min_gain: MinGain = min_gain_field(condition="with adaptive: ")
 
     @field_validator("tree")
     @classmethod

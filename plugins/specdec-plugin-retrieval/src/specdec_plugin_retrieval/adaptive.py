@@ -12,7 +12,8 @@ target's tokens follow the path to it). Speed relative to plain decoding is ther
 
 and the drafter proposes the S that maximizes R, or nothing when max R <= 1 + min_gain. Because
 p never grows along a path, the best S of each size is the top nodes by p (a prefix-closed set),
-so sorting candidates by p and scanning the prefix ratios finds the optimum (`select_nodes`).
+so sorting candidates by p and scanning the prefix ratios finds the optimum
+(`specdec.select_nodes`, which Medusa's confidence pruning uses too).
 
 The probabilities. p_i is the product, along the path, of the conditional probability that a
 node's token comes next given that its parent's path was accepted. That conditional is read from
@@ -32,7 +33,7 @@ import bisect
 from dataclasses import dataclass
 from typing import Sequence
 
-from specdec import CostModel, Draft  # noqa: F401 - re-exported: the drafters' cost model
+from specdec import CostModel, Draft, select_nodes  # noqa: F401 - re-exported: the drafters' cost model
 from specdec_plugin_retrieval.candidates import CandidateTree
 
 #: Share buckets: a node's occurrences / (its parent's occurrences + 1). The +1 makes one lone
@@ -115,45 +116,6 @@ def score(tree: CandidateTree, model: AcceptanceModel) -> tuple[list[int], list[
         parent = tree.parents[node]
         probabilities.append(conditional[node] * (1.0 if parent < 0 else probabilities[parent]))
     return cells, probabilities
-
-
-def select_nodes(tree: CandidateTree, probabilities: Sequence[float], cost: CostModel, *,
-                 max_nodes: int, max_depth: int, max_leaves: int, adaptive: bool = True,
-                 min_gain: float = 0.0) -> list[int]:
-    """The nodes to draft, parents first and siblings best first.
-
-    Scans nodes by decreasing probability, keeping a node when its parent is kept, its depth is
-    within `max_depth` and it does not make the tree exceed `max_leaves` root-to-leaf branches.
-    With `adaptive`, returns the prefix of that scan with the best speed ratio R (module
-    docstring), or nothing when R <= 1 + min_gain; otherwise the whole scan up to `max_nodes`.
-    """
-    order = sorted(range(tree.num_nodes), key=lambda node: (-probabilities[node], tree.depths[node], node))
-    kept: list[int] = []
-    is_kept = [False] * tree.num_nodes
-    has_child = [False] * (tree.num_nodes + 1)  # by row: root = 0, node i = i + 1
-    leaves = 0
-    total = 0.0
-    best_ratio, best_size = 1.0 + min_gain, 0
-    for node in order:
-        if len(kept) >= max_nodes:
-            break
-        parent = tree.parents[node]
-        if tree.depths[node] > max_depth or (parent >= 0 and not is_kept[parent]):
-            continue
-        # a node's first child extends its branch; any further child (and any child of the
-        # root, which is no branch yet) starts a new one
-        adds_leaf = parent < 0 or has_child[parent + 1]
-        if adds_leaf and leaves >= max_leaves:
-            continue
-        leaves += adds_leaf
-        has_child[parent + 1] = True
-        is_kept[node] = True
-        kept.append(node)
-        total += probabilities[node]
-        ratio = (1.0 + total) / cost.step_cost(len(kept))
-        if ratio > best_ratio:
-            best_ratio, best_size = ratio, len(kept)
-    return kept if not adaptive else kept[:best_size]
 
 
 @dataclass
@@ -240,6 +202,7 @@ class AdaptiveDrafting:
         """The draft for `tree`, built when the sequence had `start` tokens."""
         cells, probabilities = score(tree, self.model)
         self.tracker.add(start, tree, cells)
-        nodes = select_nodes(tree, probabilities, self.cost, max_nodes=self.max_nodes, max_depth=max_depth,
-                             max_leaves=self.max_leaves, adaptive=self.adaptive, min_gain=self.min_gain)
+        nodes = select_nodes(probabilities, tree.parents, self.cost, max_nodes=self.max_nodes,
+                             max_depth=max_depth, max_leaves=self.max_leaves, adaptive=self.adaptive,
+                             min_gain=self.min_gain)
         return tree.draft(nodes)
