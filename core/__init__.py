@@ -74,6 +74,8 @@ _EXPORTS = {
     "validate_pipeline": "specdec.config",
     "default_plugins": "specdec.plugins",
     "load_plugins": "specdec.plugins",
+    "json_lines": "specdec.jsonl",
+    "read_json_lines": "specdec.jsonl",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -83,9 +85,9 @@ def __getattr__(name: str):
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'specdec' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+    # looked up in the defining module every time, not cached here: a test that monkeypatches
+    # `specdec.plugins.default_plugins` must not leave its patch behind in `specdec`
+    return getattr(importlib.import_module(module), name)
 
 
 def __dir__() -> list[str]:

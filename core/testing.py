@@ -556,7 +556,71 @@ def assert_lossless(make_drafter: DrafterFactory, *, policy: AcceptancePolicy | 
                                     num_samples=num_samples)
 
 
-# -- reference drafters used by the tests -----------------------------------------------------------
+# -- the plugin as specdec sees it ------------------------------------------------------------------
+
+
+def check_plugin(name: str, components: Sequence[tuple[str, str]] = (), *, distribution: str | None = None,
+                 commands: bool = False):
+    """Assert that specdec itself loads the installed plugin `name` (its entry-point name).
+
+    An `import` of the plugin passes with a broken or missing entry point; this asks the host:
+    the plugin loaded without a failure, from `distribution` when given, registered each
+    `(kind, component name)` of `components`, and (with `commands`) adds CLI commands. When its
+    distribution declares components in the `specdec.components` metadata, they must be exactly
+    the ones it registered (the "install X" hint reads them).
+
+    :returns: the `specdec.plugins.PluginSet`, for further checks.
+    """
+    from specdec.plugins import load_plugins
+    from specdec.registry import COMPONENTS_GROUP
+
+    loaded = load_plugins()
+    failures = [str(failure) for failure in loaded.failures if failure.name == name]
+    if failures:
+        raise AssertionError("; ".join(failures))
+    found = [info for info in loaded.plugins if info.name == name]
+    if not found:
+        raise AssertionError(f"specdec does not find the plugin '{name}': is its distribution installed, "
+                             f"with an entry point named '{name}' in the group 'specdec'?")
+    info = found[0]
+    if distribution is not None and info.distribution != distribution:
+        raise AssertionError(f"plugin '{name}' comes from {info.distribution}, not {distribution}")
+    registered = {(component.kind, component.name) for kind in loaded.registry.components.values()
+                  for component in kind.values() if component.plugin == name}
+    missing = [f"{kind} '{component}'" for kind, component in components if (kind, component) not in registered]
+    if missing:
+        raise AssertionError(f"plugin '{name}' did not register {', '.join(missing)}; it registered "
+                             f"{sorted(registered) or 'nothing'}")
+    import importlib.metadata
+
+    declared = {tuple(entry.name.split(".", 1)) for entry in importlib.metadata.entry_points(group=COMPONENTS_GROUP)
+                if entry.dist is not None and entry.dist.name == info.distribution}
+    if declared and declared != registered:
+        raise AssertionError(f"{info.distribution} declares the components {sorted(declared)} in its "
+                             f"'{COMPONENTS_GROUP}' metadata but registers {sorted(registered)}")
+    if commands and name not in [impl.plugin_name for impl in loaded.manager.hook.register_commands.get_hookimpls()]:
+        raise AssertionError(f"plugin '{name}' adds no CLI command (no register_commands hook)")
+    return loaded
+
+
+# -- reference drafters and policies used by the tests ----------------------------------------------
+
+
+class AlwaysAccept:
+    """A broken acceptance policy for testing the tests: it accepts the first child at every node,
+    so its output follows the draft distribution, not the target's. A losslessness check that
+    passes it is too weak."""
+
+    lossless = False
+
+    def accept(self, logits, draft, params, rng):
+        from specdec.protocols import Acceptance
+
+        path, row = [], 0
+        while draft.children[row]:
+            path.append(draft.children[row][0])
+            row = path[-1] + 1
+        return Acceptance(tuple(path), rng.categorical(warp_logits(logits[row], params)))
 
 
 class ModelTreeDrafter(BaseDrafter):

@@ -240,3 +240,14 @@ def test_bundled_plugins_use_only_the_public_api():
                 names = [name.strip() for name in found.group(1).split("#")[0].strip("() ").split(",")]
                 missing += [name for name in names if name and name not in (*specdec.__all__, "__version__")]
     assert not internal and not missing
+
+
+def test_check_plugin_asks_the_host_and_fails_for_what_it_does_not_find(monkeypatch):
+    from specdec.testing import check_plugin
+
+    with pytest.raises(AssertionError, match="does not find the plugin 'specdec_plugin_nothing'"):
+        check_plugin("specdec_plugin_nothing")
+    broken = importlib.metadata.EntryPoint("ghost", "specdec_no_such_module_xyz", "specdec")
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [broken])
+    with pytest.raises(AssertionError, match="plugin 'ghost'.*failed during import"):
+        check_plugin("ghost")

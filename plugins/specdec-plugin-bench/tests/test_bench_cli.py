@@ -10,7 +10,7 @@ import specdec.plugins
 import specdec_plugin_bench
 from specdec.cli import main
 from specdec.plugins import load_plugins
-from specdec.testing import save_tiny_model
+from specdec.testing import check_plugin, save_tiny_model
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -51,6 +51,10 @@ def bench(files, output, *extra):
 
 def read_records(folder):
     return [json.loads(line) for line in (folder / "records.jsonl").read_text().splitlines()]
+
+
+def test_specdec_finds_the_installed_plugin_and_its_command():
+    check_plugin("specdec_plugin_bench", distribution="specdec-plugin-bench", commands=True)
 
 
 def test_the_bench_command_is_registered_through_the_hook(capsys):

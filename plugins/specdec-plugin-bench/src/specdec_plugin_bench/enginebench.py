@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import time
 from contextlib import contextmanager
@@ -54,12 +53,13 @@ def timed_forward(model: torch.nn.Module, device: torch.device):
 
 def load_prompts(tokenizer, count: int, path: str | Path) -> list[list[int]]:
     """The first user turn of `count` questions spread over the file, through the chat template."""
-    path = Path(path)
-    questions = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    from specdec_plugin_bench.questions import load_questions
+
+    questions = load_questions(path)
     step = max(1, len(questions) // count)
     prompts = []
     for question in questions[::step][:count]:
-        encoded = tokenizer.apply_chat_template([{"role": "user", "content": question["turns"][0]}],
+        encoded = tokenizer.apply_chat_template([{"role": "user", "content": question.turns[0]}],
                                                 add_generation_prompt=True, tokenize=True)
         prompts.append(list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded))
     return prompts

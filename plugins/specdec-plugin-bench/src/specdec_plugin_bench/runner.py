@@ -18,9 +18,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
+from specdec import ConfigError, read_json_lines
+
 from specdec_plugin_bench.metrics import first_difference, record_key
 from specdec_plugin_bench.questions import Question, build_messages
-from specdec import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -72,15 +73,16 @@ class RecordStore:
         self.records: dict[tuple, dict] = {}
         self.unreadable = 0
         if self.path.exists():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                if not line.strip():
-                    continue
+            # a line cut short when a run was killed mid-write is skipped and counted
+            for _, record in read_json_lines(self.path, on_error=self._skip):
                 try:
-                    record = json.loads(line)
                     self.records[record_key(record)] = record
-                except (ValueError, KeyError, TypeError):
-                    self.unreadable += 1  # a line cut short when a run was killed mid-write
+                except (KeyError, TypeError):
+                    self._skip("not a record")
         self._file = None
+
+    def _skip(self, message: str) -> None:
+        self.unreadable += 1
 
     def __contains__(self, key: tuple) -> bool:
         return key in self.records

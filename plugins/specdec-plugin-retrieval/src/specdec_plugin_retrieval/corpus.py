@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from specdec import InputError
+from specdec import InputError, read_json_lines
 
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                    "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "system": "system"}
@@ -59,10 +59,8 @@ def read_documents(paths: Sequence[str | os.PathLike], text_field: str = "text")
     for path in corpus_files(paths):
         suffix = path.suffix.lower()
         if suffix == ".jsonl":
-            with path.open(encoding="utf-8") as file:
-                for number, line in enumerate(file, 1):
-                    if line.strip():
-                        yield _record(_parse(line, f"{path}:{number}"), f"{path}:{number}", text_field)
+            for number, record in read_json_lines(path):
+                yield _record(record, f"{path}:{number}", text_field)
         elif suffix == ".json":
             data = _parse(path.read_text(encoding="utf-8"), str(path))
             if not isinstance(data, list):
