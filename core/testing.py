@@ -540,16 +540,81 @@ def check_greedy_identity(make_drafter: DrafterFactory, target: torch.nn.Module,
     return outputs
 
 
+#: What `assert_lossless(..., quick=True)` runs: enough to catch most bugs while iterating (a
+#: few seconds for a small drafter), not a substitute for the full check before a release.
+QUICK_PROMPTS = 2
+QUICK_LENGTHS = (2, 12)
+QUICK_NUM_SAMPLES = 400
+QUICK_SAMPLING_CASES = (SamplingParams(temperature=1.0), SamplingParams(temperature=0.8, top_p=0.8))
+
+
+class _DraftCounter(BaseDrafter):
+    """Wraps a drafter and counts the non-empty drafts it proposes (otherwise transparent)."""
+
+    def __init__(self, inner: Drafter):
+        self.inner = inner
+        self.provides_draft_probs = inner.provides_draft_probs
+        self.hidden_state_layers = inner.hidden_state_layers
+        self.proposals = self.drafted = 0
+
+    def start(self, prompt, params):
+        self.inner.start(prompt, params)
+
+    def propose(self, context: DraftContext) -> Draft:
+        draft = self.inner.propose(context)
+        self.proposals += 1
+        self.drafted += draft.num_nodes > 0
+        return draft
+
+    def observe(self, outcome: StepOutcome) -> None:
+        self.inner.observe(outcome)
+
+
 def assert_lossless(make_drafter: DrafterFactory, *, policy: AcceptancePolicy | None = None,
-                    vocab_size: int = 12, seed: int = 0, num_samples: int = 1500,
-                    sampling_cases: Sequence[SamplingParams] = SAMPLING_CASES) -> None:
+                    vocab_size: int = 12, seed: int = 0, num_samples: int | None = None,
+                    sampling_cases: Sequence[SamplingParams] | None = None, quick: bool = False) -> None:
     """The whole suite for a drafter (and optionally a policy) on a seeded tiny target model:
     greedy identity with cache checks on several prompts and lengths, then the sampling
-    distribution at each of `sampling_cases`."""
+    distribution at each of `sampling_cases`.
+
+    The drafter must draft: one that proposes only empty drafts during the greedy checks fails
+    (plain decoding is trivially "lossless", so it would prove nothing about the drafts).
+
+    :param make_drafter: ``make_drafter(target) -> Drafter``, called once per check.
+    :param policy: the acceptance policy under test (default: `RejectionSampling`).
+    :param vocab_size: vocabulary of the tiny target models (the last id is end-of-sequence).
+    :param seed: seed of the tiny target models' weights.
+    :param num_samples: generations per sampling case (default 1500, quick 400); more samples
+        detect smaller distribution errors.
+    :param sampling_cases: the `SamplingParams` the distribution check covers (default
+        `SAMPLING_CASES`: temperatures 1.0 and 0.7, top-k 5, top-p 0.8; quick: two of them).
+    :param quick: a smaller preset for iterating (2 prompts, 2 lengths, fewer samples and
+        cases); run the full check before you publish.
+    """
     target = tiny_llama(seed, vocab_size=vocab_size, eos_token_id=vocab_size - 1)
     prompts = [[1, 2, 3], [5], [4, 4, 4, 4, 7, 2], list(range(vocab_size - 1)) * 2]
-    for max_new_tokens in (1, 2, 7, 20):
-        check_greedy_identity(make_drafter, target, prompts, policy=policy, max_new_tokens=max_new_tokens)
+    lengths = (1, 2, 7, 20)
+    if quick:
+        prompts, lengths = [prompts[0], prompts[3]], QUICK_LENGTHS
+    if num_samples is None:
+        num_samples = QUICK_NUM_SAMPLES if quick else 1500
+    if sampling_cases is None:
+        sampling_cases = QUICK_SAMPLING_CASES if quick else SAMPLING_CASES
+    counters: list[_DraftCounter] = []
+
+    def counted(model: torch.nn.Module) -> Drafter:
+        counters.append(_DraftCounter(make_drafter(model)))
+        return counters[-1]
+
+    for max_new_tokens in lengths:
+        check_greedy_identity(counted, target, prompts, policy=policy, max_new_tokens=max_new_tokens)
+    proposals = sum(counter.proposals for counter in counters)
+    if not any(counter.drafted for counter in counters):
+        name = type(counters[0].inner).__name__ if counters else "the drafter"
+        raise AssertionError(
+            f"{name} proposed no draft tokens in {proposals} steps of greedy decoding, so nothing "
+            f"about its drafts was checked; an empty drafter is plain decoding, not a lossless "
+            f"drafter. Make it draft on these tiny models (prompts {prompts}, vocabulary {vocab_size})")
     sampling_target = tiny_llama(seed, vocab_size=vocab_size, init_std=0.1)
     for params in sampling_cases:
         check_sampling_distribution(make_drafter, sampling_target, params, policy=policy,
