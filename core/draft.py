@@ -124,8 +124,9 @@ class AuxTokens:
 class Draft:
     """A token tree proposed by a drafter for one verification pass.
 
-    :param tokens: `[T]` int64 token ids, parents before children.
-    :param parents: length-T parent node indices (-1 = child of the root).
+    :param tokens: `[T]` int64 token ids, parents before children; a list of ints is converted
+        (on the CPU; pass a tensor to keep drafts on the device).
+    :param parents: length-T parent node indices (-1 = child of the root); a list is converted.
     :param q: `[T, V]` float32 or None. Row i is the exact distribution `tokens[i]` was drawn
         from, given its ancestors and its earlier siblings (for children drawn without
         replacement, the parent's distribution with earlier siblings removed and renormalized).
@@ -139,6 +140,11 @@ class Draft:
     aux: AuxTokens | None = None
 
     def __post_init__(self) -> None:
+        # like `Draft.chain`, accept plain Python sequences: Draft([5, 7], [-1, 0])
+        if not isinstance(self.tokens, torch.Tensor):
+            object.__setattr__(self, "tokens", torch.as_tensor(list(self.tokens), dtype=torch.long))
+        if not isinstance(self.parents, tuple):
+            object.__setattr__(self, "parents", tuple(self.parents))
         if self.tokens.dim() != 1 or self.tokens.dtype not in (torch.int64, torch.int32):
             raise DraftError(f"draft tokens must be a 1-D integer tensor, got shape "
                              f"{tuple(self.tokens.shape)} and dtype {self.tokens.dtype}")

@@ -95,3 +95,12 @@ def test_merge_sequences_counts_the_support_of_every_node():
     assert breadth_first(parents) == [0, 4, 1, 3, 2]
     assert breadth_first(parents, key=lambda node: -len(members[node])) == [0, 4, 1, 3, 2]
     assert breadth_first((-1, -1, 0), key=lambda node: -node) == [1, 0, 2]
+
+
+def test_tokens_and_parents_may_be_lists():
+    draft = Draft([5, 7, 9], [-1, 0, 0])
+    assert draft.tokens.dtype == torch.long and draft.tokens.tolist() == [5, 7, 9]
+    assert draft.parents == (-1, 0, 0) and draft.children[1] == (1, 2)
+    assert Draft([], []).num_nodes == 0
+    with pytest.raises(DraftError, match="malformed"):
+        Draft([5, 7], [-1, 1])
