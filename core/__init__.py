@@ -59,6 +59,8 @@ _EXPORTS = {
     "cost_model_for": "specdec.cost",
     "measure_cost_model": "specdec.cost",
     "select_nodes": "specdec.cost",
+    "AcceptanceTracker": "specdec.cost",
+    "SlotAcceptance": "specdec.cost",
     "synchronize": "specdec.cost",
     "MinGain": "specdec.cost_params",
     "NodeCost": "specdec.cost_params",

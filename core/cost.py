@@ -115,6 +115,115 @@ def select_nodes(probabilities: Sequence[float], parents: Sequence[int], cost: C
     return kept[:best_size] if adaptive else kept
 
 
+# -- what a drafter without probabilities learns about its own acceptance ---------------------------
+
+
+class SlotAcceptance:
+    """P(a draft node is accepted | its parent was), learned online, per slot.
+
+    A drafter that drafts without probabilities (n-gram copies, retrieval, fixed trees) still
+    needs the chance that each node is accepted to size its drafts (`select_nodes`). It puts
+    each node in a *slot* of its choosing (its depth, a head and rank, a bucket of match length
+    and support) and learns each slot's acceptance rate from what was committed, through
+    `AcceptanceTracker`. Counts decay, so recent outcomes weigh most (`decay` 0.98 remembers
+    about the last 50 trials of a slot), and are shrunk toward a prior mean by `prior_weight`
+    pseudo-trials, so a slot with little data answers its prior.
+
+    :param prior: prior acceptance rate of each slot (the number of slots).
+    """
+
+    def __init__(self, prior: Sequence[float], *, prior_weight: float = 4.0, decay: float = 0.98):
+        self.prior = [min(max(float(mean), 0.0), 1.0) for mean in prior]
+        self.prior_weight = prior_weight
+        self.decay = decay
+        self.successes = [0.0] * len(self.prior)
+        self.trials = [0.0] * len(self.prior)
+
+    @property
+    def num_slots(self) -> int:
+        return len(self.prior)
+
+    def probability(self, slot: int) -> float:
+        weight = self.prior_weight
+        return (self.successes[slot] + weight * self.prior[slot]) / (self.trials[slot] + weight)
+
+    def update(self, slot: int, accepted: bool) -> None:
+        self.successes[slot] = self.successes[slot] * self.decay + accepted
+        self.trials[slot] = self.trials[slot] * self.decay + 1.0
+
+    def path_probabilities(self, parents: Sequence[int], slots: Sequence[int]) -> list[float]:
+        """Each node's chance of being accepted, its whole path included (the input of
+        `select_nodes`): the product of its slots' rates along the path."""
+        result: list[float] = []
+        for parent, slot in zip(parents, slots, strict=True):
+            result.append(self.probability(slot) * (1.0 if parent < 0 else result[parent]))
+        return result
+
+
+@dataclass
+class _Pending:
+    tokens: Sequence[int]
+    children: tuple[tuple[int, ...], ...]
+    slots: Sequence[int]
+    position: int  # index in the token sequence of the next token to compare
+    row: int = 0  # the deepest row matched so far (0 = root)
+
+
+class AcceptanceTracker:
+    """Scores candidate trees against the tokens committed after them, to teach a `SlotAcceptance`.
+
+    This is exact, not an approximation, for deterministic drafts (no q): the lossless
+    acceptance rule accepts a node exactly when the committed token equals it, and committed
+    tokens are distributed as plain decoding whatever was drafted. So a tree can be scored
+    whether or not it was drafted: a drafter that stopped drafting keeps learning, and starts
+    again when its candidates would be accepted.
+
+    A tree added when the sequence had `start` tokens predicts token `start` with its root's
+    children, token `start + 1` with theirs, and so on. Every child of a matched row is one
+    trial of its slot: a success when its token is the committed one.
+    """
+
+    def __init__(self, acceptance: SlotAcceptance, max_pending: int = 64):
+        self.acceptance = acceptance
+        self.max_pending = max_pending
+        self.pending: list[_Pending] = []
+
+    def reset(self) -> None:
+        """A new sequence: pending trees are dropped (what was learned is kept)."""
+        self.pending = []
+
+    def add(self, start: int, tokens: Sequence[int], parents: Sequence[int], slots: Sequence[int]) -> None:
+        """A candidate tree (node tokens, parents, and each node's slot) made after `start` tokens."""
+        from specdec.draft import tree_children
+
+        if tokens:
+            self.pending.append(_Pending(list(tokens), tree_children(parents), list(slots), start))
+            if len(self.pending) > self.max_pending:
+                del self.pending[0]
+
+    def update(self, tokens: Sequence[int]) -> None:
+        """Compare the pending trees with the committed `tokens` (the whole sequence)."""
+        acceptance, length = self.acceptance, len(tokens)
+        alive = []
+        for item in self.pending:
+            while item.position < length:
+                actual = tokens[item.position]
+                matched = -1
+                for child in item.children[item.row]:
+                    hit = item.tokens[child] == actual
+                    acceptance.update(item.slots[child], hit)
+                    if hit:
+                        matched = child
+                if matched < 0:
+                    break
+                item.row = matched + 1
+                item.position += 1
+            else:
+                if item.children[item.row]:
+                    alive.append(item)
+        self.pending = alive
+
+
 #: Draft sizes the cost is measured at; the cost model interpolates between them.
 DRAFT_SIZES = (1, 2, 4, 8, 16, 32, 64)
 #: Committed tokens in the cache while measuring (a mid-length Spec-Bench prompt and answer).

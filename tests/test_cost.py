@@ -93,3 +93,35 @@ def test_without_limits_every_node_that_pays_is_kept_parents_first():
     # a child is never likelier than its parent: the scan is prefix-closed
     assert select_nodes([0.9, 0.2, 0.8, 0.1, 0.7], CHAIN_AND_FORK, CostModel(node_cost=0.0)) == [0, 2, 4, 1, 3]
     assert select_nodes([0.9, 0.2, 0.8, 0.1, 0.7], CHAIN_AND_FORK, CostModel(node_cost=0.1), min_gain=5.0) == []
+
+
+# -- learning the acceptance of drafts without probabilities ----------------------------------------
+
+
+def test_slot_acceptance_starts_at_its_prior_and_follows_recent_outcomes():
+    from specdec.cost import SlotAcceptance
+
+    acceptance = SlotAcceptance([0.5, 0.2], prior_weight=2.0, decay=0.9)
+    assert acceptance.probability(0) == 0.5 and acceptance.probability(1) == pytest.approx(0.2)
+    for _ in range(50):
+        acceptance.update(0, True)
+    assert acceptance.probability(0) > 0.9 and acceptance.probability(1) == pytest.approx(0.2)  # decay: ~10 trials
+    assert acceptance.path_probabilities((-1, 0, 1), (0, 1, 1)) == pytest.approx(
+        [acceptance.probability(0), acceptance.probability(0) * 0.2, acceptance.probability(0) * 0.04])
+
+
+def test_the_tracker_scores_a_tree_against_what_was_committed_drafted_or_not():
+    from specdec.cost import AcceptanceTracker, SlotAcceptance
+
+    acceptance = SlotAcceptance([0.5] * 3, prior_weight=1.0, decay=1.0)
+    tracker = AcceptanceTracker(acceptance)
+    # a chain 7 -> 8 -> 9 proposed after 2 tokens, slot = depth - 1
+    tracker.add(2, [7, 8, 9], (-1, 0, 1), [0, 1, 2])
+    tracker.update([1, 2, 7])  # depth 1 right; depth 2 waits for its token
+    assert acceptance.trials == [1.0, 0.0, 0.0] and len(tracker.pending) == 1
+    tracker.update([1, 2, 7, 5, 6])  # depth 2 wrong: the rest of the chain is never tried
+    assert acceptance.successes == [1.0, 0.0, 0.0] and acceptance.trials == [1.0, 1.0, 0.0]
+    assert not tracker.pending
+    tracker.add(0, [4, 5], (-1, -1), [0, 0])  # two siblings: one trial each, one success
+    tracker.update([5])
+    assert acceptance.successes[0] == 2.0 and acceptance.trials[0] == 3.0
