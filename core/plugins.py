@@ -1,9 +1,10 @@
 """Plugin discovery: built-in plugins plus the `specdec` entry-point group, failures isolated.
 
-A plugin that cannot be imported, implements a hook that does not exist or with arguments the hook
-does not have, or raises while registering is recorded as a `PluginFailure` (which plugin, what went wrong) and skipped; the
-other plugins still load. `SPECDEC_LOAD_PLUGINS` restricts which entry points load: a
-comma-separated list of entry-point names, or an empty string for none (built-ins always load).
+A plugin that cannot be imported, implements a hook that does not exist (or with an argument the
+hook does not have), or raises while registering is recorded as a `PluginFailure` (which plugin,
+what went wrong) and skipped; the other plugins still load. `SPECDEC_LOAD_PLUGINS` restricts
+which entry points load: a comma-separated list of entry-point names, or an empty string for none
+(built-ins always load).
 """
 
 from __future__ import annotations
