@@ -58,7 +58,13 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
+#: The costliest cases whose property another fast test also covers (deterministic drafts:
+#: "tree deterministic top-k"; draws without replacement: the exact check in test_policy_exact).
+SLOW_CASES = {"chain greedy drafts T=1", "tree without replacement top-p"}
+
+
+@pytest.mark.parametrize("case", [pytest.param(case, marks=pytest.mark.slow) if case in SLOW_CASES else case
+                                  for case in CASES])
 def test_speculative_sampling_matches_plain_sampling(case):
     make_drafter, params = CASES[case]
     results = check_sampling_distribution(make_drafter, target_model(), params, num_samples=NUM_SAMPLES,
