@@ -49,6 +49,40 @@ _EXPORTS = {
     "SpecdecError": "specdec.errors",
     "hookimpl": "specdec.hookspecs",
     "Pipeline": "specdec.pipeline",
+    # what plugins build on besides the protocols: one public surface, so that plugins never
+    # import specdec's internal modules (`specdec.testing`, the harness, is public too)
+    "breadth_first": "specdec.draft",
+    "merge_sequences": "specdec.draft",
+    "subtree_parents": "specdec.draft",
+    "tree_children": "specdec.draft",
+    "tree_depths": "specdec.draft",
+    "greedy_walk": "specdec.acceptance",
+    "NoDrafter": "specdec.drafters.none",
+    "HFVerifier": "specdec.verifiers.hf",
+    "BuildContext": "specdec.registry",
+    "CostModel": "specdec.cost",
+    "cost_model_for": "specdec.cost",
+    "measure_cost_model": "specdec.cost",
+    "select_nodes": "specdec.cost",
+    "AcceptanceTracker": "specdec.cost",
+    "SlotAcceptance": "specdec.cost",
+    "synchronize": "specdec.cost",
+    "MinGain": "specdec.cost_params",
+    "NodeCost": "specdec.cost_params",
+    "min_gain_field": "specdec.cost_params",
+    "node_cost_field": "specdec.cost_params",
+    "time_verification": "specdec.cost",
+    "DEFAULT_MODEL": "specdec.models",
+    "checkpoint_source": "specdec.models",
+    "load_model": "specdec.models",
+    "DraftModelDrafter": "specdec.drafters.draft_model",
+    "ValidatedPipeline": "specdec.config",
+    "load_yaml": "specdec.config",
+    "validate_pipeline": "specdec.config",
+    "default_plugins": "specdec.plugins",
+    "load_plugins": "specdec.plugins",
+    "json_lines": "specdec.jsonl",
+    "read_json_lines": "specdec.jsonl",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -58,9 +92,9 @@ def __getattr__(name: str):
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'specdec' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+    # looked up in the defining module every time, not cached here: a test that monkeypatches
+    # `specdec.plugins.default_plugins` must not leave its patch behind in `specdec`
+    return getattr(importlib.import_module(module), name)
 
 
 def __dir__() -> list[str]:

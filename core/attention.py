@@ -8,9 +8,13 @@ an 8-token verification on CPU.
 
 `grouped_query_sdpa` folds the query heads of each group into the query dimension instead
 (`[B, H, N, D] -> [B, H_kv, G * N, D]`, the mask repeated G times along the queries), which is
-the trick transformers itself applies to a single query token. It reads each cached key once,
-uses the same SDPA kernel, and gives bitwise the same output. Every other case (no mask, one
-query, per-head masks, soft-capping, position biases) goes to transformers' own SDPA function.
+the trick transformers itself applies to a single query token. It reads each cached key once
+and uses the same SDPA kernel, on a differently shaped problem: the output is the same up to
+float rounding. Whether it is bitwise the same depends on the kernel (a matrix product may block,
+and so round, a taller query differently): it is on the AVX-512 CPUs we test on, and differs in
+the last bit on an AMD EPYC with AVX2. Like any batched forward, that can flip a greedy near-tie
+(docs/testing.md, "fp32 only"). Every other case (no mask, one query, per-head masks,
+soft-capping, position biases) goes to transformers' own SDPA function, bitwise unchanged.
 """
 
 from __future__ import annotations
@@ -56,7 +60,9 @@ def _register() -> None:
 def use_grouped_query_sdpa(model) -> bool:
     """Switch a model that uses "sdpa" and grouped-query attention to `grouped_query_sdpa`.
 
-    The output is bitwise that of "sdpa" (tested); only the masked multi-token path gets faster.
+    The output is that of "sdpa" up to float rounding (bitwise where the kernel rounds the folded
+    shape alike; tested to a tolerance and by greedy identity); only the masked multi-token path
+    gets faster.
     Models with other attention implementations, or without grouped queries, are left alone.
     :returns: whether the model was switched.
     """

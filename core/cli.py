@@ -19,11 +19,11 @@ from typing import Sequence
 
 from specdec.errors import ConfigError, SpecdecError
 
-#: Used when `specdec generate` gets no --pipeline: the default model with prompt lookup when the
-#: retrieval plugin is installed, plain decoding otherwise.
+#: Used when `specdec generate` gets no --pipeline: the default model and plain decoding, with
+#: the sections a plugin offers through the `default_pipeline` hook merged over it.
 DEFAULT_PIPELINE = {
     "name": "default",
-    "drafter": {"type": "prompt_lookup"},
+    "drafter": {"type": "none"},
     "acceptance": {"type": "rejection"},
     "sampling": {"temperature": 0.0, "max_new_tokens": 256},
 }
@@ -54,6 +54,8 @@ def main(argv: Sequence[str] | None = None, plugins=None) -> int:
 
 
 def _parser(plugins) -> argparse.ArgumentParser:
+    from specdec.plugins import call_hook
+
     parser = argparse.ArgumentParser(prog="specdec", description="Lossless speculative decoding.")
     parser.add_argument("--version", action="version", version=f"specdec {_version()}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
@@ -85,7 +87,7 @@ def _parser(plugins) -> argparse.ArgumentParser:
 
     for implementation in plugins.manager.hook.register_commands.get_hookimpls():
         try:
-            implementation.function(subparsers=subparsers)
+            call_hook(implementation, subparsers=subparsers)
         except Exception as error:  # noqa: BLE001 - a broken plugin must not break the CLI
             print(f"specdec: warning: plugin '{implementation.plugin_name}' failed to add its "
                   f"commands: {type(error).__name__}: {error}", file=sys.stderr)
@@ -115,12 +117,12 @@ def sampling_overrides(args: argparse.Namespace) -> dict:
     return {key: value for key, value in overrides.items() if value is not None}
 
 
-def build_pipeline(path: str | None):
+def build_pipeline(path: str | None, plugins=None):
     """The pipeline of a file, or the default pipeline when no file is given."""
     from specdec.pipeline import Pipeline
     from specdec.plugins import default_plugins
 
-    plugins = default_plugins()
+    plugins = plugins or default_plugins()
     return Pipeline(validated_pipeline(path, plugins), plugins)
 
 
@@ -131,12 +133,22 @@ def validated_pipeline(path: str | None, plugins):
     if path:
         data, text = load_yaml(path)
         return validate_pipeline(data, plugins.registry, path, text)
+    return validate_pipeline(default_pipeline_data(plugins), plugins.registry, "<default pipeline>")
+
+
+def default_pipeline_data(plugins) -> dict:
+    """`DEFAULT_PIPELINE` with the first plugin offer merged over it, section by section."""
     data = dict(DEFAULT_PIPELINE)
-    if "prompt_lookup" not in plugins.registry.components["drafter"]:
-        print("specdec: note: specdec-plugin-retrieval is not installed; decoding without a drafter",
-              file=sys.stderr)
-        data["drafter"] = {"type": "none"}
-    return validate_pipeline(data, plugins.registry, "<default pipeline>")
+    if not plugins.default_pipelines:
+        print("specdec: note: no installed plugin offers a default pipeline; decoding without a "
+              "drafter", file=sys.stderr)
+        return data
+    (plugin, offer), *others = plugins.default_pipelines
+    if others:
+        print(f"specdec: note: using the default pipeline of plugin '{plugin}' (also offered by "
+              f"{', '.join(name for name, _ in others)})", file=sys.stderr)
+    data.update(offer)
+    return data
 
 
 def check_sampling_flags(validated, args: argparse.Namespace) -> dict:

@@ -40,6 +40,63 @@ def tree_children(parents: Sequence[int]) -> tuple[tuple[int, ...], ...]:
     return tuple(tuple(nodes) for nodes in children)
 
 
+def subtree_parents(parents: Sequence[int], nodes: Sequence[int]) -> tuple[int, ...]:
+    """The parents of `nodes` renumbered by their position in `nodes` (-1 stays the root).
+
+    :raises DraftError: when a node's parent is not among the earlier `nodes`.
+    """
+    position: dict[int, int] = {}
+    renumbered = []
+    for index, node in enumerate(nodes):
+        parent = parents[node]
+        if parent >= 0 and parent not in position:
+            raise DraftError(f"node {node} is kept without its parent {parent} (or after it)")
+        renumbered.append(-1 if parent < 0 else position[parent])
+        position[node] = index
+    return tuple(renumbered)
+
+
+def breadth_first(parents: Sequence[int], key=None) -> list[int]:
+    """The nodes of a tree level by level, siblings in node order or, with `key`, sorted by
+    `key(node)` (stable: ties keep node order)."""
+    children = [list(row) for row in tree_children(parents)]
+    if key is not None:
+        for row in children:
+            row.sort(key=key)
+    order: list[int] = []
+    frontier = children[0]
+    while frontier:
+        order.extend(frontier)
+        frontier = [child for node in frontier for child in children[node + 1]]
+    return order
+
+
+def merge_sequences(sequences: Iterable[Sequence[int]]
+                    ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[tuple[int, ...], ...]]:
+    """Merge token sequences into a trie, nodes numbered by first appearance.
+
+    :returns: `(tokens, parents, members)`, where `members[node]` lists the indices of the
+        sequences that pass through the node (its support).
+    """
+    index: dict[tuple[int, int], int] = {}  # (parent node, token) -> node
+    tokens: list[int] = []
+    parents: list[int] = []
+    members: list[list[int]] = []
+    for number, sequence in enumerate(sequences):
+        parent = -1
+        for token in sequence:
+            key = (parent, int(token))
+            node = index.get(key)
+            if node is None:
+                node = index[key] = len(tokens)
+                tokens.append(int(token))
+                parents.append(parent)
+                members.append([])
+            members[node].append(number)
+            parent = node
+    return tuple(tokens), tuple(parents), tuple(tuple(row) for row in members)
+
+
 @dataclass(frozen=True, eq=False)
 class AuxTokens:
     """Extra rows that ride along in the verification forward without being candidates.
@@ -67,8 +124,9 @@ class AuxTokens:
 class Draft:
     """A token tree proposed by a drafter for one verification pass.
 
-    :param tokens: `[T]` int64 token ids, parents before children.
-    :param parents: length-T parent node indices (-1 = child of the root).
+    :param tokens: `[T]` int64 token ids, parents before children; a list of ints is converted
+        (on the CPU; pass a tensor to keep drafts on the device).
+    :param parents: length-T parent node indices (-1 = child of the root); a list is converted.
     :param q: `[T, V]` float32 or None. Row i is the exact distribution `tokens[i]` was drawn
         from, given its ancestors and its earlier siblings (for children drawn without
         replacement, the parent's distribution with earlier siblings removed and renormalized).
@@ -82,6 +140,11 @@ class Draft:
     aux: AuxTokens | None = None
 
     def __post_init__(self) -> None:
+        # like `Draft.chain`, accept plain Python sequences: Draft([5, 7], [-1, 0])
+        if not isinstance(self.tokens, torch.Tensor):
+            object.__setattr__(self, "tokens", torch.as_tensor(list(self.tokens), dtype=torch.long))
+        if not isinstance(self.parents, tuple):
+            object.__setattr__(self, "parents", tuple(self.parents))
         if self.tokens.dim() != 1 or self.tokens.dtype not in (torch.int64, torch.int32):
             raise DraftError(f"draft tokens must be a 1-D integer tensor, got shape "
                              f"{tuple(self.tokens.shape)} and dtype {self.tokens.dtype}")
@@ -117,27 +180,9 @@ class Draft:
         Nodes are numbered breadth-first; siblings keep the order in which they first appear, so
         put the most promising sequence first.
         """
-        children: dict[tuple[int, ...], list[int]] = {(): []}
-        for sequence in sequences:
-            prefix: tuple[int, ...] = ()
-            for token in sequence:
-                child = prefix + (int(token),)
-                if child not in children:
-                    children[child] = []
-                    children[prefix].append(int(token))
-                prefix = child
-        tokens: list[int] = []
-        parents: list[int] = []
-        frontier = [((), -1)]
-        while frontier:
-            next_frontier = []
-            for prefix, node in frontier:
-                for token in children[prefix]:
-                    tokens.append(token)
-                    parents.append(node)
-                    next_frontier.append((prefix + (token,), len(tokens) - 1))
-            frontier = next_frontier
-        return cls(torch.tensor(tokens, dtype=torch.long), tuple(parents))
+        tokens, parents, _ = merge_sequences(sequences)
+        trie = cls(torch.tensor(tokens, dtype=torch.long), parents)
+        return trie.subtree(breadth_first(parents))
 
     # -- derived structure --------------------------------------------------------------------
 
@@ -193,10 +238,16 @@ class Draft:
         attention to the dropped nodes."""
         if self.max_depth <= max_depth:
             return self
-        keep = [node for node, depth in enumerate(self.depths) if depth <= max_depth]
-        new_index = {old: new for new, old in enumerate(keep)}
-        parents = tuple(-1 if self.parents[old] < 0 else new_index[self.parents[old]] for old in keep)
-        index = torch.tensor(keep, dtype=torch.long)
+        return self.subtree([node for node, depth in enumerate(self.depths) if depth <= max_depth])
+
+    def subtree(self, nodes: Sequence[int]) -> "Draft":
+        """The draft made of `nodes`, renumbered in the order given: each node's parent must be
+        among them, earlier. Drafters use it to keep the nodes worth verifying out of a candidate
+        pool, or to reorder a tree; q rows follow their nodes (so keep sibling groups whole and
+        in order when q describes draws without replacement), aux rows stay, minus their
+        attention to the dropped nodes."""
+        parents = subtree_parents(self.parents, nodes)
+        index = torch.tensor(list(nodes), dtype=torch.long)
         q = None if self.q is None else self.q[index.to(self.q.device)]
         aux = None
         if self.aux is not None:

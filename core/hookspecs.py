@@ -58,3 +58,16 @@ def register_commands(subparsers):
     ``parser.set_defaults(handler=function)``; the handler receives the parsed ``argparse``
     namespace and returns an exit code.
     """
+
+
+@hookspec
+def default_pipeline():
+    """Offer the pipeline that ``specdec generate`` runs when no ``--pipeline`` file is given.
+
+    Return a mapping of pipeline-file sections (as in YAML), e.g.
+    ``{"name": "pld", "drafter": {"type": "prompt_lookup"}}``, or None to offer nothing. It is
+    merged section by section over the core default: the embedded default model, no drafter
+    (plain decoding), ``rejection`` acceptance, greedy, 256 new tokens. Called once when the
+    plugins load; when several installed plugins offer one, the first loaded wins and
+    ``specdec generate`` says which it used.
+    """

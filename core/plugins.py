@@ -1,9 +1,10 @@
 """Plugin discovery: built-in plugins plus the `specdec` entry-point group, failures isolated.
 
-A plugin that cannot be imported, implements a hook that does not exist, or raises while
-registering is recorded as a `PluginFailure` (which plugin, what went wrong) and skipped; the
-other plugins still load. `SPECDEC_LOAD_PLUGINS` restricts which entry points load: a
-comma-separated list of entry-point names, or an empty string for none (built-ins always load).
+A plugin that cannot be imported, implements a hook that does not exist (or with an argument the
+hook does not have), or raises while registering is recorded as a `PluginFailure` (which plugin,
+what went wrong) and skipped; the other plugins still load. `SPECDEC_LOAD_PLUGINS` restricts
+which entry points load: a comma-separated list of entry-point names, or an empty string for none
+(built-ins always load).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from specdec import hookspecs
 from specdec.registry import KINDS, Registry
 
 #: Built-in components register through the same hooks as third-party plugins.
-DEFAULT_PLUGINS = ("specdec.drafters", "specdec.verifiers", "specdec.builtin_policies", "specdec.bench.plugin")
+DEFAULT_PLUGINS = ("specdec.drafters", "specdec.verifiers", "specdec.builtin_policies")
 
 _HOOKS = {"drafter": "register_drafters", "verifier": "register_verifiers",
           "acceptance": "register_acceptance_policies"}
@@ -56,6 +57,9 @@ class PluginSet:
     registry: Registry
     plugins: list[PluginInfo] = field(default_factory=list)
     failures: list[PluginFailure] = field(default_factory=list)
+    #: ``(plugin name, pipeline sections)`` offered through the `default_pipeline` hook, in
+    #: loading order (built-ins first, then entry points).
+    default_pipelines: list[tuple[str, dict]] = field(default_factory=list)
 
 
 def load_plugins(extra_plugins: Iterable[tuple[str, object]] = (),
@@ -101,7 +105,13 @@ def load_plugins(extra_plugins: Iterable[tuple[str, object]] = (),
         if problem:
             loaded.failures.append(PluginFailure(name, distribution, "hooks", problem))
             continue
-        manager.register(plugin, name=name)
+        try:
+            manager.register(plugin, name=name)
+        except Exception as error:  # noqa: BLE001 - e.g. pluggy's PluginValidationError
+            if manager.is_registered(plugin):
+                manager.unregister(plugin)
+            loaded.failures.append(PluginFailure(name, distribution, "hooks", _describe(error)))
+            continue
         loaded.plugins.append(PluginInfo(name, distribution, version, builtin=False))
 
     distributions = {info.name: info.distribution for info in loaded.plugins}
@@ -110,11 +120,32 @@ def load_plugins(extra_plugins: Iterable[tuple[str, object]] = (),
         for implementation in hook.get_hookimpls():  # registration order: built-ins first
             plugin_name = implementation.plugin_name
             try:
-                implementation.function(register=loaded.registry.register_callback(kind, plugin_name))
+                call_hook(implementation, register=loaded.registry.register_callback(kind, plugin_name))
             except Exception as error:  # noqa: BLE001 - isolate the failing plugin
                 loaded.failures.append(PluginFailure(
                     plugin_name, distributions.get(plugin_name, "?"), "registration", _describe(error)))
+    for implementation in manager.hook.default_pipeline.get_hookimpls():
+        plugin_name = implementation.plugin_name
+        try:
+            offer = call_hook(implementation)
+            if offer is not None and not isinstance(offer, dict):
+                raise TypeError(f"default_pipeline returned {type(offer).__name__}, not a dict or None")
+        except Exception as error:  # noqa: BLE001 - isolate the failing plugin
+            loaded.failures.append(PluginFailure(
+                plugin_name, distributions.get(plugin_name, "?"), "registration", _describe(error)))
+            continue
+        if offer is not None:
+            loaded.default_pipelines.append((plugin_name, offer))
     return loaded
+
+
+def call_hook(implementation: pluggy.HookImpl, **arguments):
+    """Call one hook implementation with only the arguments it declares, as pluggy itself does.
+
+    Calling ``implementation.function(**arguments)`` would break every existing plugin the day a
+    hook gains a keyword argument, and any plugin that takes fewer arguments than the hook offers.
+    """
+    return implementation.function(*(arguments[name] for name in implementation.argnames))
 
 
 @functools.lru_cache(maxsize=1)
@@ -132,7 +163,8 @@ def _allowed_entry_points() -> set[str] | None:
 
 def _unknown_hooks(plugin: object) -> str | None:
     """Name hook implementations that match no specdec hook (a misspelt hook silently never runs)."""
-    known = [name for name in dir(hookspecs) if name.startswith("register_")]
+    known = [name for name in dir(hookspecs)
+             if hasattr(getattr(hookspecs, name), f"{hookspecs.PROJECT}_spec")]
     marker = f"{hookspecs.PROJECT}_impl"
     unknown = [name for name in dir(plugin)
                if hasattr(getattr(plugin, name, None), marker) and name not in known]

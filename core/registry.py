@@ -6,6 +6,7 @@ Kept free of torch: listing plugins and validating pipeline files never loads a 
 from __future__ import annotations
 
 import difflib
+import importlib.metadata
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,13 +18,11 @@ from specdec.errors import PluginError
 
 KINDS = ("drafter", "verifier", "acceptance")
 
-#: Components shipped by plugin distributions we know of, to tell users what to install.
-KNOWN_PROVIDERS = {
-    ("drafter", "prompt_lookup"): "specdec-plugin-retrieval",
-    ("drafter", "rest"): "specdec-plugin-retrieval",
-    ("drafter", "medusa"): "specdec-plugin-medusa",
-    ("acceptance", "typical"): "specdec-plugin-typical",
-}
+#: The entry-point group in which a plugin distribution declares the components it provides,
+#: one entry ``"<kind>.<name>" = "<its import name>"`` each (never loaded). It lets an unknown
+#: name point at the installed distribution whose plugin did not load, without the core knowing
+#: any plugin by name.
+COMPONENTS_GROUP = "specdec.components"
 
 _LABELS = {"drafter": ("drafter", "drafters"), "verifier": ("verifier", "verifiers"),
            "acceptance": ("acceptance policy", "acceptance policies")}
@@ -123,11 +122,19 @@ class Registry:
         installed = sorted(self.components[kind])
         label, plural = _LABELS[kind]
         parts = [f"unknown {label} '{name}'"]
-        provider = KNOWN_PROVIDERS.get((kind, name))
-        if provider:
-            parts.append(f"it is provided by the plugin distribution {provider}: pip install {provider}")
+        for provider in declared_providers(kind, name):
+            parts.append(f"it is provided by the plugin distribution {provider}, which is installed "
+                         f"but not loaded: `specdec plugins` shows why (or SPECDEC_LOAD_PLUGINS "
+                         f"excludes it)")
         close = difflib.get_close_matches(str(name), installed, n=1, cutoff=0.6)
         if close:
             parts.append(f"did you mean '{close[0]}'?")
         parts.append(f"installed {plural}: {', '.join(installed) if installed else 'none'}")
         return "; ".join(parts)
+
+
+def declared_providers(kind: str, name: str) -> list[str]:
+    """Installed distributions that declare the component in `COMPONENTS_GROUP`."""
+    return sorted({entry_point.dist.name
+                   for entry_point in importlib.metadata.entry_points(group=COMPONENTS_GROUP)
+                   if entry_point.name == f"{kind}.{name}" and entry_point.dist is not None})

@@ -464,6 +464,7 @@ class _CacheChecker(BaseDrafter):
         self.inner, self.verifier, self.target, self.tolerance = inner, verifier, target, tolerance
         self.provides_draft_probs = inner.provides_draft_probs
         self.hidden_state_layers = inner.hidden_state_layers
+        self.wants_logits = getattr(inner, "wants_logits", False)
         self.checked_steps = 0
 
     def start(self, prompt, params):
@@ -596,16 +597,82 @@ def check_batched_greedy_identity(make_drafter: DrafterFactory, target: torch.nn
                     f"{list(prompt)}:\n  batched {handle.result.tokens}\n  plain   {reference}")
 
 
+#: What `assert_lossless(..., quick=True)` runs: enough to catch most bugs while iterating (a
+#: few seconds for a small drafter), not a substitute for the full check before a release.
+QUICK_PROMPTS = 2
+QUICK_LENGTHS = (2, 12)
+QUICK_NUM_SAMPLES = 400
+QUICK_SAMPLING_CASES = (SamplingParams(temperature=1.0), SamplingParams(temperature=0.8, top_p=0.8))
+
+
+class _DraftCounter(BaseDrafter):
+    """Wraps a drafter and counts the non-empty drafts it proposes (otherwise transparent)."""
+
+    def __init__(self, inner: Drafter):
+        self.inner = inner
+        self.provides_draft_probs = inner.provides_draft_probs
+        self.hidden_state_layers = inner.hidden_state_layers
+        self.wants_logits = getattr(inner, "wants_logits", False)
+        self.proposals = self.drafted = 0
+
+    def start(self, prompt, params):
+        self.inner.start(prompt, params)
+
+    def propose(self, context: DraftContext) -> Draft:
+        draft = self.inner.propose(context)
+        self.proposals += 1
+        self.drafted += draft.num_nodes > 0
+        return draft
+
+    def observe(self, outcome: StepOutcome) -> None:
+        self.inner.observe(outcome)
+
+
 def assert_lossless(make_drafter: DrafterFactory, *, policy: AcceptancePolicy | None = None,
-                    vocab_size: int = 12, seed: int = 0, num_samples: int = 1500,
-                    sampling_cases: Sequence[SamplingParams] = SAMPLING_CASES) -> None:
+                    vocab_size: int = 12, seed: int = 0, num_samples: int | None = None,
+                    sampling_cases: Sequence[SamplingParams] | None = None, quick: bool = False) -> None:
     """The whole suite for a drafter (and optionally a policy) on a seeded tiny target model:
     greedy identity with cache checks on several prompts and lengths, then the sampling
-    distribution at each of `sampling_cases`."""
+    distribution at each of `sampling_cases`.
+
+    The drafter must draft: one that proposes only empty drafts during the greedy checks fails
+    (plain decoding is trivially "lossless", so it would prove nothing about the drafts).
+
+    :param make_drafter: ``make_drafter(target) -> Drafter``, called once per check.
+    :param policy: the acceptance policy under test (default: `RejectionSampling`).
+    :param vocab_size: vocabulary of the tiny target models (the last id is end-of-sequence).
+    :param seed: seed of the tiny target models' weights.
+    :param num_samples: generations per sampling case (default 1500, quick 400); more samples
+        detect smaller distribution errors.
+    :param sampling_cases: the `SamplingParams` the distribution check covers (default
+        `SAMPLING_CASES`: temperatures 1.0 and 0.7, top-k 5, top-p 0.8; quick: two of them).
+    :param quick: a smaller preset for iterating (2 prompts, 2 lengths, fewer samples and
+        cases); run the full check before you publish.
+    """
     target = tiny_llama(seed, vocab_size=vocab_size, eos_token_id=vocab_size - 1)
     prompts = [[1, 2, 3], [5], [4, 4, 4, 4, 7, 2], list(range(vocab_size - 1)) * 2]
-    for max_new_tokens in (1, 2, 7, 20):
-        check_greedy_identity(make_drafter, target, prompts, policy=policy, max_new_tokens=max_new_tokens)
+    lengths = (1, 2, 7, 20)
+    if quick:
+        prompts, lengths = [prompts[0], prompts[3]], QUICK_LENGTHS
+    if num_samples is None:
+        num_samples = QUICK_NUM_SAMPLES if quick else 1500
+    if sampling_cases is None:
+        sampling_cases = QUICK_SAMPLING_CASES if quick else SAMPLING_CASES
+    counters: list[_DraftCounter] = []
+
+    def counted(model: torch.nn.Module) -> Drafter:
+        counters.append(_DraftCounter(make_drafter(model)))
+        return counters[-1]
+
+    for max_new_tokens in lengths:
+        check_greedy_identity(counted, target, prompts, policy=policy, max_new_tokens=max_new_tokens)
+    proposals = sum(counter.proposals for counter in counters)
+    if not any(counter.drafted for counter in counters):
+        name = type(counters[0].inner).__name__ if counters else "the drafter"
+        raise AssertionError(
+            f"{name} proposed no draft tokens in {proposals} steps of greedy decoding, so nothing "
+            f"about its drafts was checked; an empty drafter is plain decoding, not a lossless "
+            f"drafter. Make it draft on these tiny models (prompts {prompts}, vocabulary {vocab_size})")
     check_batched_greedy_identity(make_drafter, target, prompts, policy=policy)
     sampling_target = tiny_llama(seed, vocab_size=vocab_size, init_std=0.1)
     for params in sampling_cases:
@@ -613,7 +680,71 @@ def assert_lossless(make_drafter: DrafterFactory, *, policy: AcceptancePolicy | 
                                     num_samples=num_samples)
 
 
-# -- reference drafters used by the tests -----------------------------------------------------------
+# -- the plugin as specdec sees it ------------------------------------------------------------------
+
+
+def check_plugin(name: str, components: Sequence[tuple[str, str]] = (), *, distribution: str | None = None,
+                 commands: bool = False):
+    """Assert that specdec itself loads the installed plugin `name` (its entry-point name).
+
+    An `import` of the plugin passes with a broken or missing entry point; this asks the host:
+    the plugin loaded without a failure, from `distribution` when given, registered each
+    `(kind, component name)` of `components`, and (with `commands`) adds CLI commands. When its
+    distribution declares components in the `specdec.components` metadata, they must be exactly
+    the ones it registered (the "install X" hint reads them).
+
+    :returns: the `specdec.plugins.PluginSet`, for further checks.
+    """
+    from specdec.plugins import load_plugins
+    from specdec.registry import COMPONENTS_GROUP
+
+    loaded = load_plugins()
+    failures = [str(failure) for failure in loaded.failures if failure.name == name]
+    if failures:
+        raise AssertionError("; ".join(failures))
+    found = [info for info in loaded.plugins if info.name == name]
+    if not found:
+        raise AssertionError(f"specdec does not find the plugin '{name}': is its distribution installed, "
+                             f"with an entry point named '{name}' in the group 'specdec'?")
+    info = found[0]
+    if distribution is not None and info.distribution != distribution:
+        raise AssertionError(f"plugin '{name}' comes from {info.distribution}, not {distribution}")
+    registered = {(component.kind, component.name) for kind in loaded.registry.components.values()
+                  for component in kind.values() if component.plugin == name}
+    missing = [f"{kind} '{component}'" for kind, component in components if (kind, component) not in registered]
+    if missing:
+        raise AssertionError(f"plugin '{name}' did not register {', '.join(missing)}; it registered "
+                             f"{sorted(registered) or 'nothing'}")
+    import importlib.metadata
+
+    declared = {tuple(entry.name.split(".", 1)) for entry in importlib.metadata.entry_points(group=COMPONENTS_GROUP)
+                if entry.dist is not None and entry.dist.name == info.distribution}
+    if declared and declared != registered:
+        raise AssertionError(f"{info.distribution} declares the components {sorted(declared)} in its "
+                             f"'{COMPONENTS_GROUP}' metadata but registers {sorted(registered)}")
+    if commands and name not in [impl.plugin_name for impl in loaded.manager.hook.register_commands.get_hookimpls()]:
+        raise AssertionError(f"plugin '{name}' adds no CLI command (no register_commands hook)")
+    return loaded
+
+
+# -- reference drafters and policies used by the tests ----------------------------------------------
+
+
+class AlwaysAccept:
+    """A broken acceptance policy for testing the tests: it accepts the first child at every node,
+    so its output follows the draft distribution, not the target's. A losslessness check that
+    passes it is too weak."""
+
+    lossless = False
+
+    def accept(self, logits, draft, params, rng):
+        from specdec.protocols import Acceptance
+
+        path, row = [], 0
+        while draft.children[row]:
+            path.append(draft.children[row][0])
+            row = path[-1] + 1
+        return Acceptance(tuple(path), rng.categorical(warp_logits(logits[row], params)))
 
 
 class ModelTreeDrafter(BaseDrafter):

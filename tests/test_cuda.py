@@ -31,7 +31,8 @@ def test_grouped_query_sdpa_equals_sdpa_on_cuda(dtype):
     with torch.inference_mode():
         expected = reference(input_ids=ids, position_ids=positions, attention_mask=mask).logits
         actual = switched(input_ids=ids, position_ids=positions, attention_mask=mask).logits
-    assert torch.equal(actual, expected)
+    # the folded shape may round differently (see core/attention.py): each dtype's own tolerance
+    torch.testing.assert_close(actual, expected)
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from specdec import AuxTokens, Draft, DraftError
+from specdec.draft import breadth_first, merge_sequences
 
 
 def test_chain_structure():
@@ -69,3 +70,37 @@ def test_aux_tokens_are_validated():
         Draft(torch.tensor([1]), (-1,), aux=aux)
     with pytest.raises(DraftError, match=">= 1"):
         AuxTokens(torch.tensor([3]), torch.tensor([0]), torch.ones(1, 1, dtype=torch.bool))
+
+
+def test_subtree_keeps_and_renumbers_nodes_with_their_q_rows_and_aux_columns():
+    q = torch.eye(6)[:5]
+    attends = torch.tensor([[True, False, True, False, True, True]])  # nodes 0, 2, 4, then itself
+    aux = AuxTokens(torch.tensor([9]), torch.tensor([1]), attends)
+    draft = Draft(torch.tensor([10, 11, 12, 13, 14]), (-1, 0, 1, -1, 3), q, aux)
+    kept = draft.subtree([3, 0, 4, 1])  # any order with parents first
+    assert kept.tokens.tolist() == [13, 10, 14, 11] and kept.parents == (-1, -1, 0, 1)
+    assert torch.equal(kept.q, q[[3, 0, 4, 1]])
+    assert kept.aux.attends_to.tolist() == [[False, True, True, False, True]]
+    assert draft.subtree([]).num_nodes == 0
+    with pytest.raises(DraftError, match="without its parent"):
+        draft.subtree([0, 2])
+    with pytest.raises(DraftError, match="without its parent"):
+        draft.subtree([1, 0])
+
+
+def test_merge_sequences_counts_the_support_of_every_node():
+    tokens, parents, members = merge_sequences([[1, 2, 3], [1, 4], [5], [1, 2]])
+    assert tokens == (1, 2, 3, 4, 5) and parents == (-1, 0, 1, 0, -1)
+    assert members == ((0, 1, 3), (0, 3), (0,), (1,), (2,))
+    assert breadth_first(parents) == [0, 4, 1, 3, 2]
+    assert breadth_first(parents, key=lambda node: -len(members[node])) == [0, 4, 1, 3, 2]
+    assert breadth_first((-1, -1, 0), key=lambda node: -node) == [1, 0, 2]
+
+
+def test_tokens_and_parents_may_be_lists():
+    draft = Draft([5, 7, 9], [-1, 0, 0])
+    assert draft.tokens.dtype == torch.long and draft.tokens.tolist() == [5, 7, 9]
+    assert draft.parents == (-1, 0, 0) and draft.children[1] == (1, 2)
+    assert Draft([], []).num_nodes == 0
+    with pytest.raises(DraftError, match="malformed"):
+        Draft([5, 7], [-1, 1])

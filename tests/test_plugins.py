@@ -146,3 +146,108 @@ def test_a_command_that_fails_to_register_does_not_break_the_cli(capsys):
     loaded = load_plugins([("noisy", plugin(register_commands=register_commands))], entry_points=False)
     assert main(["plugins"], plugins=loaded) == 0
     assert "plugin 'noisy' failed to add its commands: RuntimeError: boom" in capsys.readouterr().err
+
+
+def test_a_hook_with_a_misspelt_argument_is_reported_not_raised():
+    def register_drafters(registr):  # pluggy refuses arguments the hook does not have
+        pass
+
+    def good(register):
+        register("fine", Params, lambda context, params: None)
+
+    loaded = load_plugins([("typo", plugin(register_drafters=register_drafters)),
+                           ("healthy", plugin(register_drafters=good))], entry_points=False)
+    [failure] = loaded.failures
+    assert failure.name == "typo" and failure.stage == "hooks"
+    assert "PluginValidationError" in failure.error and "registr" in failure.error
+    assert not loaded.manager.has_plugin("typo")
+    assert "fine" in loaded.registry.components["drafter"]
+
+
+def test_hooks_pass_an_implementation_only_the_arguments_it_declares():
+    from specdec.plugins import call_hook
+
+    calls = []
+
+    def register_drafters():  # declares none of the hook's arguments: pluggy allows that
+        calls.append("called")
+
+    def register_verifiers(register):
+        register("mirror", Params, lambda context, params: None)
+
+    loaded = load_plugins([("quiet", plugin(register_drafters=register_drafters)),
+                           ("today", plugin(register_verifiers=register_verifiers))], entry_points=False)
+    assert calls == ["called"] and not loaded.failures
+    # the day a hook gains a keyword, a plugin written before it is called as it always was
+    [implementation] = [impl for impl in loaded.manager.hook.register_verifiers.get_hookimpls()
+                        if impl.plugin_name == "today"]
+    later = load_plugins(entry_points=False).registry
+    call_hook(implementation, register=later.register_callback("verifier", "today"), future_keyword=1)
+    assert later.get("verifier", "mirror").plugin == "today"
+
+
+def test_the_default_pipeline_comes_from_a_plugin_or_is_plain_decoding(capsys):
+    from specdec.cli import DEFAULT_PIPELINE, default_pipeline_data
+
+    assert default_pipeline_data(load_plugins(entry_points=False)) == DEFAULT_PIPELINE
+    assert DEFAULT_PIPELINE["drafter"] == {"type": "none"}
+    assert "no installed plugin offers a default pipeline" in capsys.readouterr().err
+
+    def default_pipeline():
+        return {"name": "fast", "drafter": {"type": "echo"}}
+
+    def second():
+        return {"drafter": {"type": "other"}}
+
+    def declines():
+        return None
+
+    loaded = load_plugins([("declines", plugin(default_pipeline=declines)),
+                           ("offers", plugin(default_pipeline=default_pipeline)),
+                           ("also", plugin(default_pipeline=second))], entry_points=False)
+    data = default_pipeline_data(loaded)
+    assert data["drafter"] == {"type": "echo"} and data["name"] == "fast"
+    assert data["acceptance"] == DEFAULT_PIPELINE["acceptance"]
+    assert "default pipeline of plugin 'offers' (also offered by also)" in capsys.readouterr().err
+
+
+def test_an_unknown_component_names_the_installed_distribution_that_declares_it():
+    # specdec-plugin-medusa declares drafter.medusa in its metadata; not loaded here
+    message = load_plugins(entry_points=False).registry.unknown_message("drafter", "medusa")
+    assert "provided by the plugin distribution specdec-plugin-medusa, which is installed but not loaded" in message
+    assert "provided by" not in load_plugins(entry_points=False).registry.unknown_message("drafter", "nothing")
+
+
+def test_bundled_plugins_use_only_the_public_api():
+    """What the tutorial teaches (`from specdec import ...`, the `specdec.testing` harness and the
+    `specdec` command) is all the bundled plugins need; internal modules may change without notice."""
+    import re
+    from pathlib import Path
+
+    import specdec
+
+    root = Path(__file__).resolve().parents[1]
+    sources = sorted(root.glob("plugins/*/src/*/**/*.py"))
+    assert len(sources) > 20
+    internal, missing = [], []
+    for path in sources:
+        for line in path.read_text().splitlines():
+            if re.match(r"\s*(from specdec\.(?!testing\b)|import specdec\.)", line) and \
+                    line.strip() != "from specdec.cli import main":  # the `specdec` command itself
+                internal.append(f"{path.relative_to(root)}: {line.strip()}")
+            found = re.match(r"\s*from specdec import (.+)", line)
+            if found:
+                names = [name.strip() for name in found.group(1).split("#")[0].strip("() ").split(",")]
+                missing += [name for name in names if name and name not in (*specdec.__all__, "__version__")]
+    assert not internal and not missing
+
+
+def test_check_plugin_asks_the_host_and_fails_for_what_it_does_not_find(monkeypatch):
+    from specdec.testing import check_plugin
+
+    with pytest.raises(AssertionError, match="does not find the plugin 'specdec_plugin_nothing'"):
+        check_plugin("specdec_plugin_nothing")
+    broken = importlib.metadata.EntryPoint("ghost", "specdec_no_such_module_xyz", "specdec")
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [broken])
+    with pytest.raises(AssertionError, match="plugin 'ghost'.*failed during import"):
+        check_plugin("ghost")

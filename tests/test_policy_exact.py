@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from specdec import Acceptance, Draft, GreedyAcceptance, InputError, RejectionSampling, SamplingParams
 from specdec.sampling import warp_logits
 from specdec.testing import (
+    AlwaysAccept,
     check_policy_exact,
     exact_step_distribution,
     exact_target_distribution,
@@ -99,19 +100,6 @@ def test_harness_check_passes_for_rejection_sampling():
 
 
 # -- power: deliberately broken policies must fail the same exact check ----------------------------
-
-
-class AlwaysAccept:
-    """Accepts the first child at every node: outputs the draft distribution, not the target's."""
-
-    lossless = False
-
-    def accept(self, logits, draft, params, rng):
-        path, row = [], 0
-        while draft.children[row]:
-            path.append(draft.children[row][0])
-            row = path[-1] + 1
-        return Acceptance(tuple(path), rng.categorical(warp_logits(logits[row], params)))
 
 
 class ResampleFromTarget(RejectionSampling):

@@ -15,10 +15,10 @@ import functools
 import pytest
 import torch
 
-from specdec import Acceptance, BaseDrafter, Draft, RejectionSampling, SamplingParams
+from specdec import BaseDrafter, Draft, RejectionSampling, SamplingParams
 from specdec.drafters.draft_model import DraftModelDrafter
 from specdec.sampling import warp_logits
-from specdec.testing import ModelTreeDrafter, check_sampling_distribution, perturbed_copy, tiny_llama
+from specdec.testing import AlwaysAccept, ModelTreeDrafter, check_sampling_distribution, perturbed_copy, tiny_llama
 
 NUM_SAMPLES = 1000
 ALPHA = 1e-3
@@ -58,24 +58,19 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
+#: The costliest cases whose property another fast test also covers (deterministic drafts:
+#: "tree deterministic top-k"; draws without replacement: the exact check in test_policy_exact).
+SLOW_CASES = {"chain greedy drafts T=1", "tree without replacement top-p"}
+
+
+@pytest.mark.parametrize("case", [pytest.param(case, marks=pytest.mark.slow) if case in SLOW_CASES else case
+                                  for case in CASES])
 def test_speculative_sampling_matches_plain_sampling(case):
     make_drafter, params = CASES[case]
     results = check_sampling_distribution(make_drafter, target_model(), params, num_samples=NUM_SAMPLES,
                                           max_new_tokens=MAX_NEW_TOKENS, alpha=ALPHA)
     assert set(results) == {"tokens 1-2", "token 3", "token 4"}
     assert results["tokens 1-2"].degrees_of_freedom >= 10  # many cells compared, not a pooled few
-
-
-class AlwaysAccept:
-    lossless = False
-
-    def accept(self, logits, draft, params, rng):
-        path, row = [], 0
-        while draft.children[row]:
-            path.append(draft.children[row][0])
-            row = path[-1] + 1
-        return Acceptance(tuple(path), rng.categorical(warp_logits(logits[row], params)))
 
 
 class GreedyDraftReportingQ(BaseDrafter):

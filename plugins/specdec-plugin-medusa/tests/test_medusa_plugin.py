@@ -9,6 +9,7 @@ from specdec.config import load_yaml, validate_pipeline
 from specdec.errors import ConfigError
 from specdec.pipeline import Pipeline
 from specdec.plugins import load_plugins
+from specdec.testing import check_plugin
 
 import specdec_plugin_medusa
 from specdec_plugin_medusa.heads import CONFIG_FILE, WEIGHTS_FILE, read_config, shipped_heads
@@ -17,13 +18,9 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def test_specdec_finds_the_installed_plugin_and_its_drafter():
-    loaded = load_plugins()
-    assert not [failure for failure in loaded.failures if failure.name == "specdec_plugin_medusa"]
-    [info] = [info for info in loaded.plugins if info.name == "specdec_plugin_medusa"]
-    assert info.distribution == "specdec-plugin-medusa" and not info.builtin
-    component = loaded.registry.get("drafter", "medusa")
-    assert component.plugin == "specdec_plugin_medusa"
-    assert component.params_model is specdec_plugin_medusa.MedusaParams
+    loaded = check_plugin("specdec_plugin_medusa", [("drafter", "medusa")],
+                          distribution="specdec-plugin-medusa", commands=True)
+    assert loaded.registry.get("drafter", "medusa").params_model is specdec_plugin_medusa.MedusaParams
 
 
 def test_every_example_pipeline_validates():

@@ -32,11 +32,10 @@ def main(argv=None) -> int:
 
     import torch
 
-    from specdec.pipeline import Pipeline
-    from specdec.stats import GenerationStats
+    from specdec import GenerationStats, Pipeline, read_json_lines
 
     torch.set_num_threads(2)
-    records = [json.loads(line) for line in open(args.questions, encoding="utf-8") if line.strip()]
+    records = [record for _, record in read_json_lines(args.questions)]
     chosen: dict[str, list] = defaultdict(list)
     for record in records:
         category = record["category"]

@@ -13,18 +13,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
-from specdec.draft import Draft
-from specdec.models import load_model
-from specdec.verifiers.hf import HFVerifier
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from specdec import load_model, time_verification
 
 
 def main() -> None:
@@ -40,30 +32,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     model, _ = load_model(args.model, device=args.device, dtype=args.dtype)
-    device = model.device
-    verifier = HFVerifier(model)
-    generator = torch.Generator().manual_seed(0)
-    vocab = verifier.vocab_size
-    prompt = torch.randint(0, vocab, (args.context,), generator=generator).tolist()
-    verifier.start(len(prompt), 128)
-    verifier.verify(prompt, Draft.empty())
-    verifier.commit(len(prompt), ())
     sizes = [int(size) for size in args.sizes.split(",")]
-    times: dict[int, list[float]] = {size: [] for size in sizes}
-    for repeat in range(args.repeats + 2):
-        for size in sizes:  # interleaved, so that load changes hit every size alike
-            draft = Draft.chain(torch.randint(0, vocab, (size,), generator=generator).tolist()) \
-                if size else Draft.empty()
-            _sync(device)
-            tic = time.perf_counter()
-            verifier.verify([int(prompt[-1])], draft)
-            _sync(device)
-            elapsed = time.perf_counter() - tic
-            verifier.runner.rollback(len(prompt))  # forget the forward: the cache stays at `context`
-            if repeat >= 2:  # warm-up
-                times[size].append(elapsed)
+    times = time_verification(model, sizes, context=args.context, repeats=args.repeats, warmup=2)
     base = statistics.median(times[sizes[0]])
-    print(f"{device}, {args.dtype}, context {args.context} tokens, {torch.get_num_threads()} threads; median of {args.repeats}")
+    print(f"{model.device}, {args.dtype}, context {args.context} tokens, {torch.get_num_threads()} threads; "
+          f"median of {args.repeats}")
     print(f"{'draft nodes':>12} {'ms':>8} {'x plain':>8} {'slope':>7}")
     for size in sizes:
         median = statistics.median(times[size])

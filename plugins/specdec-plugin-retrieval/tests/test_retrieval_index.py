@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from specdec_plugin_retrieval.adaptive import (
-    AcceptanceModel, CostModel, OutcomeTracker, prior_table, score, select_nodes)
+    AcceptanceModel, CostModel, OutcomeTracker, prior_table, score)
 from specdec_plugin_retrieval.candidates import CandidateTree, trie_from_sequences
 from specdec_plugin_retrieval.ngram_index import NgramIndex
 
@@ -89,47 +89,11 @@ def chain_and_fork():
                          root_count=6, matched=(3,) * 5)
 
 
-def test_select_nodes_respects_budget_depth_and_branches():
+def test_a_selection_of_nodes_becomes_a_draft():
     tree = chain_and_fork()
-    probabilities = [0.9, 0.05, 0.8, 0.1, 0.7]
-    free = CostModel(node_cost=0.0)
-    everything = select_nodes(tree, probabilities, free, max_nodes=10, max_depth=10, max_leaves=10)
-    assert everything[:3] == [0, 2, 4] and sorted(everything) == [0, 1, 2, 3, 4]
-    assert select_nodes(tree, probabilities, free, max_nodes=2, max_depth=10, max_leaves=10) == [0, 2]
-    assert select_nodes(tree, probabilities, free, max_nodes=10, max_depth=1, max_leaves=10) == [0, 1]
-    assert select_nodes(tree, probabilities, free, max_nodes=10, max_depth=10, max_leaves=1) == [0, 2, 4]
     draft = tree.draft([0, 2, 4, 3])
     assert draft.tokens.tolist() == [1, 2, 3, 4] and draft.parents == (-1, 0, 1, 0)
-
-
-def test_select_nodes_stops_where_the_cost_model_says_and_can_skip():
-    tree = chain_and_fork()
-    cost = CostModel(node_cost=0.1)
-    probabilities = [0.9, 0.05, 0.8, 0.1, 0.7]
-    # ratios: 1.9/1.1, 2.7/1.2, 3.4/1.3 (best), then adding p = 0.1 or 0.05 lowers it
-    assert select_nodes(tree, probabilities, cost, max_nodes=10, max_depth=10, max_leaves=10) == [0, 2, 4]
-    assert select_nodes(tree, [0.05, 0.01, 0.04, 0.01, 0.03], cost, max_nodes=10, max_depth=10,
-                        max_leaves=10) == []
-    assert select_nodes(tree, [0.05, 0.01, 0.04, 0.01, 0.03], cost, max_nodes=3, max_depth=10,
-                        max_leaves=10, adaptive=False) == [0, 2, 4]
-    # a fixed overhead can make a lone node not worth it, and two nodes worth it
-    overhead = CostModel(node_cost=0.1, draft_overhead=0.5)
-    assert select_nodes(tree, [0.5, 0.0, 0.5, 0.0, 0.45], overhead, max_nodes=1, max_depth=10,
-                        max_leaves=10) == []
-    assert select_nodes(tree, [0.5, 0.0, 0.5, 0.0, 0.45], overhead, max_nodes=3, max_depth=10,
-                        max_leaves=10) == [0, 2, 4]
-
-
-def test_select_nodes_follows_a_measured_cost_curve():
-    cost = CostModel(curve=((1, 1.3), (4, 1.6), (8, 1.8)))
-    # the curve's price of a first node keeps an unlikely lone node out (the line takes it), a
-    # likely chain in
-    tree = chain_and_fork()
-    unlikely = [0.25, 0.0, 0.05, 0.0, 0.02]
-    assert select_nodes(tree, unlikely, cost, max_nodes=10, max_depth=10, max_leaves=1) == []
-    assert select_nodes(tree, unlikely, CostModel(node_cost=0.08), max_nodes=10, max_depth=10, max_leaves=1) == [0]
-    assert select_nodes(tree, [0.9, 0.0, 0.85, 0.0, 0.8], cost, max_nodes=10, max_depth=10,
-                        max_leaves=1) == [0, 2, 4]
+    assert tree.draft([]).num_nodes == 0
 
 
 def test_acceptance_model_learns_from_what_was_committed():

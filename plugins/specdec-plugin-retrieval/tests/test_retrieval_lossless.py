@@ -50,8 +50,10 @@ def counted(make):
 # min_nodes: the adaptive drafters back off where the tiny random models reject their drafts,
 # so they draft fewer nodes than the full one, but still hundreds over the run.
 @pytest.mark.parametrize("params, sampling_cases, expect_trees, min_nodes", [
-    ({}, SAMPLING_CASES, False, 1000),  # the default: an adaptive chain, every sampling case
-    ({"max_branches": 3, "selection": "frequent", "adaptive": False}, SAMPLING_CASES[::3], True, 1000),
+    # the default: an adaptive chain, every sampling case (the full check takes about a minute)
+    pytest.param({}, SAMPLING_CASES, False, 1000, marks=pytest.mark.slow),
+    pytest.param({"max_branches": 3, "selection": "frequent", "adaptive": False}, SAMPLING_CASES[::3], True, 1000,
+                 marks=pytest.mark.slow),
     ({"max_branches": 4, "selection": "recent", "cost": CostModel(node_cost=0.02)}, SAMPLING_CASES[1:2], True,
      300),
 ], ids=["chain-adaptive", "tree-frequent-full", "tree-recent-adaptive"])
@@ -60,6 +62,12 @@ def test_prompt_lookup_is_lossless(params, sampling_cases, expect_trees, min_nod
     assert_lossless(make, num_samples=1000, sampling_cases=sampling_cases)
     assert counts["nodes"] > min_nodes
     assert bool(counts["trees"]) == expect_trees
+
+
+def test_prompt_lookup_passes_the_quick_preset():
+    make, counts = counted(lambda: PromptLookupDrafter())
+    assert_lossless(make, quick=True)
+    assert counts["nodes"] > 100
 
 
 @functools.lru_cache(maxsize=None)
@@ -90,6 +98,7 @@ def rest_store(tmp_path_factory):
     return tiny_rest_store(tmp_path_factory.mktemp("rest"))
 
 
+@pytest.mark.slow  # about a minute; test_adaptive_rest_and_the_fallback_combination_are_lossless is quick
 def test_rest_trees_are_lossless(rest_store):
     make, counts = counted(lambda: RestDrafter(rest_store, max_nodes=8, adaptive=False))
     assert_lossless(make, vocab_size=TINY_TOKENIZER_VOCAB, num_samples=1000)

@@ -7,20 +7,14 @@ import pytest
 from specdec.config import load_yaml, validate_pipeline
 from specdec.errors import ConfigError
 from specdec.plugins import load_plugins
+from specdec.testing import check_plugin
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def test_specdec_finds_the_plugin_and_its_drafters():
-    loaded = load_plugins()
-    assert not [failure for failure in loaded.failures if failure.name == "specdec_plugin_retrieval"]
-    info = {plugin.name: plugin for plugin in loaded.plugins}["specdec_plugin_retrieval"]
-    assert info.distribution == "specdec-plugin-retrieval" and not info.builtin
-    drafters = loaded.registry.components["drafter"]
-    assert drafters["prompt_lookup"].plugin == "specdec_plugin_retrieval"
-    assert drafters["rest"].plugin == "specdec_plugin_retrieval"
-    commands = [impl.plugin_name for impl in loaded.manager.hook.register_commands.get_hookimpls()]
-    assert "specdec_plugin_retrieval" in commands
+    check_plugin("specdec_plugin_retrieval", [("drafter", "prompt_lookup"), ("drafter", "rest")],
+                 distribution="specdec-plugin-retrieval", commands=True)
 
 
 def test_every_example_pipeline_validates():
@@ -65,3 +59,12 @@ def test_the_plugin_module_does_not_import_torch():
             "print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
+
+
+def test_the_plugin_offers_prompt_lookup_as_the_default_pipeline():
+    from specdec.cli import default_pipeline_data
+
+    loaded = load_plugins()
+    assert ("specdec_plugin_retrieval", {"name": "default", "drafter": {"type": "prompt_lookup"}}) \
+        in loaded.default_pipelines
+    assert default_pipeline_data(loaded)["drafter"] == {"type": "prompt_lookup"}

@@ -10,7 +10,7 @@ from specdec.config import load_yaml, validate_pipeline
 from specdec.errors import ConfigError
 from specdec.pipeline import Pipeline
 from specdec.plugins import load_plugins
-from specdec.testing import save_tiny_model
+from specdec.testing import check_plugin, save_tiny_model
 
 import specdec_plugin_typical
 from specdec_plugin_typical.policy import TypicalAcceptance
@@ -19,12 +19,9 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def test_specdec_finds_the_installed_plugin_and_registers_typical_as_lossy():
-    loaded = load_plugins()
-    assert not [failure for failure in loaded.failures if failure.name == "specdec_plugin_typical"]
-    [info] = [info for info in loaded.plugins if info.name == "specdec_plugin_typical"]
-    assert info.distribution == "specdec-plugin-typical" and not info.builtin
+    loaded = check_plugin("specdec_plugin_typical", [("acceptance", "typical")],
+                          distribution="specdec-plugin-typical")
     component = loaded.registry.get("acceptance", "typical")
-    assert component.plugin == "specdec_plugin_typical"
     assert component.lossless is False
     assert component.params_model is specdec_plugin_typical.TypicalParams
 

@@ -1,13 +1,10 @@
-from specdec.plugins import load_plugins
-from specdec.testing import assert_lossless
+from specdec.testing import assert_lossless, check_plugin
 
 from specdec_plugin_bigram.drafter import BigramDrafter
 
 
 def test_specdec_discovers_the_plugin():
-    loaded = load_plugins()
-    assert loaded.registry.get("drafter", "bigram").plugin == "specdec_plugin_bigram"
-    assert not [failure for failure in loaded.failures if failure.name == "specdec_plugin_bigram"]
+    check_plugin("specdec_plugin_bigram", [("drafter", "bigram")])
 
 
 def test_bigram_drafter_is_lossless():

@@ -10,11 +10,11 @@ module stays light (pydantic only): the factory and the command handlers import 
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from specdec.hookspecs import hookimpl
+from specdec import MinGain, NodeCost, hookimpl, min_gain_field, node_cost_field
 
 from specdec_plugin_medusa.trees import check_paths
 
@@ -41,13 +41,8 @@ class MedusaParams(BaseModel):
     adaptive: bool = Field(False, description="treat the tree as a candidate pool and draft, each step, only the "
                                               "nodes whose estimated acceptance pays for their verification "
                                               "(nothing when none does)")
-    node_cost: Annotated[float, Field(ge=0.0, le=10.0)] | Literal["auto"] = Field(
-        0.12, description="with adaptive: verification cost of one draft node as a fraction of a plain step "
-                          "(about 0.12 for the default model in float32 on a 2-core CPU, 0.01-0.02 in bfloat16 "
-                          "with AMX or on a GPU), or 'auto' to measure the target's whole cost curve when the "
-                          "pipeline is built (a few seconds on a CPU)")
-    min_gain: float = Field(0.0, ge=0.0, le=10.0,
-                            description="with adaptive: least expected speed gain over a plain step worth drafting for")
+    node_cost: NodeCost = node_cost_field(0.12, condition="with adaptive: ")
+    min_gain: MinGain = min_gain_field(condition="with adaptive: ")
 
     @field_validator("tree")
     @classmethod
@@ -98,7 +93,7 @@ def _build_medusa(context, params: MedusaParams):
     try:
         paths = choose_tree(params, heads.num_heads, heads.config.tree, accuracy.get("per_rank"))
     except ValueError as error:
-        from specdec.errors import ConfigError, InputError
+        from specdec import ConfigError, InputError
         from specdec_plugin_medusa.heads import CONFIG_FILE, resolve_heads
 
         # blame what set the tree: the params block, or the heads' own config.json
@@ -109,7 +104,7 @@ def _build_medusa(context, params: MedusaParams):
         raise InputError(f"{resolve_heads(heads_path) / CONFIG_FILE}: {error}") from None
     pruning = None
     if params.adaptive:
-        from specdec.cost import cost_model_for
+        from specdec import cost_model_for
 
         pruning = ConfidencePruning(cost_model_for(context.target, params.node_cost), params.min_gain)
     return MedusaDrafter(heads, TreeLayout.from_paths(paths), pruning)

@@ -100,7 +100,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _distill(args: argparse.Namespace) -> int:
-    from specdec.models import load_model
+    from specdec import load_model
 
     from specdec_plugin_medusa.data import distill, load_prompts, write_jsonl
 
@@ -114,7 +114,7 @@ def _distill(args: argparse.Namespace) -> int:
 
 
 def _tree(args: argparse.Namespace) -> int:
-    from specdec.errors import InputError
+    from specdec import InputError
 
     from specdec_plugin_medusa.heads import read_config, resolve_heads
     from specdec_plugin_medusa.trees import derive_tree, expected_accepted_tokens

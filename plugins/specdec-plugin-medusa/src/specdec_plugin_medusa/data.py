@@ -24,7 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from specdec.errors import InputError
+from specdec import InputError, json_lines
 
 #: The shipped self-distillation prompt set: generic chat instructions written for this plugin.
 PROMPTS_FILE = "prompts.jsonl"
@@ -53,19 +53,17 @@ def load_prompts(path: str | Path | None = None) -> list[list[dict]]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as error:
         raise InputError(f"cannot read the prompt file {path}: {error.strerror or error}") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        if path.suffix != ".jsonl":
-            conversations.append([{"role": "user", "content": line.strip()}])
-            continue
-        item = _json_line(line, path, number)
-        if "messages" in item:
-            conversations.append(_messages(item["messages"], path, number))
-        elif isinstance(item.get("prompt"), str):
-            conversations.append([{"role": "user", "content": item["prompt"]}])
-        else:
-            raise InputError(f"{path}:{number}: a prompt line needs a 'prompt' string or a 'messages' list")
+    if path.suffix != ".jsonl":
+        conversations.extend([{"role": "user", "content": line.strip()}] for line in lines if line.strip())
+    else:
+        for number, item in json_lines(lines, path):
+            _check_object(item, path, number)
+            if "messages" in item:
+                conversations.append(_messages(item["messages"], path, number))
+            elif isinstance(item.get("prompt"), str):
+                conversations.append([{"role": "user", "content": item["prompt"]}])
+            else:
+                raise InputError(f"{path}:{number}: a prompt line needs a 'prompt' string or a 'messages' list")
     if not conversations:
         raise InputError(f"the prompt file {path} holds no prompts")
     return conversations
@@ -173,10 +171,9 @@ def read_corpus(paths: Sequence[str | Path], tokenizer, *, max_length: int = 102
         except OSError as error:
             raise InputError(f"cannot read the training file {path}: {error.strerror or error}") from None
         if path.suffix == ".jsonl":
-            for number, line in enumerate(text.splitlines(), 1):
-                if line.strip():
-                    sequences.extend(_windows(_record(_json_line(line, path, number), tokenizer, path, number),
-                                              max_length))
+            for number, item in json_lines(text.splitlines(), path):
+                _check_object(item, path, number)
+                sequences.extend(_windows(_record(item, tokenizer, path, number), max_length))
         else:
             for document in (part.strip() for part in text.split("\n\n")):
                 if document:
@@ -244,14 +241,9 @@ def _windows(sequence: TokenSequence, max_length: int) -> list[TokenSequence]:
     return windows
 
 
-def _json_line(line: str, path: Path, number: int) -> dict:
-    try:
-        item = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise InputError(f"{path}:{number}: not valid JSON: {error.msg}") from None
+def _check_object(item, path: Path, number: int) -> None:
     if not isinstance(item, dict):
         raise InputError(f"{path}:{number}: each line must be a JSON object")
-    return item
 
 
 def _messages(messages, path: Path, number: int) -> list[dict]:

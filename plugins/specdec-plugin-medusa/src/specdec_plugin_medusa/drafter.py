@@ -20,10 +20,7 @@ from typing import Sequence
 
 import torch
 
-from specdec.draft import Draft
-from specdec.protocols import BaseDrafter, DraftContext, StepOutcome
-from specdec.cost import CostModel
-from specdec.sampling import SamplingParams
+from specdec import BaseDrafter, CostModel, Draft, DraftContext, SamplingParams, StepOutcome, select_nodes
 
 from specdec_plugin_medusa.heads import MedusaHeads
 from specdec_plugin_medusa.trees import TreeLayout
@@ -37,11 +34,9 @@ class ConfidencePruning:
 
     A node's acceptance probability is estimated as the product of the heads' softmax
     probabilities along its path (each head's probability that its token is the right one,
-    depths treated as independent, as in `trees.derive_tree`). Verifying m nodes costs
-    `cost.step_cost(m)` plain steps (`specdec.cost`) and commits `1 + sum p` tokens on average,
-    so the drafter keeps the most probable nodes (a prefix-closed set: a child is never likelier
-    than its parent) up to the count that maximises the ratio, or none when no count beats
-    `1 + min_gain`.
+    depths treated as independent, as in `trees.derive_tree`); `specdec.select_nodes` keeps the
+    most probable nodes up to the count that maximises the expected tokens per unit of
+    verification cost, or none when no count beats `1 + min_gain`.
 
     :param cost: the target's verification cost (a linear `node_cost`, about 0.12 per node for
         the default model in float32 on a 2-core CPU, or a curve measured on the target).
@@ -56,15 +51,7 @@ class ConfidencePruning:
         path_probs: list[float] = []
         for prob, parent in zip(node_probs, parents):
             path_probs.append(prob * (path_probs[parent] if parent >= 0 else 1.0))
-        # parents come first in tree order, so (-p, index) ranks every parent before its children
-        order = sorted(range(len(path_probs)), key=lambda node: (-path_probs[node], node))
-        best_ratio, best_count, total = 1.0 + self.min_gain, 0, 0.0
-        for count, node in enumerate(order, start=1):
-            total += path_probs[node]
-            ratio = (1.0 + total) / self.cost.step_cost(count)
-            if ratio > best_ratio:
-                best_ratio, best_count = ratio, count
-        return sorted(order[:best_count])
+        return sorted(select_nodes(path_probs, parents, self.cost, min_gain=self.min_gain))
 
 
 class MedusaDrafter(BaseDrafter):
@@ -101,11 +88,7 @@ class MedusaDrafter(BaseDrafter):
             return Draft(tokens, layout.parents)
         log_probs = top.values[heads, ranks].float() - logits.float().logsumexp(dim=-1)[heads]
         kept = self.pruning.select(log_probs.exp().tolist(), layout.parents)
-        if not kept:
-            return Draft.empty()
-        position = {node: index for index, node in enumerate(kept)}
-        parents = tuple(-1 if layout.parents[node] < 0 else position[layout.parents[node]] for node in kept)
-        return Draft(tokens[torch.tensor(kept, device=tokens.device)], parents)
+        return Draft(tokens, layout.parents).subtree(kept)
 
     def observe(self, outcome: StepOutcome) -> None:
         self._hidden = outcome.hidden_states[FINAL_HIDDEN_STATE][-1]

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from specdec.errors import InputError, ModelMismatchError
+from specdec import InputError, ModelMismatchError
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "heads.safetensors"

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from specdec.errors import InputError
+from specdec import InputError
 
 from specdec_plugin_medusa import DEFAULT_TREE_NODES
 from specdec_plugin_medusa.data import distill, load_prompts, read_corpus, shipped_prompts_path, write_jsonl
@@ -50,7 +50,7 @@ def run_training(out: str | Path, *, model_name: str | None = None, data_files: 
     The trained heads land in `out/heads` (`config.json` + `heads.safetensors`), usable as
     `drafter: {type: medusa, params: {heads: <out>/heads}}`.
     """
-    from specdec.models import DEFAULT_MODEL, load_model
+    from specdec import DEFAULT_MODEL, load_model
 
     out = Path(out)
     if (out / "checkpoint.pt").exists() and not resume:
@@ -135,7 +135,7 @@ def run_training(out: str | Path, *, model_name: str | None = None, data_files: 
 def measure_accuracy(heads_name: str, data_files: Sequence[str], *, model_name: str | None = None,
                      top_k: int = 10, max_length: int = 1024, progress: bool = True) -> dict:
     """Per-head, per-rank accuracy of existing heads on some text (see `train.evaluate`)."""
-    from specdec.models import load_model
+    from specdec import load_model
 
     model, tokenizer = load_model(model_name)
     heads = load_heads(heads_name, model)

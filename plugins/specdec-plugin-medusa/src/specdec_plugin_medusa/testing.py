@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from specdec.acceptance import RejectionSampling
-from specdec.drafters.none import NoDrafter
-from specdec.engine import SpeculativeDecoder
-from specdec.sampling import SamplingParams
-from specdec.verifiers.hf import HFVerifier
+from specdec import HFVerifier, NoDrafter, RejectionSampling, SamplingParams, SpeculativeDecoder
 
 from specdec_plugin_medusa.data import TokenSequence
 from specdec_plugin_medusa.drafter import MedusaDrafter

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from specdec.errors import InputError
+from specdec import InputError
 
 from specdec_plugin_medusa.features import IGNORE, Features
 from specdec_plugin_medusa.heads import HeadsConfig, MedusaHeads

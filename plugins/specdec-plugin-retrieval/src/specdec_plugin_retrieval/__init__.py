@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from specdec.hookspecs import hookimpl
+from specdec import MinGain, NodeCost, hookimpl, min_gain_field, node_cost_field
 
 __version__ = "0.1.0"
 
@@ -31,17 +31,11 @@ class _AdaptiveParams(BaseModel):
     adaptive: bool = Field(True, description="draft only the nodes the cost model says pay for their "
                                              "verification (and nothing when none does); false = always "
                                              "draft the full budget when there is a match")
-    node_cost: Annotated[float, Field(ge=0.0, le=10.0)] | Literal["auto"] = Field(
-        0.08, description="verification cost of one draft node, as a fraction of a plain decoding step "
-                          "(about 0.08-0.12 for the default model in float32 on a 2-core CPU, 0.01-0.02 in "
-                          "bfloat16 with AMX or on a GPU; see benchmarks/verify_cost.py), or 'auto' to "
-                          "measure the whole cost curve on the target when the pipeline is built (a few "
-                          "seconds on a CPU; replaces node_cost and draft_overhead)")
+    node_cost: NodeCost = node_cost_field(0.08)
     draft_overhead: float = Field(0.0, ge=0.0, le=10.0,
                                   description="fixed extra cost of a step that verifies a draft, as a "
                                               "fraction of a plain step")
-    min_gain: float = Field(0.0, ge=0.0, le=10.0,
-                            description="least expected speed gain over a plain step worth drafting for")
+    min_gain: MinGain = min_gain_field()
 
 
 class PromptLookupParams(_AdaptiveParams):
@@ -81,7 +75,7 @@ class RestParams(_AdaptiveParams):
 
 
 def _cost(context, params: _AdaptiveParams):
-    from specdec.cost import cost_model_for
+    from specdec import cost_model_for
 
     return cost_model_for(context.target, params.node_cost, params.draft_overhead)
 
@@ -97,7 +91,7 @@ def _build_prompt_lookup(context, params: PromptLookupParams):
 
 
 def _build_rest(context, params: RestParams):
-    from specdec.errors import ModelMismatchError
+    from specdec import ModelMismatchError
     from specdec_plugin_retrieval.rest import RestDrafter
     from specdec_plugin_retrieval.store import open_store
 
@@ -123,6 +117,13 @@ def register_drafters(register):
              description="prompt lookup: copy what followed earlier occurrences of the trailing n-gram")
     register("rest", RestParams, _build_rest,
              description="REST: draft token trees from a suffix-array datastore of text")
+
+
+@hookimpl
+def default_pipeline():
+    """Prompt lookup costs nothing to set up and never slows plain decoding down much (it drafts
+    only when the cost model expects a gain), so it is the default when this plugin is installed."""
+    return {"name": "default", "drafter": {"type": "prompt_lookup"}}
 
 
 @hookimpl

@@ -12,7 +12,8 @@ target's tokens follow the path to it). Speed relative to plain decoding is ther
 
 and the drafter proposes the S that maximizes R, or nothing when max R <= 1 + min_gain. Because
 p never grows along a path, the best S of each size is the top nodes by p (a prefix-closed set),
-so sorting candidates by p and scanning the prefix ratios finds the optimum (`select_nodes`).
+so sorting candidates by p and scanning the prefix ratios finds the optimum
+(`specdec.select_nodes`, which Medusa's confidence pruning uses too).
 
 The probabilities. p_i is the product, along the path, of the conditional probability that a
 node's token comes next given that its parent's path was accepted. That conditional is read from
@@ -29,11 +30,10 @@ repetitive.
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
 from typing import Sequence
 
-from specdec.cost import CostModel  # noqa: F401 - re-exported: the drafters' cost model
-from specdec.draft import Draft
+from specdec import (AcceptanceTracker, CostModel, Draft, SlotAcceptance,  # noqa: F401 - CostModel re-exported
+                     select_nodes)
 from specdec_plugin_retrieval.candidates import CandidateTree
 
 #: Share buckets: a node's occurrences / (its parent's occurrences + 1). The +1 makes one lone
@@ -41,14 +41,13 @@ from specdec_plugin_retrieval.candidates import CandidateTree
 SHARE_EDGES = (0.25, 0.5, 0.75)
 
 
-class AcceptanceModel:
-    """P(a node's token comes next | its parent's path was accepted), per feature cell.
+class AcceptanceModel(SlotAcceptance):
+    """P(a node's token comes next | its parent's path was accepted), per feature cell: a
+    `specdec.SlotAcceptance` whose slots are cells of the retrieval features.
 
     Cells combine the matched context length (bucketed by `match_edges`, counting the draft
     tokens above the node as matched context), whether the node is at depth 1, and its share
-    bucket (`SHARE_EDGES`). Each cell holds decayed success and trial counts, so recent outcomes
-    weigh most (`decay` 0.98 remembers about the last 50 trials of a cell), shrunk toward a prior
-    mean by `prior_weight` pseudo-trials.
+    bucket (`SHARE_EDGES`).
 
     :param prior: prior mean of each cell, indexed like `cell(...)`.
     """
@@ -59,28 +58,16 @@ class AcceptanceModel:
         num_cells = len(self.match_edges) * 2 * (len(SHARE_EDGES) + 1)
         if len(prior) != num_cells:
             raise ValueError(f"prior needs {num_cells} cells, got {len(prior)}")
-        self.prior = [min(max(float(mean), 0.0), 1.0) for mean in prior]
-        self.prior_weight = prior_weight
-        self.decay = decay
-        self.successes = [0.0] * num_cells
-        self.trials = [0.0] * num_cells
+        super().__init__(prior, prior_weight=prior_weight, decay=decay)
 
     @property
     def num_cells(self) -> int:
-        return len(self.prior)
+        return self.num_slots
 
     def cell(self, matched: int, depth: int, share: float) -> int:
         match_bucket = max(bisect.bisect_right(self.match_edges, matched) - 1, 0)
         share_bucket = bisect.bisect_right(SHARE_EDGES, share)
         return (match_bucket * 2 + (depth > 1)) * (len(SHARE_EDGES) + 1) + share_bucket
-
-    def probability(self, cell: int) -> float:
-        weight = self.prior_weight
-        return (self.successes[cell] + weight * self.prior[cell]) / (self.trials[cell] + weight)
-
-    def update(self, cell: int, accepted: bool) -> None:
-        self.successes[cell] = self.successes[cell] * self.decay + accepted
-        self.trials[cell] = self.trials[cell] * self.decay + 1.0
 
 
 def prior_table(rows: Sequence[tuple[Sequence[float], Sequence[float]]]) -> list[float]:
@@ -118,97 +105,11 @@ def score(tree: CandidateTree, model: AcceptanceModel) -> tuple[list[int], list[
     return cells, probabilities
 
 
-def select_nodes(tree: CandidateTree, probabilities: Sequence[float], cost: CostModel, *,
-                 max_nodes: int, max_depth: int, max_leaves: int, adaptive: bool = True,
-                 min_gain: float = 0.0) -> list[int]:
-    """The nodes to draft, parents first and siblings best first.
+class OutcomeTracker(AcceptanceTracker):
+    """`specdec.AcceptanceTracker` for candidate trees: scores them against the committed tokens."""
 
-    Scans nodes by decreasing probability, keeping a node when its parent is kept, its depth is
-    within `max_depth` and it does not make the tree exceed `max_leaves` root-to-leaf branches.
-    With `adaptive`, returns the prefix of that scan with the best speed ratio R (module
-    docstring), or nothing when R <= 1 + min_gain; otherwise the whole scan up to `max_nodes`.
-    """
-    order = sorted(range(tree.num_nodes), key=lambda node: (-probabilities[node], tree.depths[node], node))
-    kept: list[int] = []
-    is_kept = [False] * tree.num_nodes
-    has_child = [False] * (tree.num_nodes + 1)  # by row: root = 0, node i = i + 1
-    leaves = 0
-    total = 0.0
-    best_ratio, best_size = 1.0 + min_gain, 0
-    for node in order:
-        if len(kept) >= max_nodes:
-            break
-        parent = tree.parents[node]
-        if tree.depths[node] > max_depth or (parent >= 0 and not is_kept[parent]):
-            continue
-        # a node's first child extends its branch; any further child (and any child of the
-        # root, which is no branch yet) starts a new one
-        adds_leaf = parent < 0 or has_child[parent + 1]
-        if adds_leaf and leaves >= max_leaves:
-            continue
-        leaves += adds_leaf
-        has_child[parent + 1] = True
-        is_kept[node] = True
-        kept.append(node)
-        total += probabilities[node]
-        ratio = (1.0 + total) / cost.step_cost(len(kept))
-        if ratio > best_ratio:
-            best_ratio, best_size = ratio, len(kept)
-    return kept if not adaptive else kept[:best_size]
-
-
-@dataclass
-class _Pending:
-    tree: CandidateTree
-    cells: list[int]
-    position: int  # index in the token sequence of the next token to compare
-    row: int = 0  # the deepest candidate row matched so far (0 = root)
-
-
-class OutcomeTracker:
-    """Scores past candidate trees against the tokens committed after them.
-
-    Each tree was built when the sequence had `start` tokens; its root's children predict token
-    `start`, their children token `start + 1`, and so on. Every child of a matched row is one
-    trial of its cell: a success when its token is the committed one.
-    """
-
-    def __init__(self, model: AcceptanceModel, max_pending: int = 64):
-        self.model = model
-        self.max_pending = max_pending
-        self.pending: list[_Pending] = []
-
-    def reset(self) -> None:
-        self.pending = []
-
-    def add(self, start: int, tree: CandidateTree, cells: list[int]) -> None:
-        if tree.num_nodes:
-            self.pending.append(_Pending(tree, cells, start))
-            if len(self.pending) > self.max_pending:
-                del self.pending[0]
-
-    def update(self, tokens: Sequence[int]) -> None:
-        """Compare the pending trees with the committed `tokens` (the whole sequence)."""
-        model, length = self.model, len(tokens)
-        alive = []
-        for item in self.pending:
-            tree, cells = item.tree, item.cells
-            while item.position < length:
-                actual = tokens[item.position]
-                matched = -1
-                for child in tree.children[item.row]:
-                    hit = tree.tokens[child] == actual
-                    model.update(cells[child], hit)
-                    if hit:
-                        matched = child
-                if matched < 0:
-                    break
-                item.row = matched + 1
-                item.position += 1
-            else:
-                if tree.children[item.row]:
-                    alive.append(item)
-        self.pending = alive
+    def add(self, start: int, tree: CandidateTree, cells: Sequence[int]) -> None:
+        super().add(start, tree.tokens, tree.parents, cells)
 
 
 class AdaptiveDrafting:
@@ -241,6 +142,7 @@ class AdaptiveDrafting:
         """The draft for `tree`, built when the sequence had `start` tokens."""
         cells, probabilities = score(tree, self.model)
         self.tracker.add(start, tree, cells)
-        nodes = select_nodes(tree, probabilities, self.cost, max_nodes=self.max_nodes, max_depth=max_depth,
-                             max_leaves=self.max_leaves, adaptive=self.adaptive, min_gain=self.min_gain)
+        nodes = select_nodes(probabilities, tree.parents, self.cost, max_nodes=self.max_nodes,
+                             max_depth=max_depth, max_leaves=self.max_leaves, adaptive=self.adaptive,
+                             min_gain=self.min_gain)
         return tree.draft(nodes)

@@ -1,6 +1,6 @@
 """Candidate trees: every continuation a lookup found, merged into a trie with support counts.
 
-Both drafters turn their matches into a `CandidateTree`; `adaptive.select_nodes` then decides which
+Both drafters turn their matches into a `CandidateTree`; `specdec.select_nodes` then decides which
 of its nodes are worth verifying and `CandidateTree.draft` turns that choice into a `specdec.Draft`.
 
 Vocabulary (as in `specdec.draft`): node i is `tokens[i]`, `parents[i]` is its parent node or -1
@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from specdec.draft import Draft, tree_children, tree_depths
+from specdec import Draft, breadth_first, merge_sequences, subtree_parents, tree_children, tree_depths
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,11 +55,7 @@ class CandidateTree:
 
     def draft(self, nodes: Sequence[int]) -> Draft:
         """The draft made of `nodes` (each node's parent must be among them, and come earlier)."""
-        if not nodes:
-            return Draft.empty()
-        new_index = {node: index for index, node in enumerate(nodes)}
-        parents = tuple(-1 if self.parents[node] < 0 else new_index[self.parents[node]] for node in nodes)
-        return Draft(torch.tensor([self.tokens[node] for node in nodes], dtype=torch.long), parents)
+        return Draft(torch.tensor(self.tokens, dtype=torch.long), self.parents).subtree(nodes)
 
 
 def trie_from_sequences(sequences: Sequence[Sequence[int]], matched: Sequence[int], *,
@@ -72,41 +68,15 @@ def trie_from_sequences(sequences: Sequence[Sequence[int]], matched: Sequence[in
     :param matched: context tokens matched by the occurrence behind each sequence.
     :param root_count: occurrences behind the tree (default: the number of sequences).
     """
-    index: dict[tuple[int, int], int] = {}  # (parent node, token) -> node
-    tokens: list[int] = []
-    parents: list[int] = []
-    counts: list[int] = []
-    longest: list[int] = []
-    for sequence, length in zip(sequences, matched, strict=True):
-        parent = -1
-        for token in sequence:
-            key = (parent, int(token))
-            node = index.get(key)
-            if node is None:
-                node = index[key] = len(tokens)
-                tokens.append(int(token))
-                parents.append(parent)
-                counts.append(0)
-                longest.append(0)
-            counts[node] += 1
-            longest[node] = max(longest[node], length)
-            parent = node
-    # renumber breadth-first with siblings best-first (insertion order is first appearance)
-    children: list[list[int]] = [[] for _ in range(len(tokens) + 1)]
-    for node, parent in enumerate(parents):
-        children[parent + 1].append(node)
-    if by_count:
-        for row in children:
-            row.sort(key=lambda node: -counts[node])  # stable: ties keep first appearance
-    order: list[int] = []
-    frontier = children[0]
-    while frontier:
-        order.extend(frontier)
-        frontier = [child for node in frontier for child in children[node + 1]]
-    new_index = {node: position for position, node in enumerate(order)}
+    tokens, parents, members = merge_sequences(sequences)
+    if len(matched) != len(sequences):
+        raise ValueError(f"{len(sequences)} sequences but {len(matched)} matched lengths")
+    counts = [len(row) for row in members]
+    # breadth-first with siblings best-first (node numbers are first appearance)
+    order = breadth_first(parents, key=(lambda node: -counts[node]) if by_count else None)
     return CandidateTree(
         tokens=tuple(tokens[node] for node in order),
-        parents=tuple(-1 if parents[node] < 0 else new_index[parents[node]] for node in order),
+        parents=subtree_parents(parents, order),
         counts=tuple(counts[node] for node in order),
         root_count=len(sequences) if root_count is None else root_count,
-        matched=tuple(longest[node] for node in order))
+        matched=tuple(max(matched[number] for number in members[node]) for node in order))

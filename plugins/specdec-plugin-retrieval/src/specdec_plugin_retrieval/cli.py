@@ -64,8 +64,8 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 def _model_name(args: argparse.Namespace) -> str | None:
     if not args.pipeline:
         return args.model
-    from specdec.config import load_yaml, validate_pipeline
-    from specdec.plugins import default_plugins
+    from specdec import load_yaml, validate_pipeline
+    from specdec import default_plugins
 
     data, text = load_yaml(args.pipeline)
     return validate_pipeline(data, default_plugins().registry, args.pipeline, text).spec.target.model
@@ -82,7 +82,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _self_distill(args: argparse.Namespace) -> int:
-    from specdec.errors import ConfigError
+    from specdec import ConfigError
     from specdec_plugin_retrieval.self_distill import self_distill
 
     for flag, value in (("--max-new-tokens", args.max_new_tokens), ("--batch-size", args.batch_size),

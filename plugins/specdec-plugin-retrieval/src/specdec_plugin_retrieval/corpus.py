@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from specdec.errors import InputError
+from specdec import InputError
 
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                    "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "system": "system"}
@@ -156,7 +156,7 @@ def load_tokenizer(name_or_path: str | None):
     """The tokenizer of a model as specdec loads it (None = the default model), without the weights."""
     from transformers import AutoTokenizer
 
-    from specdec.models import checkpoint_source
+    from specdec import checkpoint_source
 
     source = checkpoint_source(name_or_path)
     try:

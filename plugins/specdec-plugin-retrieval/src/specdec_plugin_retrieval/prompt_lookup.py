@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from typing import Literal, Sequence
 
-from specdec.draft import Draft
-from specdec.protocols import BaseDrafter, DraftContext, StepOutcome
-from specdec.sampling import SamplingParams
+from specdec import BaseDrafter, Draft, DraftContext, SamplingParams, StepOutcome
 from specdec_plugin_retrieval.adaptive import AcceptanceModel, AdaptiveDrafting, CostModel, prior_table
 from specdec_plugin_retrieval.candidates import trie_from_sequences
 from specdec_plugin_retrieval.ngram_index import NgramIndex

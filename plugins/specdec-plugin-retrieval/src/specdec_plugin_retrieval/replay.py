@@ -14,13 +14,10 @@ pipeline files.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Sequence
 
-from specdec.draft import Draft
-from specdec.params import SamplingParams
-from specdec.protocols import DraftContext, Drafter, StepOutcome
+from specdec import Draft, DraftContext, Drafter, SamplingParams, StepOutcome, read_json_lines
 from specdec_plugin_retrieval.adaptive import CostModel
 
 
@@ -90,13 +87,10 @@ def replay(drafter: Drafter, prompt: Sequence[int], output: Sequence[int], cost:
 def load_conversations(path: str, tokenizer) -> list[tuple[list[int], list[int]]]:
     """(prompt ids through the chat template, answer ids + end of turn) per chat record."""
     pairs = []
-    with open(path, encoding="utf-8") as file:
-        for line in file:
-            if not line.strip():
-                continue
-            messages = json.loads(line)["messages"]
-            prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
-            prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            answer_ids = tokenizer(messages[-1]["content"], add_special_tokens=False)["input_ids"]
-            pairs.append((prompt_ids, answer_ids + [tokenizer.eos_token_id]))
+    for _, record in read_json_lines(path):
+        messages = record["messages"]
+        prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(messages[-1]["content"], add_special_tokens=False)["input_ids"]
+        pairs.append((prompt_ids, answer_ids + [tokenizer.eos_token_id]))
     return pairs

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from specdec.draft import Draft
-from specdec.protocols import BaseDrafter, DraftContext, StepOutcome
-from specdec.sampling import SamplingParams
+from specdec import BaseDrafter, Draft, DraftContext, SamplingParams, StepOutcome
 from specdec_plugin_retrieval.adaptive import AcceptanceModel, AdaptiveDrafting, CostModel, prior_table
 from specdec_plugin_retrieval.candidates import CandidateTree
 from specdec_plugin_retrieval.store import Store

@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from specdec.errors import InputError
+from specdec import InputError, json_lines
 
 Messages = list[dict[str, str]]
 
@@ -35,16 +35,10 @@ def read_prompts(path: str | os.PathLike) -> list[Messages]:
     except OSError as error:
         raise InputError(f"cannot read the prompt file {path}: {error.strerror or error}") from None
     prompts: list[Messages] = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        if path.suffix.lower() != ".jsonl":
-            prompts.append([{"role": "user", "content": line.strip()}])
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError as error:
-            raise InputError(f"{path}:{number}: not valid JSON: {error}") from None
+    if path.suffix.lower() != ".jsonl":
+        prompts.extend([{"role": "user", "content": line.strip()}] for line in lines if line.strip())
+        lines = []
+    for number, record in json_lines(lines, path):
         if isinstance(record, dict) and isinstance(record.get("prompt"), str):
             prompts.append([{"role": "user", "content": record["prompt"]}])
         elif isinstance(record, dict) and isinstance(record.get("messages"), list) and record["messages"]:
@@ -91,7 +85,7 @@ def self_distill(output: str | os.PathLike, *, prompts_path: str | os.PathLike |
                  overwrite: bool = False, progress: bool = True):
     """Answer the prompts with the model, append the chats to `corpus_path` (default: next to the
     store, `<output>.corpus.jsonl`), and build the store at `output` from that corpus."""
-    from specdec.models import load_model
+    from specdec import load_model
     from specdec_plugin_retrieval.corpus import build_from_corpus
 
     output = Path(output)
@@ -133,11 +127,10 @@ def _answered(corpus: Path) -> set[str]:
         text = text[: text.rfind("\n") + 1]
         corpus.write_text(text, encoding="utf-8")
     done = set()
-    for number, line in enumerate(text.splitlines(), 1):
-        try:
-            messages = json.loads(line)["messages"]
-        except (ValueError, KeyError, TypeError):
+    for number, record in json_lines(text.splitlines(), corpus):
+        messages = record.get("messages") if isinstance(record, dict) else None
+        if not isinstance(messages, list):
             raise InputError(f"{corpus}:{number}: not a conversation record; fix or delete the "
-                             f"corpus file to start over") from None
+                             f"corpus file to start over")
         done.add(_key(messages[:-1]))
     return done

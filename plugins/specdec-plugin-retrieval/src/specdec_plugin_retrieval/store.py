@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from specdec.errors import InputError, ModelMismatchError
+from specdec import InputError, ModelMismatchError
 from specdec_plugin_retrieval.suffix_array import suffix_array
 
 FORMAT = "specdec-retrieval-store"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from specdec.hookspecs import hookimpl
+from specdec import hookimpl
 
 __version__ = "0.1.0"
 

@@ -34,7 +34,7 @@ def add_commands(subparsers) -> None:
 
 
 def _measure(args: argparse.Namespace) -> int:
-    from specdec.errors import ConfigError
+    from specdec import ConfigError
 
     from specdec_plugin_typical.lossiness import exact_table, measure_pipeline
     from specdec_plugin_typical.policy import TypicalAcceptance
@@ -44,7 +44,7 @@ def _measure(args: argparse.Namespace) -> int:
     rows = exact_table(temperatures=args.temperatures, epsilon=args.epsilon, delta=args.delta)
     report: dict = {"epsilon": args.epsilon, "delta": args.delta, "exact": rows}
     if args.pipeline:
-        from specdec.pipeline import Pipeline
+        from specdec import Pipeline
 
         if not args.prompt:
             raise ConfigError("--pipeline needs at least one --prompt")

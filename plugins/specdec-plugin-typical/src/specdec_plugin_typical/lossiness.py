@@ -21,10 +21,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from specdec.acceptance import RejectionSampling
-from specdec.draft import Draft
-from specdec.protocols import Acceptance
-from specdec.sampling import RandomSource, SamplingParams, warp_logits
+from specdec import Acceptance, Draft, RandomSource, RejectionSampling, SamplingParams, warp_logits
 from specdec.testing import enumerate_outcomes, exact_target_distribution, sample_tree
 
 from specdec_plugin_typical.policy import DELTA, EPSILON, TypicalAcceptance
@@ -153,7 +150,7 @@ def measure_pipeline(pipeline, prompts: Sequence, *, temperature: float, max_new
                      seed: int = 0, policy: TypicalAcceptance | None = None) -> dict:
     """Generate every prompt with the pipeline's drafter under rejection and under typical
     acceptance; report mean accepted tokens per step for both and typical's first-token TV."""
-    from specdec.engine import SpeculativeDecoder
+    from specdec import SpeculativeDecoder
 
     policy = policy or TypicalAcceptance()
     recorder = FirstTokenTV(policy)

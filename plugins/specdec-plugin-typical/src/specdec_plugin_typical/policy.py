@@ -27,10 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from specdec.acceptance import greedy_walk
-from specdec.draft import Draft
-from specdec.protocols import Acceptance
-from specdec.sampling import RandomSource, SamplingParams, warp_logits
+from specdec import Acceptance, Draft, RandomSource, SamplingParams, greedy_walk, warp_logits
 
 #: Reference defaults (Medusa's `medusa_generate`: posterior_threshold=0.09, posterior_alpha=0.3).
 EPSILON = 0.09

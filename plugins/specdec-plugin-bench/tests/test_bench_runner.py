@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from specdec.bench.methods import Measurement
-from specdec.bench.questions import Question
-from specdec.bench.report import write_report
-from specdec.bench.runner import BenchSettings, RecordStore, check_resumable, measure, pending, rotated
+from specdec_plugin_bench.methods import Measurement
+from specdec_plugin_bench.questions import Question
+from specdec_plugin_bench.report import write_report
+from specdec_plugin_bench.runner import BenchSettings, RecordStore, check_resumable, measure, pending, rotated
 from specdec.errors import ConfigError
 
 

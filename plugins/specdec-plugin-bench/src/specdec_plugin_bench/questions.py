@@ -10,12 +10,11 @@ other category (translation, summarization, qa, math_reasoning, rag) is a task o
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from specdec.errors import ConfigError
+from specdec import ConfigError, json_lines
 
 MT_BENCH_CATEGORIES = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")
 #: Spec-Bench's column order; tasks it does not know follow in file order.
@@ -43,15 +42,8 @@ def parse_questions(text: str, source: str = "<questions>") -> list[Question]:
     questions: list[Question] = []
     seen: dict[int | str, int] = {}
     problems: list[str] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, item in json_lines(text.splitlines(), source, on_error=problems.append):
         where = f"{source}:{number}"
-        try:
-            item = json.loads(line)
-        except ValueError as error:
-            problems.append(f"{where}: not valid JSON: {error}")
-            continue
         if not isinstance(item, dict):
             problems.append(f"{where}: expected a JSON object with question_id, category and turns")
             continue

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from specdec.bench import metrics, plots
-from specdec.bench.questions import TASK_ORDER
+from specdec_plugin_bench import metrics, plots
+from specdec_plugin_bench.questions import TASK_ORDER
 
 REPORT_FILE = "report.md"
 RESULTS_FILE = "results.json"

@@ -7,20 +7,18 @@ import sys
 import pytest
 
 import specdec.plugins
-from specdec.bench import plugin as bench_plugin
+import specdec_plugin_bench
 from specdec.cli import main
 from specdec.plugins import load_plugins
-from specdec.testing import save_tiny_model
+from specdec.testing import check_plugin, save_tiny_model
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(autouse=True)
 def bench_registered(monkeypatch):
-    """The CLI with the bench plugin, registered as an extra plugin until it is a default one."""
-    extra = [] if "specdec.bench.plugin" in specdec.plugins.DEFAULT_PLUGINS else \
-        [("specdec.bench.plugin", bench_plugin)]
-    plugins = load_plugins(extra, entry_points=False)
+    """The CLI with only the built-ins and this plugin (other installed plugins stay out)."""
+    plugins = load_plugins([("specdec_plugin_bench", specdec_plugin_bench)], entry_points=False)
     assert not plugins.failures
     monkeypatch.setattr(specdec.plugins, "default_plugins", lambda: plugins)
     return plugins
@@ -55,6 +53,10 @@ def read_records(folder):
     return [json.loads(line) for line in (folder / "records.jsonl").read_text().splitlines()]
 
 
+def test_specdec_finds_the_installed_plugin_and_its_command():
+    check_plugin("specdec_plugin_bench", distribution="specdec-plugin-bench", commands=True)
+
+
 def test_the_bench_command_is_registered_through_the_hook(capsys):
     with pytest.raises(SystemExit) as done:
         main(["bench", "--help"])
@@ -64,7 +66,8 @@ def test_the_bench_command_is_registered_through_the_hook(capsys):
 
 
 def test_the_light_modules_do_not_import_torch():
-    code = ("import sys, specdec.bench.plugin, specdec.bench.cli, specdec.bench.methods, specdec.bench.report; "
+    code = ("import sys, specdec_plugin_bench, specdec_plugin_bench.cli, specdec_plugin_bench.methods, "
+            "specdec_plugin_bench.report; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -127,7 +130,7 @@ def test_resume_skips_measured_records_and_report_rewrites(files, tmp_path, caps
 
 
 def test_ctrl_c_keeps_the_records_and_writes_a_partial_report(files, tmp_path, monkeypatch, capsys):
-    from specdec.bench.methods import HFMethod
+    from specdec_plugin_bench.methods import HFMethod
 
     original, calls = HFMethod.generate, []
 

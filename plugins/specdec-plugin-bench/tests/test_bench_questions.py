@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from specdec.bench.questions import (MT_BENCH_CATEGORIES, build_messages, load_questions, parse_questions,
+from specdec_plugin_bench.questions import (MT_BENCH_CATEGORIES, build_messages, load_questions, parse_questions,
                                      select_questions, task_of, tasks_in)
 from specdec.errors import ConfigError
 

@@ -1,9 +1,12 @@
 """Benchmark of the engine itself: plain decoding against `model.generate()`, and the per-step
 overhead outside the model forwards.
 
-    python -m specdec.enginebench                   # default model, CPU
-    python -m specdec.enginebench --device cuda     # on a GPU
-    python -m specdec.enginebench --tiny            # tiny random models: AR vs draft-model speculation
+    python -m specdec_plugin_bench.enginebench --questions dev.jsonl                 # default model, CPU
+    python -m specdec_plugin_bench.enginebench --questions dev.jsonl --device cuda   # on a GPU
+    python -m specdec_plugin_bench.enginebench --tiny        # tiny random models: AR vs draft-model speculation
+
+The prompts are the first user turns of a Spec-Bench-style question file (`--questions`, JSON
+Lines with a `turns` list per question).
 
 Every forward of the target is timed by wrapping `model.forward`; a step's overhead is its wall
 time minus the time inside the forward (drafting excluded: the `none` drafter drafts nothing).
@@ -14,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import time
 from contextlib import contextmanager
@@ -22,20 +24,8 @@ from pathlib import Path
 
 import torch
 
-from specdec.acceptance import RejectionSampling
-from specdec.drafters.draft_model import DraftModelDrafter
-from specdec.drafters.none import NoDrafter
-from specdec.engine import SpeculativeDecoder
-from specdec.params import SamplingParams
-from specdec.verifiers.hf import HFVerifier
-
-_QUESTIONS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "spec_bench" / "dev.jsonl"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
+from specdec import (DraftModelDrafter, HFVerifier, NoDrafter, RejectionSampling, SamplingParams,
+                     SpeculativeDecoder, synchronize)
 
 @contextmanager
 def timed_forward(model: torch.nn.Module, device: torch.device):
@@ -44,10 +34,10 @@ def timed_forward(model: torch.nn.Module, device: torch.device):
     record = {"seconds": 0.0, "calls": 0, "durations": []}
 
     def forward(*args, **kwargs):
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         output = original(*args, **kwargs)
-        _sync(device)
+        synchronize(device)
         elapsed = time.perf_counter() - start
         record["seconds"] += elapsed
         record["calls"] += 1
@@ -61,14 +51,15 @@ def timed_forward(model: torch.nn.Module, device: torch.device):
         model.forward = original
 
 
-def load_prompts(tokenizer, count: int) -> list[list[int]]:
-    """The first user turn of the first `count` Spec-Bench dev questions, through the chat template."""
-    path = _QUESTIONS.resolve()
-    questions = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def load_prompts(tokenizer, count: int, path: str | Path) -> list[list[int]]:
+    """The first user turn of `count` questions spread over the file, through the chat template."""
+    from specdec_plugin_bench.questions import load_questions
+
+    questions = load_questions(path)
     step = max(1, len(questions) // count)
     prompts = []
     for question in questions[::step][:count]:
-        encoded = tokenizer.apply_chat_template([{"role": "user", "content": question["turns"][0]}],
+        encoded = tokenizer.apply_chat_template([{"role": "user", "content": question.turns[0]}],
                                                 add_generation_prompt=True, tokenize=True)
         prompts.append(list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded))
     return prompts
@@ -82,10 +73,10 @@ def run_specdec(model, prompts, max_new_tokens, device, drafter=None) -> dict:
     with timed_forward(model, device) as record:
         for prompt in prompts:
             before = record["seconds"]
-            _sync(device)
+            synchronize(device)
             start = time.perf_counter()
             result = decoder.generate(prompt, params)
-            _sync(device)
+            synchronize(device)
             wall += time.perf_counter() - start
             forward += record["seconds"] - before
             tokens += len(result.tokens)
@@ -111,10 +102,10 @@ def run_hf_generate(model, prompts, max_new_tokens, device, assistant=None) -> d
     with timed_forward(model, device) as record:
         for prompt in prompts:
             before, before_calls = record["seconds"], record["calls"]
-            _sync(device)
+            synchronize(device)
             start = time.perf_counter()
             output = generate(prompt, max_new_tokens)
-            _sync(device)
+            synchronize(device)
             wall += time.perf_counter() - start
             forward += record["seconds"] - before
             calls += record["calls"] - before_calls
@@ -137,11 +128,11 @@ def _row(name: str, run: dict, reference: dict | None = None) -> str:
 
 
 def benchmark_default(args) -> None:
-    from specdec.models import load_model
+    from specdec import load_model
 
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
     device = model.device
-    prompts = load_prompts(tokenizer, args.prompts)
+    prompts = load_prompts(tokenizer, args.prompts, args.questions)
     print(f"model {args.model or 'default (SmolLM2-135M-Instruct)'}, device {device}, dtype {model.dtype}, "
           f"{len(prompts)} prompts (mean {statistics.mean(map(len, prompts)):.0f} tokens), "
           f"{args.max_new_tokens} new tokens each, torch threads {torch.get_num_threads()}\n")
@@ -193,7 +184,7 @@ def benchmark_tiny(args) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m specdec.enginebench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m specdec_plugin_bench.enginebench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="HF id or local path (default: the embedded default model)")
     parser.add_argument("--device", default="cpu")
@@ -202,7 +193,11 @@ def main(argv=None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--tiny", action="store_true", help="tiny random models: AR vs draft-model speculation")
+    parser.add_argument("--questions", help="question file (JSON Lines, Spec-Bench format); required "
+                                            "without --tiny")
     args = parser.parse_args(argv)
+    if not args.tiny and not args.questions:
+        parser.error("--questions is required (a Spec-Bench-style JSON Lines file), unless --tiny")
     with torch.inference_mode():
         (benchmark_tiny if args.tiny else benchmark_default)(args)
 

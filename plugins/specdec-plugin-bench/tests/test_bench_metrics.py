@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from specdec.bench import metrics
-from specdec.bench.metrics import (OVERALL, acceptance_by_position, annotate_mismatches, first_difference,
+from specdec_plugin_bench import metrics
+from specdec_plugin_bench.metrics import (OVERALL, acceptance_by_position, annotate_mismatches, first_difference,
                                    mean_accepted_tokens, merge_counts, question_speeds, speedups_by_run,
                                    spread, steps_from_forwards, summarize)
 from specdec.stats import GenerationStats

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from specdec.bench.questions import Question, build_messages, tasks_in
+from specdec import synchronize
+from specdec_plugin_bench.questions import Question, build_messages, tasks_in
 
 
 @dataclass
@@ -46,12 +47,10 @@ class Cell:
 
 def run_task(pipeline, questions: Sequence[Question], batch_size: int, params) -> Cell:
     """Answer the first turn of every question with up to `batch_size` sequences per forward."""
-    from specdec.bench.methods import _synchronize
-
     scheduler = pipeline.scheduler
     scheduler.max_batch_size = batch_size
     prompts = [pipeline.encode(build_messages(question.turns, [], 1)) for question in questions]
-    _synchronize(pipeline.device)
+    synchronize(pipeline.device)
     started = time.perf_counter()
     handles = [scheduler.submit(prompt, params) for prompt in prompts]
     finished: dict[int, float] = {}
@@ -61,7 +60,7 @@ def run_task(pipeline, questions: Sequence[Question], batch_size: int, params) -
         for index, handle in enumerate(handles):
             if handle.done and index not in finished:
                 finished[index] = now - started
-    _synchronize(pipeline.device)
+    synchronize(pipeline.device)
     cell = Cell(seconds=time.perf_counter() - started)
     for question, handle, index in zip(questions, handles, range(len(handles))):
         if handle.error is not None:
@@ -148,15 +147,13 @@ def markdown(summary: dict) -> str:
 
 
 def write_throughput(directory: Path, summary: dict, meta: dict) -> list[Path]:
-    """results.json, report.md and throughput.png (when matplotlib is installed) in `directory`."""
+    """throughput.json, throughput.md and throughput.png in `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
     files = [directory / "throughput.json", directory / "throughput.md"]
     files[0].write_text(json.dumps({**meta, **summary}, indent=1), encoding="utf-8")
     files[1].write_text("# Throughput by batch size\n\n" + markdown(summary), encoding="utf-8")
-    try:
-        from specdec.bench.plots import throughput_chart
-    except ImportError:
-        return files
+    from specdec_plugin_bench.plots import throughput_chart
+
     points = [(row["pipeline"], row["batch_size"], row["tokens_per_second"]) for row in summary["rows"]]
     files.append(throughput_chart(points, directory / "throughput.png"))
     return files

@@ -24,8 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from specdec.config import ValidatedPipeline, validate_pipeline
-from specdec.errors import ConfigError
+from specdec import ConfigError, ValidatedPipeline, validate_pipeline
 
 HF_BASELINES = ("generate", "prompt_lookup", "assisted", "early_exit")
 DEFAULT_HF_BASELINES = ("generate", "prompt_lookup", "assisted")
@@ -74,7 +73,7 @@ class Measurement:
 
 
 def _target_key(pipeline: ValidatedPipeline) -> tuple:
-    from specdec.models import DEFAULT_MODEL
+    from specdec import DEFAULT_MODEL
 
     target = pipeline.spec.target
     model = (target.model or DEFAULT_MODEL).strip()
@@ -190,7 +189,7 @@ def _hf_plan(label: str, name: str, kwargs: dict, description: str) -> MethodPla
 
 def build_methods(plans: Sequence[MethodPlan], plugins) -> list:
     """Load the target once and build every planned method on it (the baseline's target)."""
-    from specdec.pipeline import Pipeline
+    from specdec import Pipeline
 
     built: dict[str, Any] = {}
     first = plans[0]
@@ -213,19 +212,12 @@ def build_methods(plans: Sequence[MethodPlan], plugins) -> list:
 
 def _assistant(pipeline, baseline):
     """The draft model a draft_model pipeline loaded (never the target object itself)."""
-    from specdec.models import load_model
+    from specdec import load_model
 
     model = getattr(getattr(pipeline.drafter, "runner", None), "model", None)
     if model is None or model is baseline.model:
         model, _ = load_model(pipeline.config.drafter_params.model, device=baseline.device, dtype=baseline.dtype)
     return model
-
-
-def _synchronize(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class SpecdecMethod:
@@ -243,11 +235,13 @@ class SpecdecMethod:
         return self.pipeline.tokenizer.decode(list(token_ids), skip_special_tokens=True)
 
     def generate(self, prompt_ids: list[int], params) -> Measurement:
+        from specdec import synchronize
+
         device = self.pipeline.device
-        _synchronize(device)
+        synchronize(device)
         started = time.perf_counter()
         result = self.pipeline.decoder.generate(prompt_ids, params)
-        _synchronize(device)
+        synchronize(device)
         wall = time.perf_counter() - started
         stats = result.stats
         return Measurement(list(result.tokens), stats.steps, wall, result.finish_reason, stats,
@@ -312,8 +306,8 @@ class HFMethod:
     def generate(self, prompt_ids: list[int], params) -> Measurement:
         import torch
 
-        from specdec.bench.metrics import steps_from_forwards
-        from specdec.stats import GenerationStats
+        from specdec import GenerationStats, synchronize
+        from specdec_plugin_bench.metrics import steps_from_forwards
 
         device = self.model.device
         input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
@@ -322,10 +316,10 @@ class HFMethod:
         if not params.greedy and params.seed is not None:
             torch.manual_seed(params.seed)
         with self.counter:
-            _synchronize(device)
+            synchronize(device)
             started = time.perf_counter()
             output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-            _synchronize(device)
+            synchronize(device)
             wall = time.perf_counter() - started
         tokens = output[0, len(prompt_ids):].tolist()
         forwards = list(self.counter.forwards)

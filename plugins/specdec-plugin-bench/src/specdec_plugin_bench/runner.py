@@ -18,9 +18,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from specdec.bench.metrics import first_difference, record_key
-from specdec.bench.questions import Question, build_messages
-from specdec.errors import ConfigError
+from specdec import ConfigError, read_json_lines
+
+from specdec_plugin_bench.metrics import first_difference, record_key
+from specdec_plugin_bench.questions import Question, build_messages
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class BenchSettings:
     seed: int | None = None
 
     def params(self, seed: int | None = None):
-        from specdec.params import SamplingParams
+        from specdec import SamplingParams
 
         return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=seed,
                               max_new_tokens=self.max_new_tokens, stop_token_ids=None, stop_strings=())
@@ -72,15 +73,16 @@ class RecordStore:
         self.records: dict[tuple, dict] = {}
         self.unreadable = 0
         if self.path.exists():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                if not line.strip():
-                    continue
+            # a line cut short when a run was killed mid-write is skipped and counted
+            for _, record in read_json_lines(self.path, on_error=self._skip):
                 try:
-                    record = json.loads(line)
                     self.records[record_key(record)] = record
-                except (ValueError, KeyError, TypeError):
-                    self.unreadable += 1  # a line cut short when a run was killed mid-write
+                except (KeyError, TypeError):
+                    self._skip("not a record")
         self._file = None
+
+    def _skip(self, message: str) -> None:
+        self.unreadable += 1
 
     def __contains__(self, key: tuple) -> bool:
         return key in self.records

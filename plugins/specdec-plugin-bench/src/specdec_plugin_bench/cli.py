@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from specdec.errors import ConfigError
+from specdec import ConfigError
 
 DESCRIPTION = """\
 Spec-Bench-style benchmark: every method answers the same questions (multi-turn ones with its
@@ -30,7 +30,7 @@ records.jsonl, speedup.png and accepted_lengths.png.
 
 def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     """Add the `bench` subcommand to the `specdec` CLI's subparsers."""
-    from specdec.bench.methods import DEFAULT_HF_BASELINES, HF_BASELINES
+    from specdec_plugin_bench.methods import DEFAULT_HF_BASELINES, HF_BASELINES
 
     parser = subparsers.add_parser("bench", help="benchmark pipelines against AR and Hugging Face baselines",
                                    description=DESCRIPTION,
@@ -88,8 +88,8 @@ def _positive(text: str) -> int:
 
 def run_command(args: argparse.Namespace) -> int:
     """The `specdec bench` handler; returns the exit code (130 when interrupted)."""
-    from specdec.bench.report import write_report
-    from specdec.bench.runner import CONFIG_FILE, RecordStore
+    from specdec_plugin_bench.report import write_report
+    from specdec_plugin_bench.runner import CONFIG_FILE, RecordStore
 
     if args.report:
         directory = Path(args.report)
@@ -100,11 +100,11 @@ def run_command(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
-    from specdec.bench.methods import HFOptions, build_methods, plan_methods, target_description
-    from specdec.bench.questions import load_questions, select_questions
-    from specdec.bench.runner import BenchSettings, check_resumable, measure
-    from specdec.config import load_yaml, validate_pipeline
-    from specdec.plugins import default_plugins
+    from specdec_plugin_bench.methods import HFOptions, build_methods, plan_methods, target_description
+    from specdec_plugin_bench.questions import load_questions, select_questions
+    from specdec_plugin_bench.runner import BenchSettings, check_resumable, measure
+    from specdec import load_yaml, validate_pipeline
+    from specdec import default_plugins
 
     if not args.questions:
         raise ConfigError("specdec bench needs --questions FILE (Spec-Bench JSON Lines)")
@@ -187,9 +187,9 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def _throughput(args: argparse.Namespace) -> int:
-    """`--batch-size`: every pipeline at every batch size (see `specdec.bench.throughput`)."""
-    from specdec.bench.questions import load_questions, select_questions
-    from specdec.bench.throughput import measure_throughput, write_throughput
+    """`--batch-size`: every pipeline at every batch size (see `specdec_plugin_bench.throughput`)."""
+    from specdec_plugin_bench.questions import load_questions, select_questions
+    from specdec_plugin_bench.throughput import measure_throughput, write_throughput
     from specdec.config import load_yaml, validate_pipeline
     from specdec.params import SamplingParams
     from specdec.pipeline import Pipeline
@@ -225,7 +225,7 @@ def _throughput(args: argparse.Namespace) -> int:
     meta = {"settings": {"questions": args.questions, "tasks": args.tasks, "limit": args.limit,
                          **params.model_dump(mode="json")},
             "environment": _environment(first), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    from specdec.bench.throughput import markdown
+    from specdec_plugin_bench.throughput import markdown
 
     files = write_throughput(directory, summary, meta)
     print(markdown(summary))
@@ -252,7 +252,7 @@ def _output_folder(args: argparse.Namespace) -> Path:
 
 
 def _read_config(directory: Path) -> dict:
-    from specdec.bench.runner import CONFIG_FILE
+    from specdec_plugin_bench.runner import CONFIG_FILE
 
     path = directory / CONFIG_FILE
     try:
