@@ -36,7 +36,8 @@ FUZZ = settings(max_examples=int(os.environ.get("SPECDEC_FUZZ_EXAMPLES", 60)), d
 NAMES = sorted({"name", "target", "model", "device", "dtype", "drafter", "verifier", "acceptance", "sampling",
                 "type", "params", "temperature", "top_k", "top_p", "seed", "max_new_tokens", "stop_strings",
                 "stop_token_ids", "drafters", "num_tokens", "store", "heads", "tree", "num_nodes", "max_depth",
-                "adaptive", "node_cost", "max_ngram", "min_ngram", "max_span", "min_span",
+                "adaptive", "node_cost", "max_ngram", "min_ngram", "max_span", "min_span", "scheduler",
+                "max_batch_size", "draft_budget", "auto", "off",
                 *(name for kind in REGISTRY.components.values() for name in kind)})
 SCALARS = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True)
            | st.sampled_from(NAMES) | st.text(max_size=8))
