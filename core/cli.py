@@ -212,27 +212,22 @@ def _read_stdin() -> str:
 
 def read_prompts_file(path: str) -> list[str]:
     """Prompts of a JSON Lines file: each line a JSON string or an object with a "prompt" string."""
+    from specdec.errors import InputError
+    from specdec.jsonl import read_json_lines
+
+    prompts = []
     try:
-        with open(path, encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
+        for number, item in read_json_lines(path):
+            if isinstance(item, dict):
+                item = item.get("prompt")
+            if not isinstance(item, str) or not item.strip():
+                raise ConfigError(f"{path}:{number}: each line must be a non-empty JSON string or an object "
+                                  f"with a non-empty \"prompt\" string")
+            prompts.append(item)
     except OSError as error:
         raise ConfigError(f"cannot read --prompts-file {path}: {error.strerror or error}") from None
-    except UnicodeDecodeError as error:
-        raise ConfigError(f"--prompts-file {path} is not UTF-8 text (byte {error.start}): save it as UTF-8") from None
-    prompts = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"{path}:{number}: not valid JSON: {error.msg}") from None
-        if isinstance(item, dict):
-            item = item.get("prompt")
-        if not isinstance(item, str) or not item.strip():
-            raise ConfigError(f"{path}:{number}: each line must be a non-empty JSON string or an object "
-                              f"with a non-empty \"prompt\" string")
-        prompts.append(item)
+    except InputError as error:  # not JSON, not UTF-8: a usage error of the flag
+        raise ConfigError(f"--prompts-file {error}") from None
     if not prompts:
         raise ConfigError(f"--prompts-file {path} holds no prompts")
     return prompts
