@@ -85,7 +85,8 @@ def test_multi_turn_messages_carry_the_models_own_answers():
 def test_the_shared_dev_questions_parse():
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "spec_bench" / "dev.jsonl"
+    # next to the checkout: plugins/specdec-plugin-bench/tests -> the folder holding the repository
+    path = Path(__file__).resolve().parents[4] / "shared" / "data" / "spec_bench" / "dev.jsonl"
     if not path.exists():
         pytest.skip("the shared Spec-Bench dev questions are not in this checkout")
     questions = load_questions(path)
