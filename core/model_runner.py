@@ -122,7 +122,7 @@ class CausalLMRunner:
 
     def __init__(self, model: torch.nn.Module, num_slots: int = 1):
         check_supported(model)
-        use_grouped_query_sdpa(model)  # same output as "sdpa", no cache copy under a tree mask
+        use_grouped_query_sdpa(model)  # SDPA with query groups folded: no cache copy under a tree mask
         config = _text_config(model)
         self.model = model
         self.device = model.device

@@ -133,7 +133,6 @@ class Pipeline:
         spec = validated.spec
         self.verifier = registry.get("verifier", spec.verifier.type).factory(context, validated.verifier_params)
         context.verifier = self.verifier
-        context.extras["verifier"] = self.verifier  # the name used before BuildContext.verifier
         drafter_component = registry.get("drafter", spec.drafter.type)
         self.drafter = drafter_component.factory(context, validated.drafter_params)
         policy_component = registry.get("acceptance", spec.acceptance.type)
