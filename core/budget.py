@@ -68,11 +68,16 @@ class DraftBudget:
         return 1.0 + min(drafting, 1.0) * total
 
     def max_nodes(self, batch_size: int, records: Sequence[SequenceRecord]) -> int:
-        """The draft size that maximises expected tokens per unit of cost; 0 = plain decoding."""
+        """The draft size that maximises expected tokens per unit of cost; 0 = plain decoding.
+
+        :param records: the sequences that may draft; the other `batch_size - len(records)`
+            sequences of the step (speculation off) commit one token and pay the padded forward.
+        """
         cost = self.cost_at(batch_size)
-        best_size, best_gain = 0, float(len(records))
+        plain = batch_size - len(records)
+        best_size, best_gain = 0, float(batch_size)
         for size in self.sizes:
-            gain = sum(self.expected_tokens(record, size) for record in records) / cost.step_cost(size)
+            gain = (plain + sum(self.expected_tokens(record, size) for record in records)) / cost.step_cost(size)
             if gain > best_gain:
                 best_size, best_gain = size, gain
         return best_size

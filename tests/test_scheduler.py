@@ -273,3 +273,11 @@ def test_drafters_with_propose_batch_are_asked_once_per_step_for_all_their_seque
     runner.run()
     assert [handle.result.tokens for handle in handles] == reference_outputs()[:4]
     assert max(BatchedChain.calls) == 4 and all(handle.stats.draft_tokens > 0 for handle in handles)
+
+
+def test_budget_counts_the_sequences_that_do_not_draft():
+    """Seven plain sequences pay for the eighth's draft: speculating for one must be worth it for all."""
+    good = SequenceRecord(offered_steps=50, drafted_at_depth=[50, 50], accepted_at_depth=[45, 40])
+    budget = DraftBudget(lambda batch_size: CostModel(node_cost=0.3))
+    assert budget.max_nodes(1 + 0, [good]) >= 1
+    assert budget.max_nodes(8, [good]) == 0
