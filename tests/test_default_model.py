@@ -70,7 +70,7 @@ def test_two_threads_on_one_pipeline_each_get_their_own_answer():
 
     shared = Pipeline.from_dict({"drafter": {"type": "none"}, "scheduler": {"max_batch_size": 1}})
     prompts = [[{"role": "user", "content": text}] for text in PROMPTS[:2]]
-    alone = [shared.generate(prompt, max_new_tokens=24).token_ids for prompt in prompts]
+    alone = [shared.generate(prompt, max_new_tokens=24) for prompt in prompts]
     barrier = threading.Barrier(2)
     results = {}
 
@@ -83,5 +83,6 @@ def test_two_threads_on_one_pipeline_each_get_their_own_answer():
         thread.start()
     for thread in threads:
         thread.join(timeout=300)
-    assert [results[index].token_ids for index in range(2)] == alone
-    assert all(results[index].finish_reason == "length" for index in range(2))
+    assert [results[index].token_ids for index in range(2)] == [result.token_ids for result in alone]
+    assert [results[index].finish_reason for index in range(2)] == [result.finish_reason for result in alone]
+    assert all(result.token_ids and 0 not in result.token_ids[:3] for result in alone)  # real text, not id 0

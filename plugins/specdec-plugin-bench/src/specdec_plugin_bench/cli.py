@@ -100,11 +100,10 @@ def run_command(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
+    from specdec import default_plugins
     from specdec_plugin_bench.methods import HFOptions, build_methods, plan_methods, target_description
     from specdec_plugin_bench.questions import load_questions, select_questions
     from specdec_plugin_bench.runner import BenchSettings, check_resumable, measure
-    from specdec import load_yaml, validate_pipeline
-    from specdec import default_plugins
 
     if not args.questions:
         raise ConfigError("specdec bench needs --questions FILE (Spec-Bench JSON Lines)")
@@ -120,10 +119,7 @@ def run_command(args: argparse.Namespace) -> int:
     questions = select_questions(load_questions(args.questions), args.tasks, args.limit)
 
     plugins = default_plugins()
-    validated = []
-    for path in args.pipelines:
-        data, text = load_yaml(path)
-        validated.append(validate_pipeline(data, plugins.registry, path, text))
+    validated = validated_pipelines(args.pipelines, plugins)
     names = list(dict.fromkeys(args.hf_baselines or []))
     if "none" in names and names != ["none"]:
         raise ConfigError("--hf-baselines: 'none' cannot be combined with other baselines")
@@ -186,14 +182,22 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def validated_pipelines(paths, plugins) -> list:
+    """Every pipeline file of --pipelines, validated (no model loads)."""
+    from specdec import load_yaml, validate_pipeline
+
+    validated = []
+    for path in paths:
+        data, text = load_yaml(path)
+        validated.append(validate_pipeline(data, plugins.registry, path, text))
+    return validated
+
+
 def _throughput(args: argparse.Namespace) -> int:
     """`--batch-size`: every pipeline at every batch size (see `specdec_plugin_bench.throughput`)."""
+    from specdec import Pipeline, SamplingParams, default_plugins, validate_pipeline
     from specdec_plugin_bench.questions import load_questions, select_questions
-    from specdec_plugin_bench.throughput import measure_throughput, write_throughput
-    from specdec.config import load_yaml, validate_pipeline
-    from specdec.params import SamplingParams
-    from specdec.pipeline import Pipeline
-    from specdec.plugins import default_plugins
+    from specdec_plugin_bench.throughput import markdown, measure_throughput, write_throughput
 
     if args.resume or args.report or args.runs != 1:
         raise ConfigError("--batch-size measures throughput in one go: leave out --resume, --report and --runs")
@@ -201,10 +205,7 @@ def _throughput(args: argparse.Namespace) -> int:
                             max_new_tokens=args.max_new_tokens)
     questions = select_questions(load_questions(args.questions), args.tasks, args.limit)
     plugins = default_plugins()
-    validated = []
-    for path in args.pipelines:
-        data, text = load_yaml(path)
-        validated.append(validate_pipeline(data, plugins.registry, path, text))
+    validated = validated_pipelines(args.pipelines, plugins)
     target = validated[0].spec.target.model_dump() if validated else {}
     if not any(item.spec.drafter.type == "none" for item in validated):
         validated.insert(0, validate_pipeline({"name": "AR", "target": target, "drafter": {"type": "none"}},
@@ -225,8 +226,6 @@ def _throughput(args: argparse.Namespace) -> int:
     meta = {"settings": {"questions": args.questions, "tasks": args.tasks, "limit": args.limit,
                          **params.model_dump(mode="json")},
             "environment": _environment(first), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    from specdec_plugin_bench.throughput import markdown
-
     files = write_throughput(directory, summary, meta)
     print(markdown(summary))
     print("files: " + ", ".join(str(path) for path in files))
