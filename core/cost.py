@@ -1,17 +1,18 @@
-"""What verifying a draft costs the target: the cost model drafters decide with.
+"""What verifying a draft costs the target: the cost model drafters and the scheduler decide with.
 
 Verifying m draft nodes costs `cost(m)` plain (one-token) steps. It depends on the model, the
-device and the dtype, and on a CPU it is far from linear in m: for the default model in float32
-on 2 cores, 1-2 nodes cost about 1.05 plain steps, 4 nodes 1.4-1.6, 8 nodes 1.7-1.9 and 32 nodes
-2.5 (a matrix-vector product turns into a matrix product at the fourth row); in bfloat16 with
-AMX, or on a GPU, the whole curve stays near 1. Drafters that size their drafts by expected gain
+device, the dtype and the batch size, and on a CPU it is far from linear in m: the first draft
+nodes turn a matrix-vector product into a matrix product, later ones come nearly free; in a
+batch, draft tokens stop being free sooner. Drafters that size their drafts by expected gain
 (the retrieval drafters, Medusa with confidence pruning) divide the expected accepted tokens by
-this cost.
+this cost; the step scheduler's draft budget does the same per batch size. Measured curves are
+in docs/benchmarks.md, with the commands that measure them.
 
 `measure_cost_model` times the target the way a decoding step uses it: a forward over the
 pending token plus a chain of m draft tokens on a cache of `CONTEXT_TOKENS` committed tokens,
-for each m in `DRAFT_SIZES`, and returns the curve (about three seconds for the default model on
-a CPU, once per model per process). `node_cost: auto` in a pipeline file asks for it.
+for each m in `DRAFT_SIZES`, and returns the curve (once per model per process);
+`measure_batch_cost_model` does the same for a batch of sequences. `node_cost: auto` in a
+pipeline file asks for the first, `scheduler: {draft_budget: auto}` for the second.
 """
 
 from __future__ import annotations
