@@ -33,7 +33,7 @@ import torch
 from specdec.acceptance import accept_batch
 from specdec.batch import DraftBatch
 from specdec.budget import DraftBudget, SequenceRecord
-from specdec.draft import AuxTokens, Draft
+from specdec.draft import Draft
 from specdec.errors import DraftError, GenerationError, InputError, SpecdecError
 from specdec.protocols import AcceptancePolicy, DraftContext, Drafter, StepOutcome, Verifier
 from specdec.sampling import SamplingParams, TorchRandom
@@ -458,7 +458,7 @@ class StepScheduler:
         if draft.max_depth > max_depth:
             draft = draft.truncated(max_depth)
         if max_nodes is not None and draft.num_nodes > max_nodes:
-            draft = first_nodes(draft, max_nodes)
+            draft = draft.subtree(range(max_nodes))  # parents precede children: a valid tree
         vocab = self.verifier.vocab_size
         for label, ids in (("node", draft.tokens), ("aux row", None if draft.aux is None else draft.aux.tokens)):
             if ids is None or ids.numel() == 0:
@@ -560,19 +560,6 @@ class Generation:
         # An abandoned stream must not hold a slot forever. Only a flag here: a finalizer may run
         # inside a step, so the scheduler drops flagged requests itself at the next step.
         self.handle.cancelled = True
-
-
-def first_nodes(draft: Draft, count: int) -> Draft:
-    """The first `count` nodes of a draft: a valid tree, since parents precede children."""
-    if draft.num_nodes <= count:
-        return draft
-    aux = None
-    if draft.aux is not None:
-        columns = torch.cat([torch.arange(count), torch.arange(draft.num_nodes, draft.num_nodes + draft.num_aux)])
-        aux = AuxTokens(draft.aux.tokens, draft.aux.position_offsets,
-                        draft.aux.attends_to[:, columns.to(draft.aux.attends_to.device)])
-    q = None if draft.q is None else draft.q[:count]
-    return Draft(draft.tokens[:count], draft.parents[:count], q, aux)
 
 
 def _token_id(token) -> int:

@@ -17,7 +17,7 @@ from specdec.cost import CostModel
 from specdec.drafters.draft_model import DraftModelDrafter
 from specdec.drafters.none import NoDrafter
 from specdec.errors import GenerationError
-from specdec.scheduler import StepScheduler, first_nodes
+from specdec.scheduler import StepScheduler
 from specdec.testing import (
     ModelTreeDrafter,
     check_sampling_distribution,
@@ -209,12 +209,6 @@ def test_sampling_distribution_of_a_sequence_decoded_among_others():
     small = tiny_llama(0, vocab_size=8, init_std=0.1)
     check_sampling_distribution(lambda model: DraftModelDrafter(perturbed_copy(model, 0.5), 3), small,
                                 SamplingParams(temperature=1.0), num_samples=600, companions=2)
-
-
-def test_first_nodes_keeps_a_valid_subtree():
-    draft = Draft(torch.tensor([5, 6, 7, 8]), (-1, -1, 0, 2))
-    cut = first_nodes(draft, 3)
-    assert cut.tokens.tolist() == [5, 6, 7] and cut.parents == (-1, -1, 0)
 
 
 def test_threads_generating_on_one_pipeline_get_their_own_outputs(tmp_path):
