@@ -119,10 +119,15 @@ class PositionalKVCache(Cache):
 
     def _allocate(self, like: torch.Tensor) -> None:
         _, heads, _, dim = like.shape
+        self.allocate(heads, dim, like.dtype, like.device)
+
+    def allocate(self, heads: int, dim: int, dtype: torch.dtype, device: torch.device) -> None:
+        """Allocate the buffer for the current slots and capacity now, not at the first forward
+        (a static cache: CUDA graphs captured on it stay valid while nothing grows)."""
         # zeros, not empty: a batched forward reads past a short row's entries (masked out), and
         # uninitialised memory may hold NaN, which a zero attention weight does not cancel
         self._set_buffer(torch.zeros(self.num_layers, 2, self.num_slots, heads, self.capacity, dim,
-                                     dtype=like.dtype, device=like.device))
+                                     dtype=dtype, device=device))
 
     def _set_buffer(self, buffer: torch.Tensor | None) -> None:
         self.buffer = buffer

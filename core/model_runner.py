@@ -12,10 +12,12 @@ from __future__ import annotations
 import inspect
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from specdec.attention import GROUPED_QUERY_SDPA, use_grouped_query_sdpa
 from specdec.cache import PositionalKVCache
+from specdec.cuda_graphs import CUDAGraphForwards, row_bucket, span_bucket, width_bucket
 from specdec.errors import ModelMismatchError
 
 _MASKABLE_ATTENTION = ("sdpa", "eager", GROUPED_QUERY_SDPA)
@@ -118,9 +120,13 @@ def attention_window(model) -> int | None:
 
 
 class CausalLMRunner:
-    """A model plus its `PositionalKVCache`: one sequence (slot 0) unless `num_slots` says more."""
+    """A model plus its `PositionalKVCache`: one sequence (slot 0) unless `num_slots` says more.
 
-    def __init__(self, model: torch.nn.Module, num_slots: int = 1):
+    :param cuda_graphs: on a CUDA device, replay forwards of up to `CUDAGraphForwards.max_width`
+        tokens per row from CUDA graphs (see core/cuda_graphs.py); ignored elsewhere.
+    """
+
+    def __init__(self, model: torch.nn.Module, num_slots: int = 1, cuda_graphs: bool = True):
         check_supported(model)
         use_grouped_query_sdpa(model)  # SDPA with query groups folded: no cache copy under a tree mask
         config = _text_config(model)
@@ -138,11 +144,47 @@ class CausalLMRunner:
         self.cache = PositionalKVCache(self.num_layers, capacity=0, num_slots=num_slots)
         self._cache_argument = cache_argument(model)
         self._blocked = torch.finfo(self.dtype).min
+        self.graphs = CUDAGraphForwards(self._forward_packed) \
+            if cuda_graphs and self.device.type == "cuda" else None
 
     @property
     def length(self) -> int:
         """Entries committed to slot 0 of the cache (tokens the model has seen and kept)."""
         return self.cache.length
+
+    @torch.inference_mode()
+    def prepare(self, num_slots: int, capacity: int, widths: Sequence[int] = (1, 2, 4, 8, 16)) -> int:
+        """On CUDA: allocate the cache for `num_slots` sequences of `capacity` entries and capture
+        the CUDA graphs of every bucket up to them (rows up to `num_slots`, the given widths, every
+        span bucket), so that no forward captures while it is being timed or served. Each capture
+        runs the forward twice (warm-up and capture) on empty rows: a few seconds for a small
+        model. Elsewhere (or with CUDA graphs off) nothing happens.
+
+        :returns: how many graphs were captured.
+        """
+        graphs = self.graphs
+        if graphs is None:
+            return 0
+        cache = self.cache
+        cache.ensure_slots(num_slots)
+        cache.ensure_capacity(capacity)
+        if cache.buffer is None or cache.buffer.shape[2] < cache.num_slots or cache.buffer.shape[4] < cache.capacity:
+            config = _text_config(self.model)
+            heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+            dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+            cache.allocate(heads, dim, self.dtype, self.device)
+        spans, span = [], span_bucket(1, cache.capacity)
+        while span not in spans:
+            spans.append(span)
+            span = span_bucket(2 * span, cache.capacity)
+        before = graphs.captures
+        buckets = sorted({row_bucket(rows) for rows in range(1, min(num_slots, graphs.max_rows) + 1)})
+        for rows in buckets:
+            for width in (width for width in widths if graphs.covers(rows, width)):
+                packed, needed = self._pack(0, [], rows, width)
+                for span in (span for span in spans if span >= needed):
+                    graphs.run(packed, cache.buffer, 0, rows, width, span, ())
+        return graphs.captures - before
 
     def reset(self, capacity: int) -> None:
         self.cache.reset(capacity)
@@ -150,23 +192,29 @@ class CausalLMRunner:
     @torch.inference_mode()
     def forward(
         self,
-        input_ids: torch.Tensor,  # [N] int64, on self.device
-        positions: torch.Tensor,  # [N] int64, on self.device
+        input_ids: torch.Tensor,  # [N] int64
+        positions: torch.Tensor,  # [N] int64
         allowed: torch.Tensor | None = None,  # [N, N] bool: row i may attend to new token j; None = causal
         logits_rows: int = 1,
         hidden_state_layers: Sequence[int] = (),
         slot: int = 0,
+        eager: bool = False,
     ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """Run the model on N new tokens of one sequence after its committed cache entries.
 
         Every new token attends to all committed entries; among the new tokens, `allowed` decides
-        (None = causal). The new entries are written to the cache but not committed.
+        (None = causal). The new entries are written to the cache but not committed. `eager`
+        skips CUDA graphs (a prompt's prefill: a one-off shape not worth a capture).
 
         :returns: logits `[logits_rows, V]` (float32) of the last `logits_rows` tokens, and the
             hidden states `{layer: [N, H]}` for the requested Hugging Face `hidden_states` indices
             (0 = embeddings, -1 = the final normed state the LM head reads).
         """
         count = input_ids.shape[0]
+        if not eager and self.graphs is not None and self.graphs.covers(1, count) and self.cache.buffer is not None:
+            logits, hidden = self.forward_batch(slot, [(input_ids, positions, allowed)], logits_rows,
+                                                hidden_state_layers)
+            return logits[0], {layer: states[0] for layer, states in hidden.items()}
         past = self.cache.lengths[slot]
         self.cache.ensure_capacity(past + count)
         mask = None  # causal: transformers builds it (and SDPA may skip it), O(1) memory for prefill
@@ -176,7 +224,8 @@ class CausalLMRunner:
             mask = mask[None, None]
         self.cache.plan_writes(slot, None)
         try:
-            logits, hidden = self._run(input_ids[None], positions[None], mask, logits_rows, hidden_state_layers)
+            logits, hidden = self._run(input_ids.to(self.device)[None], positions.to(self.device)[None], mask,
+                                       logits_rows, hidden_state_layers)
         finally:
             self.cache.plan_writes(0, None)
         return logits[0], {layer: states[0] for layer, states in hidden.items()}
@@ -188,48 +237,93 @@ class CausalLMRunner:
         rows: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
         logits_rows: int,
         hidden_state_layers: Sequence[int] = (),
+        eager: bool = False,
     ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """One forward over B sequences in slots `first_slot .. first_slot + B - 1`.
 
         Row b is `(input_ids [n_b], positions [n_b], allowed [n_b, n_b] bool or None = causal)`,
-        new tokens of slot `first_slot + b`. Rows are left-padded to the longest: the real tokens
-        of every row end at the last column, so the last `logits_rows` columns hold the rows each
-        sequence needs. Padding columns attend only to themselves and write past the row's real
-        entries, where the next forward overwrites them.
+        new tokens of slot `first_slot + b` (on any device). Rows are left-padded to the longest:
+        the real tokens of every row end at the last column, so the last `logits_rows` columns
+        hold the rows each sequence needs. Padding columns attend only to themselves and write
+        past the row's real entries, where the next forward overwrites them.
+
+        On CUDA the forward is replayed from a CUDA graph of a bucketed shape (core/cuda_graphs.py):
+        more rows (empty sequences in the following slots) and more columns than asked; `eager`
+        skips that (prefills: one-off shapes).
 
         :returns: logits `[B, logits_rows, V]` (float32) and hidden states `{layer: [B, N, H]}`
             (N = the longest row; row b's own states are its last n_b columns).
         """
         count = len(rows)
         width = max(row[0].shape[0] for row in rows)
-        lengths = torch.tensor(self.cache.lengths[first_slot: first_slot + count])  # [B]
-        span = int(lengths.max()) + width
+        graphs = self.graphs
+        if not eager and graphs is not None and graphs.covers(count, width) and self.cache.buffer is not None:
+            num_rows, padded_width = row_bucket(count), width_bucket(width)
+            self.cache.ensure_slots(first_slot + num_rows)
+            packed, span = self._pack(first_slot, rows, num_rows, padded_width)
+            self.cache.ensure_capacity(span)
+            span = span_bucket(span, self.cache.capacity)
+            if self.cache.buffer is not None:  # still allocated after growing: capture on it
+                logits, hidden = graphs.run(packed, self.cache.buffer, first_slot, num_rows, padded_width,
+                                            span, hidden_state_layers)
+                return (logits[:count, padded_width - logits_rows:],
+                        {layer: states[:count, padded_width - width:] for layer, states in hidden.items()})
+        packed, span = self._pack(first_slot, rows, count, width)
         self.cache.ensure_capacity(span)
-        input_ids = torch.zeros(count, width, dtype=torch.long)
-        positions = torch.zeros(count, width, dtype=torch.long)
-        allowed = torch.zeros(count, width, width, dtype=torch.bool)
-        columns = torch.arange(width)
+        return self._forward_packed(packed.to(self.device), first_slot, count, width, span, logits_rows,
+                                    hidden_state_layers)
+
+    def _pack(self, first_slot: int, rows, num_rows: int, width: int) -> tuple[torch.Tensor, int]:
+        """The inputs of a batched forward as one int64 tensor (one host-to-device copy).
+
+        Layout: input_ids [R, W], positions [R, W], writes [R, W] (the cache position of each new
+        entry), lengths [R] (committed entries per slot), allowed [R, W, W] (0/1). Rows past
+        `len(rows)` are empty sequences (all padding) in the following slots. Built with numpy:
+        on a GPU this runs between forwards, with the device idle, once per step.
+        :returns: the packed tensor (on the host) and the attended span `max(lengths) + W`.
+        """
+        cells = num_rows * width
+        packed = np.zeros(3 * cells + num_rows + cells * width, dtype=np.int64)
+        input_ids = packed[:cells].reshape(num_rows, width)
+        positions = packed[cells: 2 * cells].reshape(num_rows, width)
+        writes = packed[2 * cells: 3 * cells].reshape(num_rows, width)
+        lengths = packed[3 * cells: 3 * cells + num_rows]
+        allowed = packed[3 * cells + num_rows:].reshape(num_rows, width, width)
+        lengths[:] = self.cache.lengths[first_slot: first_slot + num_rows]
+        columns = np.arange(width)
+        allowed[:, columns, columns] = 1  # padding attends to itself (real tokens too)
+        sizes = np.zeros((num_rows, 1), dtype=np.int64)
         for index, (ids, places, row_allowed) in enumerate(rows):
             size = ids.shape[0]
             pad = width - size
-            input_ids[index, pad:] = ids.cpu()
-            positions[index, pad:] = places.cpu()
-            allowed[index, pad:, pad:] = (torch.ones(size, size, dtype=torch.bool).tril_()
-                                         if row_allowed is None else row_allowed.cpu())
-            allowed[index, columns[:pad], columns[:pad]] = True
+            sizes[index, 0] = size
+            input_ids[index, pad:] = ids.cpu().numpy()
+            positions[index, pad:] = places.cpu().numpy()
+            allowed[index, pad:, pad:] = np.tri(size, dtype=np.int64) if row_allowed is None \
+                else row_allowed.cpu().numpy()
         # real entry k of row b goes to lengths[b] + k, padding after them: pad j to lengths[b] + n_b + j
-        sizes = torch.tensor([row[0].shape[0] for row in rows])[:, None]  # [B, 1]
         pads = width - sizes
-        writes = lengths[:, None] + torch.where(columns[None] >= pads, columns[None] - pads, sizes + columns[None])
-        mask = torch.full((count, width, span), self._blocked, dtype=self.dtype)
-        mask.masked_fill_(torch.arange(span)[None, None] < lengths[:, None, None], 0.0)
-        new_entries = torch.zeros(count, width, width, dtype=self.dtype).masked_fill_(~allowed, self._blocked)
-        mask.scatter_(2, writes[:, None, :].expand(count, width, width), new_entries)
-        device = self.device
-        self.cache.plan_writes(first_slot, writes.to(device), span)
+        writes[:] = lengths[:, None] + np.where(columns[None] >= pads, columns[None] - pads, sizes + columns[None])
+        return torch.from_numpy(packed), int(lengths.max()) + width
+
+    def _forward_packed(self, packed: torch.Tensor, first_slot: int, count: int, width: int, span: int,
+                        logits_rows: int, hidden_state_layers: Sequence[int]):
+        """The batched forward over packed inputs on the device (see `_pack`); no host reads, so
+        CUDA graphs can capture it. The attention mask `[B, 1, W, span]` is built here: each row
+        sees its slot's committed entries and, among the new ones, what `allowed` lets it."""
+        cells = count * width
+        input_ids = packed[:cells].view(count, width)
+        positions = packed[cells: 2 * cells].view(count, width)
+        writes = packed[2 * cells: 3 * cells].view(count, width)
+        lengths = packed[3 * cells: 3 * cells + count]
+        allowed = packed[3 * cells + count:].view(count, width, width).bool()
+        visible = torch.arange(span, device=packed.device)[None, None] < lengths[:, None, None]  # [B, 1, span]
+        visible = visible.expand(count, width, span).scatter(2, writes[:, None, :].expand(count, width, width), allowed)
+        mask = torch.zeros(count, 1, width, span, dtype=self.dtype, device=packed.device)
+        mask.masked_fill_(~visible[:, None], self._blocked)
+        self.cache.plan_writes(first_slot, writes, span)
         try:
-            return self._run(input_ids.to(device), positions.to(device), mask[:, None].to(device),
-                             logits_rows, hidden_state_layers)
+            return self._run(input_ids, positions, mask, logits_rows, hidden_state_layers)
         finally:
             self.cache.plan_writes(0, None)
 

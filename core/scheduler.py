@@ -178,13 +178,18 @@ class StepScheduler:
             return self.max_batch_size
         return min(self.max_batch_size, len(self._free_drafters) + len(self._active))
 
-    def prepare(self, num_sequences: int) -> None:
-        """Build drafters for up to `num_sequences` concurrent sequences now (benchmarks call this
-        so that no drafter is built inside a timed step)."""
+    def prepare(self, num_sequences: int, max_tokens: int | None = None) -> None:
+        """Build drafters for up to `num_sequences` concurrent sequences now, and when the
+        verifier can (`HFVerifier.prepare` on CUDA), its cache and CUDA graphs for sequences of up
+        to `max_tokens` tokens (prompt + new): benchmarks and servers call this so that nothing is
+        built or captured inside a timed step."""
         with self._lock:
             wanted = min(num_sequences, self.max_batch_size) - len(self._active) - len(self._free_drafters)
             for _ in range(wanted if self._drafter_factory is not None else 0):
                 self._free_drafters.append(self._drafter_factory())
+            prepare_verifier = getattr(self.verifier, "prepare", None)
+            if max_tokens is not None and prepare_verifier is not None:
+                prepare_verifier(min(num_sequences, self.max_batch_size), max_tokens)
 
     @property
     def num_active(self) -> int:

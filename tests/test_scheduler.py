@@ -14,6 +14,7 @@ import torch
 from specdec import BaseDrafter, Draft, InputError, Pipeline, RejectionSampling, SamplingParams
 from specdec.budget import DraftBudget, SequenceRecord
 from specdec.cost import CostModel
+from specdec.cuda_graphs import CUDAGraphForwards, _Graph, row_bucket, span_bucket, width_bucket
 from specdec.drafters.draft_model import DraftModelDrafter
 from specdec.drafters.none import NoDrafter
 from specdec.errors import GenerationError
@@ -275,3 +276,118 @@ def test_budget_counts_the_sequences_that_do_not_draft():
     budget = DraftBudget(lambda batch_size: CostModel(node_cost=0.3))
     assert budget.max_nodes(1 + 0, [good]) >= 1
     assert budget.max_nodes(8, [good]) == 0
+
+
+# -- bucketed forwards (the CUDA-graph path), checked on the CPU ------------------------------------
+# A stand-in replays the bucketed forward eagerly. What a real CUDA graph adds (capture, replay at
+# fixed addresses) is tested in tests/test_cuda.py on a GPU; here every other part of the graph
+# path runs: rows padded with empty sequences in the following slots, left-padded columns, the
+# bucketed attention span, the packed input buffer a replay reads, output copies, and dropping
+# graphs when the cache grows.
+
+class _EagerReplay:
+    """A recorded forward replayed eagerly into the same output tensors, like a graph's replay."""
+
+    def __init__(self, forward, outputs):
+        self.forward, self.outputs = forward, outputs
+
+    def replay(self):
+        logits, hidden = self.forward()
+        self.outputs[0].copy_(logits)
+        for layer, states in hidden.items():
+            self.outputs[1][layer].copy_(states)
+
+
+class EagerGraphForwards(CUDAGraphForwards):
+    """`CUDAGraphForwards` with the capture replaced by an eager recording (runs on the CPU)."""
+
+    def _capture(self, packed_host, first_slot, rows, width, span, layers):
+        packed = packed_host.clone()
+
+        def forward():
+            return self._forward(packed, first_slot, rows, width, span, width, layers)
+
+        logits, hidden = forward()
+        self.captures += 1
+        return _Graph(_EagerReplay(forward, (logits, hidden)), packed, logits, hidden)
+
+
+def with_eager_graphs(verifier: HFVerifier) -> HFVerifier:
+    verifier.runner.graphs = EagerGraphForwards(verifier.runner._forward_packed)
+    return verifier
+
+
+def test_buckets():
+    assert [row_bucket(rows) for rows in (1, 2, 3, 5, 8, 9, 17, 32, 33)] == [1, 2, 4, 8, 8, 16, 24, 32, 40]
+    assert [width_bucket(width) for width in (1, 2, 3, 6, 9, 64)] == [1, 2, 4, 8, 16, 64]
+    assert [span_bucket(span, 4096) for span in (1, 256, 257, 1500)] == [256, 256, 512, 2048]
+    assert span_bucket(300, 280) == 280  # never past the cache
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+def test_bucketed_forwards_decode_exactly_like_eager(batch_size):
+    """Mixed drafters (a draft model, none, a tree, a wrong chain), prompts, stops: float64
+    greedy outputs equal batch-1 plain decoding and `model.generate`."""
+    verifier = with_eager_graphs(HFVerifier(target()))
+    scheduler = StepScheduler(verifier, RejectionSampling(), drafter_factory=drafter_cycle(),
+                              max_batch_size=batch_size)
+    handles = [scheduler.submit(prompt, params) for prompt, params in requests()]
+    scheduler.run()
+    assert [handle.result.tokens for handle in handles] == reference_outputs()
+    graphs = verifier.runner.graphs
+    assert graphs.replays > 0 and graphs.captures >= len(graphs) > 0
+
+
+def test_graphs_are_dropped_when_the_cache_grows():
+    verifier = with_eager_graphs(HFVerifier(target()))
+    scheduler = StepScheduler(verifier, RejectionSampling(), drafter_factory=drafter_cycle(), max_batch_size=1)
+    short, long = requests()[1], requests()[3]
+    scheduler.generate_batch([short[0]], short[1])
+    graphs = verifier.runner.graphs
+    captured = graphs.captures
+    buffer = verifier.runner.cache.buffer
+    verifier.runner.cache.ensure_capacity(verifier.runner.cache.capacity * 2)  # what a longer request does
+    assert verifier.runner.cache.buffer is not buffer
+    assert scheduler.generate_batch([long[0]], long[1])[0].tokens == reference_outputs()[3]
+    assert graphs.captures > captured
+
+
+def test_outputs_are_copies_that_the_next_replay_leaves_alone():
+    verifier = with_eager_graphs(HFVerifier(target()))
+    runner = verifier.runner
+    runner.cache.reset_slot(0, 64)
+    runner.forward(torch.tensor([1, 2, 3]), torch.arange(3))  # eager: allocates the cache
+    runner.commit(3)
+    first, _ = runner.forward(torch.tensor([4]), torch.tensor([3]))
+    kept = first.clone()
+    runner.forward(torch.tensor([5]), torch.tensor([3]))  # same bucket: a replay
+    assert runner.graphs.replays == 2
+    torch.testing.assert_close(first, kept, rtol=0, atol=0)
+
+
+def test_prepared_graphs_serve_every_step_without_capturing():
+    """`prepare` allocates the cache and captures every bucket up front: decoding afterwards
+    replays only (a capture inside a timed or served step would stall it)."""
+    verifier = with_eager_graphs(HFVerifier(target()))
+    scheduler = StepScheduler(verifier, RejectionSampling(), drafter_factory=drafter_cycle(), max_batch_size=8)
+    longest = max(len(prompt) + params.max_new_tokens for prompt, params in requests())
+    scheduler.prepare(8, longest)
+    graphs = verifier.runner.graphs
+    captured = graphs.captures
+    assert captured == len(graphs) > 0
+    handles = [scheduler.submit(prompt, params) for prompt, params in requests()]
+    scheduler.run()
+    assert [handle.result.tokens for handle in handles] == reference_outputs()
+    assert graphs.captures == captured and graphs.replays > captured
+
+
+@pytest.mark.parametrize("batch_size", [3, 8])
+def test_prompts_prefilled_together_decode_exactly_like_one_by_one(batch_size):
+    """On CUDA newcomers' prompts share one prefill forward (`HFVerifier.group_prefills`);
+    forced on here, float64 outputs still equal batch-1 plain decoding and `model.generate`."""
+    verifier = HFVerifier(target())
+    verifier.group_prefills = True
+    scheduler = StepScheduler(verifier, RejectionSampling(), drafter_factory=drafter_cycle(), max_batch_size=batch_size)
+    handles = [scheduler.submit(prompt, params) for prompt, params in requests()]
+    scheduler.run()
+    assert [handle.result.tokens for handle in handles] == reference_outputs()

@@ -13,11 +13,15 @@ from specdec.hookspecs import hookimpl
 class HFVerifierParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # On a CUDA device, replay verification forwards from CUDA graphs (bucketed shapes); false
+    # runs them eagerly (to debug, or to compare). No effect on CPU.
+    cuda_graphs: bool = True
+
 
 def _build_hf(context, params: HFVerifierParams):
     from specdec.verifiers.hf import HFVerifier
 
-    return HFVerifier(context.target)
+    return HFVerifier(context.target, cuda_graphs=params.cuda_graphs)
 
 
 @hookimpl

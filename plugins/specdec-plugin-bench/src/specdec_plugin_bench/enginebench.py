@@ -4,6 +4,16 @@ overhead outside the model forwards.
     python -m specdec_plugin_bench.enginebench --questions dev.jsonl                 # default model, CPU
     python -m specdec_plugin_bench.enginebench --questions dev.jsonl --device cuda   # on a GPU
     python -m specdec_plugin_bench.enginebench --tiny        # tiny random models: AR vs draft-model speculation
+    python -m specdec_plugin_bench.enginebench --questions dev.jsonl --device cuda --dtype bfloat16 \
+        --hf-static --batch-sizes 1 8 32                       # the GPU table of docs/benchmarks.md
+    ... --random-weights                                       # the default model's shapes, random weights
+
+On CUDA specdec replays its forwards from CUDA graphs, which bypass `model.forward`: the forward
+time of a graph-replayed step is then the median of 50 replays of its captured graph, timed alone
+(`graph_forward_seconds`). `--hf-static` adds `generate()` with `cache_implementation="static"`,
+which transformers compiles with torch.compile (the first call compiles; it is the warm-up).
+`--batch-sizes` adds plain-decoding throughput through the step scheduler at each batch size,
+every sequence generating exactly `--max-new-tokens` (stop tokens ignored).
 
 The prompts are the first user turns of a Spec-Bench-style question file (`--questions`, JSON
 Lines with a `turns` list per question).
@@ -25,7 +35,7 @@ from pathlib import Path
 import torch
 
 from specdec import (DraftModelDrafter, HFVerifier, NoDrafter, RejectionSampling, SamplingParams,
-                     SpeculativeDecoder, synchronize)
+                     SpeculativeDecoder, StepScheduler, synchronize)
 
 @contextmanager
 def timed_forward(model: torch.nn.Module, device: torch.device):
@@ -34,6 +44,8 @@ def timed_forward(model: torch.nn.Module, device: torch.device):
     record = {"seconds": 0.0, "calls": 0, "durations": []}
 
     def forward(*args, **kwargs):
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return original(*args, **kwargs)  # a CUDA graph being captured: no sync, not a timed call
         synchronize(device)
         start = time.perf_counter()
         output = original(*args, **kwargs)
@@ -65,8 +77,27 @@ def load_prompts(tokenizer, count: int, path: str | Path) -> list[list[int]]:
     return prompts
 
 
-def run_specdec(model, prompts, max_new_tokens, device, drafter=None) -> dict:
-    decoder = SpeculativeDecoder(HFVerifier(model, ()), drafter or NoDrafter(), RejectionSampling())
+def graph_forward_seconds(verifier: HFVerifier, repeats: int = 50) -> float | None:
+    """Median time of one replay of the one-token, one-row CUDA graph with the longest span
+    (a plain decoding step's forward), or None when no such graph was captured."""
+    graphs = verifier.runner.graphs
+    keys = [key for key in (graphs._graphs if graphs is not None else {}) if key[1:3] == (1, 1)]
+    if not keys:
+        return None
+    graph = graphs._graphs[max(keys, key=lambda key: key[3])].graph
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        graph.replay()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run_specdec(model, prompts, max_new_tokens, device, drafter=None, cuda_graphs=True) -> dict:
+    verifier = HFVerifier(model, (), cuda_graphs=cuda_graphs)
+    decoder = SpeculativeDecoder(verifier, drafter or NoDrafter(), RejectionSampling())
     params = SamplingParams(max_new_tokens=max_new_tokens)
     decoder.generate(prompts[0], params.replace(max_new_tokens=8))  # warm-up
     tokens, wall, forward, steps, outputs = 0, 0.0, 0.0, 0, []
@@ -83,21 +114,40 @@ def run_specdec(model, prompts, max_new_tokens, device, drafter=None) -> dict:
             steps += result.stats.steps
             outputs.append(result.tokens)
         typical = statistics.median(record["durations"])
+    replayed = graph_forward_seconds(verifier)
+    if replayed is not None:  # decode steps bypassed model.forward: count a replay per step
+        eager_steps = record["calls"]  # prefills (and warm-up captures) still ran eagerly
+        forward += replayed * max(steps - eager_steps, 0)
+        typical = replayed
     return {"tokens": tokens, "wall": wall, "forward": forward, "steps": steps, "outputs": outputs,
             "median_forward": typical}
 
 
-def run_hf_generate(model, prompts, max_new_tokens, device, assistant=None) -> dict:
+def run_hf_generate(model, prompts, max_new_tokens, device, assistant=None, static=False) -> dict:
     def generate(prompt, count):
         ids = torch.tensor([prompt], device=device)
         extra = {"assistant_model": assistant} if assistant is not None else {}
+        if static:
+            extra["cache_implementation"] = "static"
         with torch.inference_mode():
             output = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                     max_new_tokens=count, min_new_tokens=count, eos_token_id=None,
                                     pad_token_id=0, **extra)
         return output[0, len(prompt):].tolist()
 
-    generate(prompts[0], 8)  # warm-up
+    generate(prompts[0], 8)  # warm-up (compiles the static-cache forward)
+    if static:  # compiled: model.forward is not where the time goes; wall time only
+        tokens, wall, outputs = 0, 0.0, []
+        for prompt in prompts:
+            synchronize(device)
+            start = time.perf_counter()
+            output = generate(prompt, max_new_tokens)
+            synchronize(device)
+            wall += time.perf_counter() - start
+            tokens += len(output)
+            outputs.append(output)
+        return {"tokens": tokens, "wall": wall, "forward": None, "steps": tokens, "outputs": outputs,
+                "median_forward": None}
     tokens, wall, forward, calls, outputs = 0, 0.0, 0.0, 0, []
     with timed_forward(model, device) as record:
         for prompt in prompts:
@@ -120,29 +170,99 @@ def _row(name: str, run: dict, reference: dict | None = None) -> str:
     """One table row. Overhead = (wall - time inside forwards) per step, as a share of the
     median forward (a decode step's forward; the prefill forward is an outlier the median skips)."""
     per_step_ms = 1000 * run["wall"] / run["steps"]
+    same = "" if reference is None else (
+        f"{sum(a == b for a, b in zip(run['outputs'], reference['outputs']))}/{len(run['outputs'])}")
+    if run["forward"] is None:
+        return (f"| {name} | {run['tokens'] / run['wall']:.2f} | {run['tokens'] / run['steps']:.2f} | "
+                f"{per_step_ms:.2f} | - | - | {same} |")
     outside_ms = 1000 * (run["wall"] - run["forward"]) / run["steps"]
     median_ms = 1000 * run["median_forward"]
-    same = "" if reference is None else ("yes" if run["outputs"] == reference["outputs"] else "NO")
     return (f"| {name} | {run['tokens'] / run['wall']:.2f} | {run['tokens'] / run['steps']:.2f} | "
-            f"{per_step_ms:.1f} | {median_ms:.1f} | {outside_ms:.2f} ({100 * outside_ms / median_ms:.1f}%) | {same} |")
+            f"{per_step_ms:.2f} | {median_ms:.2f} | {outside_ms:.2f} ({100 * outside_ms / median_ms:.1f}%) | {same} |")
+
+
+def run_batched(model, prompts, max_new_tokens, batch_size) -> dict:
+    """Plain decoding of every prompt through the step scheduler, `batch_size` at a time; every
+    sequence generates exactly `max_new_tokens` (no stop tokens)."""
+    verifier = HFVerifier(model, ())
+    scheduler = StepScheduler(verifier, RejectionSampling(), drafter_factory=NoDrafter, max_batch_size=batch_size)
+    params = SamplingParams(max_new_tokens=max_new_tokens, stop_token_ids=())
+    scheduler.generate_batch(prompts[:batch_size], params.replace(max_new_tokens=8))  # warm-up, captures
+    synchronize(model.device)
+    start = time.perf_counter()
+    results = scheduler.generate_batch(prompts, params)
+    synchronize(model.device)
+    wall = time.perf_counter() - start
+    tokens = sum(len(result.tokens) for result in results)
+    return {"tokens": tokens, "wall": wall, "outputs": [result.tokens for result in results],
+            "graphs": len(verifier.runner.graphs) if verifier.runner.graphs is not None else 0}
+
+
+def print_batched(model, prompts, args) -> None:
+    """Throughput by batch size (plain decoding), with the prompts repeated to fill the largest batch."""
+    largest = max(args.batch_sizes)
+    pool = (prompts * (-(-2 * largest // len(prompts))))[: max(2 * largest, len(prompts))]
+    print(f"\nplain decoding through the step scheduler, {len(pool)} requests of {args.max_new_tokens} tokens\n")
+    print("| batch | tokens/s | vs batch 1 | wall s | CUDA graphs captured |")
+    print("|---|---|---|---|---|")
+    first = None
+    for size in sorted(args.batch_sizes):
+        run = run_batched(model, pool, args.max_new_tokens, size)
+        rate = run["tokens"] / run["wall"]
+        first = first or rate
+        print(f"| {size} | {rate:.1f} | {rate / first:.2f}x | {run['wall']:.1f} | {run['graphs']} |")
+
+
+def random_default_model(device, dtype):
+    """The default model's architecture (SmolLM2-135M) with random weights, for machines without
+    its weights: every timing depends on shapes only."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                         num_key_value_heads=3, head_dim=64, vocab_size=49152, max_position_embeddings=8192,
+                         rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
+                         rope_parameters={"rope_theta": 100000.0, "rope_type": "default"},
+                         attn_implementation="sdpa")
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).to(device=device, dtype=dtype).eval()
 
 
 def benchmark_default(args) -> None:
     from specdec import load_model
 
-    model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
+    if args.random_weights:
+        model = random_default_model(args.device, getattr(torch, args.dtype))
+        generator = torch.Generator().manual_seed(0)
+        prompts = [torch.randint(3, 49152, (int(length),), generator=generator).tolist()
+                   for length in torch.randint(60, 400, (args.prompts,), generator=generator)]
+    else:
+        model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
+        prompts = load_prompts(tokenizer, args.prompts, args.questions)
     device = model.device
-    prompts = load_prompts(tokenizer, args.prompts, args.questions)
-    print(f"model {args.model or 'default (SmolLM2-135M-Instruct)'}, device {device}, dtype {model.dtype}, "
+    name = 'SmolLM2-135M shapes, random weights' if args.random_weights else (args.model or 'default (SmolLM2-135M-Instruct)')
+    print(f"model {name}, device {device}, dtype {model.dtype}, "
           f"{len(prompts)} prompts (mean {statistics.mean(map(len, prompts)):.0f} tokens), "
           f"{args.max_new_tokens} new tokens each, torch threads {torch.get_num_threads()}\n")
     print("| method | tokens/s | tokens/forward | ms/step | median forward ms | ms/step outside forwards (share of a forward) | same output as specdec AR |")
     print("|---|---|---|---|---|---|---|")
     for repeat in range(args.repeats):
         ours = run_specdec(model, prompts, args.max_new_tokens, device)
-        hf = run_hf_generate(model, prompts, args.max_new_tokens, device)
         print(_row(f"specdec AR (run {repeat + 1})", ours))
+        if args.skip_baselines:
+            continue
+        if device.type == "cuda":
+            eager = run_specdec(model, prompts, args.max_new_tokens, device, cuda_graphs=False)
+            print(_row(f"specdec AR, eager, no CUDA graphs (run {repeat + 1})", eager, ours))
+        hf = run_hf_generate(model, prompts, args.max_new_tokens, device)
         print(_row(f"HF generate (run {repeat + 1})", hf, ours))
+        if args.hf_static:
+            try:
+                static = run_hf_generate(model, prompts, args.max_new_tokens, device, static=True)
+                print(_row(f'HF generate, cache_implementation="static" (compiled) (run {repeat + 1})', static, ours))
+            except Exception as error:  # noqa: BLE001 - report the baseline's failure, keep the table
+                print(f"| HF generate static: failed ({type(error).__name__}: {str(error)[:200]}) | | | | | | |")
+    if args.batch_sizes:
+        print_batched(model, prompts, args)
 
 
 def tiny_pair(device: str) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -193,10 +313,18 @@ def main(argv=None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--tiny", action="store_true", help="tiny random models: AR vs draft-model speculation")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="the default model's architecture with random weights and random prompts")
+    parser.add_argument("--hf-static", action="store_true",
+                        help='add generate() with cache_implementation="static" (compiled by transformers)')
+    parser.add_argument("--skip-baselines", action="store_true",
+                        help="only specdec's own plain decoding (no generate() or eager rows)")
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[], metavar="N",
+                        help="add plain-decoding throughput through the step scheduler at these batch sizes")
     parser.add_argument("--questions", help="question file (JSON Lines, Spec-Bench format); required "
                                             "without --tiny")
     args = parser.parse_args(argv)
-    if not args.tiny and not args.questions:
+    if not args.tiny and not args.questions and not args.random_weights:
         parser.error("--questions is required (a Spec-Bench-style JSON Lines file), unless --tiny")
     with torch.inference_mode():
         (benchmark_tiny if args.tiny else benchmark_default)(args)

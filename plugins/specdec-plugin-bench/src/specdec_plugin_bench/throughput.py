@@ -75,9 +75,11 @@ def run_task(pipeline, questions: Sequence[Question], batch_size: int, params) -
 def measure_throughput(pipelines: Sequence, labels: Sequence[str], questions: Sequence[Question],
                        batch_sizes: Sequence[int], params, progress=print) -> dict:
     """Every pipeline at every batch size on every task; returns the results as a dict."""
-    for pipeline in pipelines:  # build drafters and measure verification costs before timing
+    longest = max(len(pipeline_prompt) for pipeline_prompt in
+                  (pipelines[0].encode(build_messages(question.turns, [], 1)) for question in questions))
+    for pipeline in pipelines:  # build drafters, CUDA graphs and verification costs before timing
         pipeline.scheduler.max_batch_size = max(batch_sizes)
-        pipeline.scheduler.prepare(max(batch_sizes))
+        pipeline.scheduler.prepare(max(batch_sizes), longest + params.max_new_tokens)
         if pipeline.scheduler.budget is not None:
             for batch_size in batch_sizes:
                 if batch_size > 1:
