@@ -11,7 +11,7 @@ overhead outside the model forwards.
 On CUDA specdec replays its forwards from CUDA graphs, which bypass `model.forward`: the forward
 time of a graph-replayed step is then the median of 50 replays of its captured graph, timed alone
 (`graph_forward_seconds`). `--hf-static` adds `generate()` with `cache_implementation="static"`,
-which transformers compiles with torch.compile (the first call compiles; it is the warm-up).
+which transformers may compile with torch.compile on CUDA (a first call compiles; it is the warm-up).
 `--batch-sizes` adds plain-decoding throughput through the step scheduler at each batch size,
 every sequence generating exactly `--max-new-tokens` (stop tokens ignored).
 
@@ -135,8 +135,8 @@ def run_hf_generate(model, prompts, max_new_tokens, device, assistant=None, stat
                                     pad_token_id=0, **extra)
         return output[0, len(prompt):].tolist()
 
-    generate(prompts[0], 8)  # warm-up (compiles the static-cache forward)
-    if static:  # compiled: model.forward is not where the time goes; wall time only
+    generate(prompts[0], 8)  # warm-up (where transformers compiles the static-cache forward, it does so here)
+    if static:  # possibly compiled: model.forward is not where the time goes; wall time only
         tokens, wall, outputs = 0, 0.0, []
         for prompt in prompts:
             synchronize(device)
@@ -258,7 +258,7 @@ def benchmark_default(args) -> None:
         if args.hf_static:
             try:
                 static = run_hf_generate(model, prompts, args.max_new_tokens, device, static=True)
-                print(_row(f'HF generate, cache_implementation="static" (compiled) (run {repeat + 1})', static, ours))
+                print(_row(f'HF generate, cache_implementation="static" (run {repeat + 1})', static, ours))
             except Exception as error:  # noqa: BLE001 - report the baseline's failure, keep the table
                 print(f"| HF generate static: failed ({type(error).__name__}: {str(error)[:200]}) | | | | | | |")
     if args.batch_sizes:
