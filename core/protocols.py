@@ -51,12 +51,18 @@ class Acceptance:
     """The policy's verdict.
 
     `path` lists the accepted draft nodes (each the child of the previous, starting below the
-    root); `token` is the target's own token after them: the correction token when a draft token
-    was rejected, the bonus token when the path ends at a leaf or the draft was empty.
+    root); `next_token` is the target's own token after them: the correction token when a draft
+    token was rejected, the bonus token when the path ends at a leaf or the draft was empty (the
+    same name as `StepOutcome.next_token`, where it travels on).
     """
 
     path: tuple[int, ...]
-    token: int
+    next_token: int
+
+    @property
+    def token(self) -> int:
+        """Deprecated name of `next_token` (specdec 0.1 called the field `token`)."""
+        return self.next_token
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,8 +93,6 @@ class Drafter(Protocol):
     is reset by `start`.
     """
 
-    #: True when drafts carry `q` (sampled drafts); False when drafts are deterministic.
-    provides_draft_probs: bool
     #: Hugging Face `hidden_states` indices of the target whose states `observe` should receive
     #: (for example `(-1,)`, the final normed state, for Medusa heads). Empty = none.
     hidden_state_layers: tuple[int, ...]
@@ -121,7 +125,6 @@ class Drafter(Protocol):
 class BaseDrafter:
     """Defaults for the optional parts of the `Drafter` protocol: subclass and write `propose`."""
 
-    provides_draft_probs: bool = False
     hidden_state_layers: tuple[int, ...] = ()
     wants_logits: bool = False
 

@@ -359,7 +359,7 @@ class StepScheduler:
                  verify_seconds: float) -> None:
         """Commit one sequence's step: stops, tokens, the drafter's update, statistics, its chunk."""
         accepted = tuple(draft.tokens[list(acceptance.path)].tolist()) if acceptance.path else ()
-        new = list(accepted) + [acceptance.token]
+        new = list(accepted) + [acceptance.next_token]
         remaining = handle.max_new - (len(handle.tokens) - len(handle.prompt))
         new, finish = self._apply_stops(new, handle, remaining)
         num_pending = len(handle.pending)
@@ -375,7 +375,7 @@ class StepScheduler:
                     draft=draft,
                     path=acceptance.path,
                     accepted_tokens=accepted,
-                    next_token=acceptance.token,
+                    next_token=acceptance.next_token,
                     tokens=TokenView(handle.tokens),
                     hidden_states=_rows({layer: output.hidden_states[layer] for layer in own_layers},
                                         num_pending, acceptance.path),
@@ -388,14 +388,14 @@ class StepScheduler:
             draft_seconds += time.perf_counter() - tic
         handle.stats.record_step(
             draft_tokens=draft.num_nodes, draft_depth=draft.max_depth, accepted=len(acceptance.path),
-            committed=len(new), draft_seconds=draft_seconds, verify_seconds=verify_seconds)
+            new_tokens=len(new), draft_seconds=draft_seconds, verify_seconds=verify_seconds)
         handle.stats.wall_seconds = time.perf_counter() - handle.started
         handle.chunks.append(new)
         handle.step += 1
         if finish is not None:
             self._finish(handle, finish)
         else:
-            handle.pending = [acceptance.token]
+            handle.pending = [acceptance.next_token]
 
     # -- leaving the batch ------------------------------------------------------------------------
 
@@ -492,8 +492,8 @@ class StepScheduler:
                 raise DraftError(f"{type(self.policy).__name__} accepted path {list(acceptance.path)}, "
                                  f"which is not a path down the draft tree from the root")
             parent = node
-        if not 0 <= acceptance.token < self.verifier.vocab_size:
-            raise DraftError(f"{type(self.policy).__name__} emitted token id {acceptance.token}, outside "
+        if not 0 <= acceptance.next_token < self.verifier.vocab_size:
+            raise DraftError(f"{type(self.policy).__name__} emitted token id {acceptance.next_token}, outside "
                              f"the target vocabulary [0, {self.verifier.vocab_size})")
 
     def _apply_stops(self, new: list[int], handle: SequenceHandle, remaining: int) -> tuple[list[int], str | None]:

@@ -27,10 +27,10 @@ class GenerationStats:
     drafted_at_depth: list[int] = field(default_factory=list)  # [d-1] = steps whose draft reached depth d
     accepted_at_depth: list[int] = field(default_factory=list)  # [d-1] = steps that accepted >= d
 
-    def record_step(self, *, draft_tokens: int, draft_depth: int, accepted: int, committed: int,
+    def record_step(self, *, draft_tokens: int, draft_depth: int, accepted: int, new_tokens: int,
                     draft_seconds: float, verify_seconds: float) -> None:
         self.steps += 1
-        self.new_tokens += committed
+        self.new_tokens += new_tokens
         self.draft_tokens += draft_tokens
         self.accepted_draft_tokens += accepted
         self.draft_seconds += draft_seconds

@@ -211,7 +211,7 @@ def exact_step_distribution(policy: AcceptancePolicy, params: SamplingParams, ta
         rows = [target_logits(())] + [target_logits(tuple(draft.tokens[draft.path_to(node)].tolist()))
                                       for node in range(draft.num_nodes)]
         acceptance = policy.accept(torch.stack(rows), draft, params, rng)
-        tokens = tuple(draft.tokens[list(acceptance.path)].tolist()) + (acceptance.token,)
+        tokens = tuple(draft.tokens[list(acceptance.path)].tolist()) + (acceptance.next_token,)
         while len(tokens) < num_tokens:
             tokens += (_plain_token(target_logits(tokens), params, rng),)
         return tokens[:num_tokens]
@@ -462,7 +462,6 @@ class _CacheChecker(BaseDrafter):
 
     def __init__(self, inner: Drafter, verifier, target: torch.nn.Module, tolerance: float):
         self.inner, self.verifier, self.target, self.tolerance = inner, verifier, target, tolerance
-        self.provides_draft_probs = inner.provides_draft_probs
         self.hidden_state_layers = inner.hidden_state_layers
         self.wants_logits = getattr(inner, "wants_logits", False)
         self.checked_steps = 0
@@ -610,7 +609,6 @@ class _DraftCounter(BaseDrafter):
 
     def __init__(self, inner: Drafter):
         self.inner = inner
-        self.provides_draft_probs = inner.provides_draft_probs
         self.hidden_state_layers = inner.hidden_state_layers
         self.wants_logits = getattr(inner, "wants_logits", False)
         self.proposals = self.drafted = 0
@@ -751,8 +749,6 @@ class ModelTreeDrafter(BaseDrafter):
     """A tree drafter for tests: a small model proposes `widths[d]` children per node at depth d
     (see `sample_tree` for the modes). It recomputes the draft model from scratch for every node,
     which is fine for tiny models and keeps it obviously correct."""
-
-    provides_draft_probs = True
 
     def __init__(self, model: torch.nn.Module, widths: Sequence[int] = (2, 2, 1), mode: str = "iid"):
         self.model, self.widths, self.mode = model, tuple(widths), mode

@@ -46,8 +46,6 @@ class DraftModelDrafter(BaseDrafter):
         (a padding difference within one tokenizer family) is zero-padded.
     """
 
-    provides_draft_probs = True
-
     def __init__(self, model: torch.nn.Module, num_tokens: int = 4, greedy_draft: bool = False,
                  target_vocab_size: int | None = None):
         if num_tokens < 1:

@@ -23,7 +23,6 @@ class FallbackDrafter(BaseDrafter):
         if not drafters:
             raise ValueError("fallback needs at least one drafter")
         self.drafters = list(drafters)
-        self.provides_draft_probs = any(drafter.provides_draft_probs for drafter in self.drafters)
         self.hidden_state_layers = tuple(sorted({layer for drafter in self.drafters
                                                  for layer in drafter.hidden_state_layers}))
         self.used: list[int] = [0] * len(self.drafters)  # steps each sub-drafter's draft was verified

@@ -77,8 +77,6 @@ class GreedyDraftReportingQ(BaseDrafter):
     """Drafts argmax tokens but reports the warped softmax as q, the distribution they were not
     drawn from: the bug of HF transformers #32867 and #47932."""
 
-    provides_draft_probs = True
-
     def propose(self, context):
         tokens, rows = [], []
         for _ in range(min(2, context.max_depth)):

@@ -24,6 +24,6 @@ print(output.logits.shape)             # [1 + 3 nodes, 16]: rows root, node 0, n
 
 acceptance = RejectionSampling().accept(output.logits, draft, SamplingParams(temperature=0.0),
                                         TorchRandom(0))
-print(acceptance)                      # Acceptance(path=(), token=13): no child is the argmax 13
+print(acceptance)                      # Acceptance(path=(), next_token=13): no child is the argmax 13
 verifier.commit(num_pending=3, path=acceptance.path)
 print(verifier.cache.length)           # 3 prompt tokens + len(path); the target token is the next root

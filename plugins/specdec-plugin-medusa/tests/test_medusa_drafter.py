@@ -139,8 +139,6 @@ class TopKReportingSoftmaxQ(MedusaDrafter):
     """A broken variant: drafts the heads' top-k tokens (deterministic) but reports the heads'
     softmax as q, the distribution they were not drawn from (HF transformers #32867's bug)."""
 
-    provides_draft_probs = True
-
     def propose(self, context):
         draft = super().propose(context)
         if draft.num_nodes == 0 or context.params.greedy:

@@ -26,7 +26,6 @@ class Counting(BaseDrafter):
 
     def __init__(self, inner, counts):
         self.inner, self.counts = inner, counts
-        self.provides_draft_probs = inner.provides_draft_probs
         self.hidden_state_layers = inner.hidden_state_layers
 
     def start(self, prompt, params):

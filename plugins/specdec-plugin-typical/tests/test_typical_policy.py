@@ -89,10 +89,10 @@ def test_the_next_token_is_a_sample_of_the_target_at_the_last_accepted_node():
     logits = logits_of(*rows)
     outcomes = enumerate_outcomes(lambda rng: policy.accept(logits, draft, T1, rng))
     assert {acceptance.path for acceptance in outcomes} == {(0, 1)}
-    tokens = {acceptance.token: probability for acceptance, probability in outcomes.items()}
+    tokens = {acceptance.next_token: probability for acceptance, probability in outcomes.items()}
     assert tokens == pytest.approx({index: p for index, p in enumerate(rows[2])})
     # nothing accepted: a sample of the target at the root
-    outcomes = enumerate_outcomes(lambda rng: policy.accept(logits, Draft.chain([3]), T1, rng).token)
+    outcomes = enumerate_outcomes(lambda rng: policy.accept(logits, Draft.chain([3]), T1, rng).next_token)
     assert outcomes == pytest.approx({0: 0.5, 1: 0.3, 2: 0.2})
 
 

@@ -329,7 +329,7 @@ class HFMethod:
             stats = GenerationStats()
             for drafted, committed in steps_detail:
                 stats.record_step(draft_tokens=drafted, draft_depth=drafted,
-                                  accepted=min(committed - 1, drafted), committed=committed,
+                                  accepted=min(committed - 1, drafted), new_tokens=committed,
                                   draft_seconds=0.0, verify_seconds=0.0)
         # plain generate makes one token per forward; assisted generation's steps are its target forwards
         steps = len(tokens) if self.plan.hf_name == "generate" else len(forwards)

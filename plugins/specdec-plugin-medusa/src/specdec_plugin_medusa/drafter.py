@@ -61,7 +61,6 @@ class MedusaDrafter(BaseDrafter):
     prefill step).
     """
 
-    provides_draft_probs = False
     hidden_state_layers = (FINAL_HIDDEN_STATE,)
 
     def __init__(self, heads: MedusaHeads, layout: TreeLayout, pruning: ConfidencePruning | None = None):

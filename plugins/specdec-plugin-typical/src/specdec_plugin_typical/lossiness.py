@@ -71,7 +71,7 @@ def exact_comparison(params: SamplingParams, target: LogitsFn, make_draft: Calla
             rows = [target(())] + [target(tuple(draft.tokens[draft.path_to(node)].tolist()))
                                    for node in range(draft.num_nodes)]
             acceptance = candidate.accept(torch.stack(rows), draft, params, rng)
-            tokens = tuple(draft.tokens[list(acceptance.path)].tolist()) + (acceptance.token,)
+            tokens = tuple(draft.tokens[list(acceptance.path)].tolist()) + (acceptance.next_token,)
             while len(tokens) < num_tokens:
                 tokens += (_plain_token(target(tokens), params, rng),)
             return tokens[:num_tokens], len(acceptance.path)
