@@ -55,7 +55,7 @@ class Service:
 
     # -- preparing a request (worker thread) ----------------------------------------------------
 
-    def prepare(self, request: protocol._Common, prompt: Any, prompt_field: str) -> Prepared:
+    def prepare(self, request: protocol.RequestBase, prompt: Any, prompt_field: str) -> Prepared:
         """Encode the prompt, apply sampling overrides and speculation; a 400 `ApiError` says what is wrong."""
         pipeline = self.pipeline
         try:
@@ -111,7 +111,7 @@ class Service:
 
     # -- answering (event loop) -----------------------------------------------------------------
 
-    async def submit(self, request: protocol._Common, prompt: Any, prompt_field: str) -> tuple[Submission, Prepared]:
+    async def submit(self, request: protocol.RequestBase, prompt: Any, prompt_field: str) -> tuple[Submission, Prepared]:
         if request.model != self.model_name:
             raise ApiError(404, f"the model '{request.model}' is not served here; this server serves "
                                 f"'{self.model_name}' (GET /v1/models)", param="model", code="model_not_found")
@@ -124,7 +124,7 @@ class Service:
             raise ApiError(400, str(error), param=prompt_field) from None
         return submission, prepared
 
-    async def answer(self, http: Request, request: protocol._Common, prompt: Any, chat: bool) -> Response:
+    async def answer(self, http: Request, request: protocol.RequestBase, prompt: Any, chat: bool) -> Response:
         submission, prepared = await self.submit(request, prompt, "messages" if chat else "prompt")
         rid = protocol.request_id("chatcmpl" if chat else "cmpl")
         created = protocol.now()
@@ -148,7 +148,7 @@ class Service:
                 return build(rid, created, self.model_name, text.text, value.finish_reason, use)
         raise ApiError(500, "the request ended without a result")
 
-    async def _stream(self, submission: Submission, prepared: Prepared, request: protocol._Common, rid: str,
+    async def _stream(self, submission: Submission, prepared: Prepared, request: protocol.RequestBase, rid: str,
                       created: int, chat: bool) -> AsyncIterator[str]:
         model, with_usage = self.model_name, request.include_usage
         text = self.pipeline.incremental_text(prepared.params)

@@ -96,7 +96,7 @@ def _unsupported(value: Any, allowed: tuple) -> Any:
     return value
 
 
-class _Common(BaseModel):
+class RequestBase(BaseModel):
     """The fields /v1/completions and /v1/chat/completions share."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -165,7 +165,7 @@ class _Common(BaseModel):
         return {key: value for key, value in overrides.items() if value is not None}
 
 
-class CompletionRequest(_Common):
+class CompletionRequest(RequestBase):
     prompt: Any
     echo: bool = False
     suffix: str | None = None
@@ -201,7 +201,7 @@ class CompletionRequest(_Common):
         return _unsupported(value, (None, 1))
 
 
-class ChatCompletionRequest(_Common):
+class ChatCompletionRequest(RequestBase):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
