@@ -104,7 +104,7 @@ class Service:
             message = str(error)
             first = message.splitlines()[0]
             raise ApiError(400, message.replace("\n", "; "),
-                           param=first.split(":")[0] if first.startswith("speculation") else "speculation.params")
+                           param=first.split(":")[0] if first.startswith("speculation") else "speculation.params") from None
         except SpecdecError as error:
             raise ApiError(400, f"speculation.params: {error}", param="speculation.params") from None
         return speculation.max_draft_tokens, drafter, label
