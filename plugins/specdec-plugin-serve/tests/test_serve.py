@@ -276,16 +276,19 @@ def test_the_load_script_measures_both_modes_at_each_concurrency(spec_server, tm
     questions = tmp_path / "questions.jsonl"
     questions.write_text("\n".join(json.dumps({"question_id": index, "category": category, "turns": [prompt, "more"]})
                                    for index, (category, prompt) in enumerate(
-                                       [("qa", PROMPTS[0]), ("qa", PROMPTS[1]), ("writing", PROMPTS[2])])))
+                                       [("qa", PROMPTS[0]), ("qa", PROMPTS[1]), ("writing", PROMPTS[2]),
+                                        ("translation", PROMPTS[3])])))
     assert loadtest.main(["--url", spec_server.url, "-q", str(questions), "--limit", "1", "-c", "1", "3",
                           "-n", "6", "-o", str(tmp_path / "out")]) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     rows = {(row["concurrency"], row["mode"]): row for row in results["rows"]}
     assert sorted(rows) == [(1, "off"), (1, "on"), (3, "off"), (3, "on")]
-    assert [row["requests"] for row in results["rows"]] == [2, 2, 6, 6]  # 2 tasks; at least 2C requests
+    assert [row["requests"] for row in results["rows"]] == [3, 3, 6, 6]  # 3 tasks; at least 2C requests
+    sent = sorted((record["sent"], record["mode"]) for record in results["records"] if record["concurrency"] == 1)
+    assert [mode for _, mode in sent] == ["on", "on", "off", "off", "off", "on"]  # blocks of 2C, alternating
     assert all(row["errors"] == 0 and row["tokens"] > 0 and row["ttft_p50"] > 0 for row in rows.values())
     assert rows[1, "off"]["mean_accepted_tokens"] == 1.0 and rows[1, "on"]["mean_accepted_tokens"] > 1.0
-    assert results["differ"] == {"1": [0, 2], "3": [0, 6]}
+    assert results["differ"] == {"1": [0, 3], "3": [0, 6]}
     assert "| 3 | on | 6 |" in (tmp_path / "out" / "report.md").read_text()
 
 

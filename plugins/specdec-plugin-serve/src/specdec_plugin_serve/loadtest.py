@@ -5,10 +5,10 @@
         --max-tokens 128 --output loadtest-results
 
 For each concurrency C, the first turns of the selected questions (repeated to at least 2C
-requests, so that C stay in flight) are sent as streamed chat completions by C client tasks, once
-with speculation on (the pipeline's drafter) and once with it off (`{"enabled": false}`), on the
-same server, the two modes alternating which goes first from one concurrency to the next. Per
-mode and concurrency it reports:
+requests) are sent as streamed chat completions by C client tasks, with speculation on (the
+pipeline's drafter) and off (`{"enabled": false}`) on the same server. The modes alternate in
+blocks of 2C requests (on, off, off, on, ...: at concurrency 1 every second request), so that a
+machine whose load drifts (other jobs) slows both alike. Per mode and concurrency it reports:
 
 - throughput: generated tokens (from `usage`) / the round's wall time, and requests/s;
 - TTFT: from sending the request to its first text, p50/p90/p99;
@@ -68,6 +68,7 @@ class Record:
     text: str = ""
     error: str | None = None
     chunks: int = 0
+    sent: float = 0.0  # time.perf_counter() when the request was sent
 
     @property
     def itl(self) -> float | None:
@@ -113,7 +114,7 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: P
     if MODES[mode] is not None:
         body["speculation"] = MODES[mode]
     pieces = []
-    started = time.perf_counter()
+    started = record.sent = time.perf_counter()
     try:
         async with client.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=timeout) as response:
             if response.status_code != 200:
@@ -263,18 +264,27 @@ async def run(args: argparse.Namespace) -> dict:
     print(f"loadtest: {len(prompts)} questions, model '{model}' (drafter {drafter}), concurrency "
           f"{' '.join(map(str, args.concurrency))}, {args.max_tokens} new tokens", file=sys.stderr)
     rounds: list[Round] = []
-    for index, concurrency in enumerate(args.concurrency):
+    for concurrency in args.concurrency:
         requests = [prompts[i % len(prompts)] for i in range(max(len(prompts), 2 * concurrency))]
-        modes = list(args.modes) if index % 2 == 0 else list(reversed(args.modes))
         if args.warmup:  # the first batch of a new size measures its draft costs: not in the timing
-            for mode in modes:
+            for mode in args.modes:
                 await run_round(url, model, requests[:concurrency], mode, concurrency, 8, args.timeout)
-        for mode in modes:
-            done = await run_round(url, model, requests, mode, concurrency, args.max_tokens, args.timeout)
-            rounds.append(done)
-            row = summarize(done, drafter)
+        totals = {mode: Round(mode, concurrency, 0.0) for mode in args.modes}
+        size = 2 * concurrency
+        for number, start in enumerate(range(0, len(requests), size)):
+            for mode in (args.modes if number % 2 == 0 else list(reversed(args.modes))):
+                block = await run_round(url, model, requests[start:start + size], mode, concurrency,
+                                        args.max_tokens, args.timeout)
+                total = totals[mode]
+                total.wall += block.wall
+                total.records.extend(block.records)
+                for key, value in block.server.items():
+                    total.server[key] = total.server.get(key, 0.0) + value
+        for mode in args.modes:
+            rounds.append(totals[mode])
+            row = summarize(totals[mode], drafter)
             print(f"loadtest: concurrency {concurrency}, speculation {mode}: {row['tokens_per_s']:.1f} tok/s, "
-                  f"{row['errors']} errors, {done.wall:.1f} s", file=sys.stderr)
+                  f"{row['errors']} errors, {totals[mode].wall:.1f} s", file=sys.stderr)
     rows = [summarize(done, drafter) for done in rounds]
     differ = {}
     for concurrency in args.concurrency:
