@@ -81,6 +81,7 @@ _EXPORTS = {
     "validate_pipeline": "specdec.config",
     "default_plugins": "specdec.plugins",
     "load_plugins": "specdec.plugins",
+    "validated_pipeline": "specdec.cli",
     "json_lines": "specdec.jsonl",
     "read_json_lines": "specdec.jsonl",
 }

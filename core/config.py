@@ -286,6 +286,15 @@ def validate_component(kind: str, block: Any, registry: Registry, location: str)
     return component, params
 
 
+def validate_params(model: type[BaseModel], data: Any, location: str) -> BaseModel:
+    """Validate a params block that does not come from a file (a request's overrides): a
+    `ConfigError` names each bad field as `location.field`, worded as for pipeline files."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format(error, tuple(location.split(".")), None, None, model)) from None
+
+
 def _nested_problems(params: BaseModel, prefix: tuple, registry: Registry, source: str, locate) -> list[str]:
     """Composite components expose nested drafter blocks via `nested_drafters()`; check them too."""
     nested = getattr(params, "nested_drafters", None)
@@ -366,7 +375,9 @@ def _dotted(location: tuple) -> str:
     return text
 
 
-def _where(source: str, locate, location: tuple) -> str:
+def _where(source: str | None, locate, location: tuple) -> str:
+    if source is None:
+        return ""
     line = locate(location) if locate else None
     return f"{source}:{line}: " if line else f"{source}: "
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from specdec.config import ValidatedPipeline, load_yaml, sampling_problem, validate_component, validate_pipeline
-from specdec.errors import InputError
+from specdec.errors import ConfigError, InputError
 from specdec.params import SamplingParams
 from specdec.plugins import PluginSet, default_plugins
 from specdec.registry import BuildContext
@@ -50,6 +50,43 @@ class PipelineResult:
     prompt_token_ids: list[int]
 
 
+class IncrementalText:
+    """The text of a generation as its tokens arrive, handed out in pieces that join to the final
+    text: it holds back an incomplete multi-byte character, and text that could be the beginning
+    of a stop string (the stop string itself is never shown)."""
+
+    def __init__(self, pipeline: "Pipeline", params: SamplingParams):
+        self._pipeline = pipeline
+        self._params = params
+        self._hold = max((len(stop) for stop in params.stop_strings), default=1) - 1
+        self.tokens: list[int] = []
+        self.shown = ""
+
+    def add(self, chunk: Sequence[int]) -> str:
+        """Take one step's tokens; returns the text that is now safe to show ("" if none)."""
+        self.tokens.extend(chunk)
+        text = self._pipeline._text(self.tokens, self._params)
+        if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for more
+            return ""
+        ready = text[: len(text) - self._hold] if self._hold else text
+        return self._show(ready)
+
+    def finish(self) -> str:
+        """The generation ended: the rest of its text (held-back text included)."""
+        return self._show(self.text)
+
+    @property
+    def text(self) -> str:
+        """The whole text so far, cut before a stop string."""
+        return self._pipeline._text(self.tokens, self._params)
+
+    def _show(self, ready: str) -> str:
+        if ready.startswith(self.shown) and len(ready) > len(self.shown):
+            piece, self.shown = ready[len(self.shown):], ready
+            return piece
+        return ""
+
+
 class TextStream:
     """Iterator of text pieces as tokens are committed; `result` holds the `PipelineResult` at the end."""
 
@@ -61,24 +98,16 @@ class TextStream:
         self.result: PipelineResult | None = None
 
     def __iter__(self) -> Iterator[str]:
-        tokens: list[int] = []
-        shown = ""
-        # a stop string may complete later: hold back text that could be its beginning
-        hold = max((len(stop) for stop in self._params.stop_strings), default=1) - 1
+        text = IncrementalText(self._pipeline, self._params)
         for chunk in self._generation.chunks():
-            tokens.extend(chunk)
-            text = self._pipeline._text(tokens, self._params)
-            if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for more
-                continue
-            ready = text[: len(text) - hold] if hold else text
-            if ready.startswith(shown) and len(ready) > len(shown):
-                yield ready[len(shown):]
-                shown = ready
+            piece = text.add(chunk)
+            if piece:
+                yield piece
+        piece = text.finish()
+        if piece:
+            yield piece
         done = self._generation.result
-        text = self._pipeline._text(done.tokens, self._params)
-        if text.startswith(shown) and len(text) > len(shown):
-            yield text[len(shown):]
-        self.result = PipelineResult(text, done.tokens, done.finish_reason, done.stats, self._prompt_ids)
+        self.result = PipelineResult(text.text, done.tokens, done.finish_reason, done.stats, self._prompt_ids)
 
 
 class Pipeline:
@@ -147,6 +176,7 @@ class Pipeline:
         if spec.scheduler.draft_budget == "auto":
             budget = DraftBudget(lambda batch_size: measure_batch_cost_model(model, batch_size))
         # One drafter instance per concurrent sequence; instances are reused across requests.
+        self._build_context, self.drafter_component = context, drafter_component
         self.scheduler = StepScheduler(
             self.verifier, self.policy, [self.drafter],
             lambda: drafter_component.factory(context, validated.drafter_params),
@@ -241,6 +271,26 @@ class Pipeline:
         params = self.params(**overrides)
         handle = self.scheduler.submit(prompt_ids, params, max_draft_tokens=max_draft_tokens)
         return TextStream(self, prompt_ids, self.scheduler.stream(handle), params)
+
+    def drafter_with(self, overrides: dict[str, Any], *, location: str = "drafter.params"):
+        """A new drafter of the pipeline's drafter type, with the pipeline's params and `overrides`
+        applied over them, for one request: `scheduler.submit(..., drafter=...)`.
+
+        The merged params are validated by the drafter's own params model, as the YAML block is;
+        a `ConfigError` names each bad field as `location.<field>`.
+        """
+        from specdec.config import validate_params
+
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"{location}: must be a mapping of the drafter's params, got {type(overrides).__name__}")
+        component = self.drafter_component
+        params = validate_params(component.params_model, {**self.config.spec.drafter.params, **overrides}, location)
+        return component.factory(self._build_context, params)
+
+    def incremental_text(self, params: SamplingParams) -> IncrementalText:
+        """Text pieces of one generation as its tokens arrive (what `stream` yields), for callers
+        that drive the scheduler themselves (a server reading `SequenceHandle.chunks`)."""
+        return IncrementalText(self, params)
 
     def generate_batch(self, prompts: Sequence[Prompt], *, max_draft_tokens: int | None = None,
                        **overrides) -> list[PipelineResult]:

@@ -100,6 +100,7 @@ class SequenceHandle:
     carried_draft_seconds: float = 0.0
     offered_steps: int = 0  # steps in which the draft budget let this sequence draft
     cancelled: bool = False
+    own_drafter: bool = False  # the request brought its drafter (submit(drafter=...)): not pooled
 
     @property
     def done(self) -> bool:
@@ -141,8 +142,12 @@ class StepScheduler:
     # -- requests ---------------------------------------------------------------------------------
 
     def submit(self, prompt: Sequence[int], params: SamplingParams | None = None, *,
-               max_draft_tokens: int | None = None) -> SequenceHandle:
+               max_draft_tokens: int | None = None, drafter: Drafter | None = None) -> SequenceHandle:
         """Queue a request; it joins the batch at the next step with a free slot.
+
+        :param drafter: a drafter instance for this request alone (e.g. built with other params,
+            `Pipeline.drafter_with`), started like a pooled one and dropped when the request ends;
+            None: one of the scheduler's drafters.
 
         Bad input raises `InputError` here, before anything is queued.
         """
@@ -154,7 +159,8 @@ class StepScheduler:
                                              or max_draft_tokens < 0):
             raise InputError(f"max_draft_tokens must be an integer >= 0 (0 = no speculation), got {max_draft_tokens!r}")
         with self._lock:
-            handle = SequenceHandle(self._next_id, tokens, params, max_draft_tokens)
+            handle = SequenceHandle(self._next_id, tokens, params, max_draft_tokens,
+                                    drafter=drafter, own_drafter=drafter is not None)
             self._next_id += 1
             self._waiting.append(handle)
         return handle
@@ -194,6 +200,11 @@ class StepScheduler:
     @property
     def num_active(self) -> int:
         return len(self._active)
+
+    @property
+    def num_waiting(self) -> int:
+        """Submitted requests not yet admitted into the batch."""
+        return len(self._waiting)
 
     @property
     def has_work(self) -> bool:
@@ -237,11 +248,15 @@ class StepScheduler:
             self._step()
 
     def _admit(self) -> None:
-        while self._waiting and len(self._active) < self.capacity:
-            handle = self._waiting.popleft()
-            if not self._free_drafters:
-                self._free_drafters.append(self._drafter_factory())
-            handle.drafter = self._free_drafters.pop()
+        while self._waiting and len(self._active) < self.max_batch_size:
+            handle = self._waiting[0]
+            if not handle.own_drafter:
+                if not self._free_drafters:
+                    if self._drafter_factory is None:
+                        break  # every drafter is busy: wait for a sequence to finish
+                    self._free_drafters.append(self._drafter_factory())
+                handle.drafter = self._free_drafters.pop()
+            self._waiting.popleft()
             handle.slot = len(self._active)
             self._active.append(handle)
             try:
@@ -424,7 +439,7 @@ class StepScheduler:
             self.verifier.move_slot(last.slot, slot)
             last.slot = slot
         handle.slot = -1
-        if handle.drafter is not None:
+        if handle.drafter is not None and not handle.own_drafter:
             self._free_drafters.append(handle.drafter)
 
     # -- checks -----------------------------------------------------------------------------------

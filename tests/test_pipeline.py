@@ -169,3 +169,33 @@ def test_a_greedy_pipeline_refuses_a_temperature_before_decoding(model_dir):
     pipeline = Pipeline.from_dict({"target": {"model": model_dir}, "acceptance": {"type": "greedy"}})
     with pytest.raises(InputError, match="'greedy' acceptance policy decodes deterministically"):
         pipeline.params(temperature=0.5)
+
+
+def test_a_drafter_with_changed_params_is_validated_like_the_yaml_block(model_dir, pipelines):
+    from specdec import ConfigError
+
+    _, speculative = pipelines
+    drafter = speculative.drafter_with({"num_tokens": 1})
+    assert type(drafter) is type(speculative.drafter) and drafter.num_tokens == 1
+    assert speculative.drafter.num_tokens == 3  # the pipeline's own drafters keep their params
+    with pytest.raises(ConfigError, match=r"^speculation\.params\.num_tokens: must be >= 1$"):
+        speculative.drafter_with({"num_tokens": 0}, location="speculation.params")
+    with pytest.raises(ConfigError, match=r"drafter\.params\.num_tokns: unknown field \(did you mean 'num_tokens'\?\)"):
+        speculative.drafter_with({"num_tokns": 2})
+    prompt_ids = speculative.encode("hello there")
+    handle = speculative.scheduler.submit(prompt_ids, speculative.params(), drafter=drafter)
+    speculative.scheduler.run([handle])
+    assert handle.result.tokens == speculative.generate("hello there").token_ids
+    assert handle.stats.draft_tokens <= handle.stats.steps  # one draft token per step at most
+
+
+def test_incremental_text_holds_back_a_possible_stop_string(pipelines):
+    plain, _ = pipelines
+    expected = plain.generate("hello there")
+    stop = expected.text[5:8]
+    params = plain.params(stop_strings=(stop,))
+    text = plain.incremental_text(params)
+    pieces = [text.add([token]) for token in expected.token_ids]
+    pieces.append(text.finish())
+    assert "".join(pieces) == text.text == expected.text[: expected.text.index(stop)]
+    assert all(stop not in "".join(pieces[: index + 1]) for index in range(len(pieces)))

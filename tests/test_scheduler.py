@@ -197,6 +197,27 @@ def test_cancelling_frees_the_slot_and_the_rest_are_unaffected():
     assert [handle.result.tokens for handle in handles[1:]] == reference_outputs()[1:4]
 
 
+def test_a_request_with_its_own_drafter_uses_it_and_the_pool_never_gets_it():
+    """submit(drafter=...): e.g. a server request with its own drafter params."""
+    pooled = []
+
+    def factory():
+        pooled.append(NoDrafter())
+        return pooled[-1]
+
+    runner = scheduler(2, factory=factory)
+    own = FixedChain()
+    handles = [runner.submit(*requests()[0], drafter=own), runner.submit(*requests()[1]),
+               runner.submit(*requests()[2])]
+    assert runner.num_waiting == 3
+    runner.step()
+    assert runner.num_waiting == 1 and handles[0].drafter is own  # two slots: the third waits
+    runner.run()
+    assert [handle.result.tokens for handle in handles] == reference_outputs()[:3]
+    assert handles[0].stats.draft_tokens > 0 and handles[1].stats.draft_tokens == 0
+    assert own not in runner._free_drafters and len(runner._free_drafters) == len(pooled) == 1
+
+
 def test_slot_reuse_leaves_no_stale_cache():
     """The same request in a reused slot (after longer and shorter sequences) equals a fresh run."""
     runner = scheduler(2)

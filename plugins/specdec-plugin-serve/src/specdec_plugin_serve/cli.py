@@ -1,0 +1,70 @@
+"""`specdec serve`: the command line of the server.
+
+    specdec serve pipeline.yaml --port 8000 --max-batch 16
+    specdec serve                       # the default pipeline on the embedded default model
+
+Everything a user can get wrong (the pipeline file, the flags, a port in use) is checked before
+the model loads. SIGINT or SIGTERM stops accepting connections, lets the requests in flight
+finish for up to --shutdown-timeout seconds, cancels the rest and exits with status 0.
+
+This module stays light (argparse only); the handler imports torch, FastAPI and uvicorn.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from specdec import ConfigError
+
+DESCRIPTION = """\
+Serve a pipeline over HTTP with OpenAI's API: POST /v1/completions and /v1/chat/completions
+(streaming or not), GET /v1/models, /health and /metrics (Prometheus). Requests from all clients
+are decoded together by the step scheduler (continuous batching); each request may turn
+speculation off or tune the drafter's params with a `speculation` object. See docs/serving.md.
+"""
+
+
+def add_serve_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the `serve` subcommand to the `specdec` CLI's subparsers."""
+    parser = subparsers.add_parser("serve", help="serve a pipeline with an OpenAI-compatible HTTP API",
+                                   description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("pipeline", nargs="?", metavar="PIPELINE.yaml",
+                        help="pipeline file (default: the default pipeline on the embedded model)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1; 0.0.0.0 exposes the server to the network)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    parser.add_argument("--max-batch", type=int, metavar="N",
+                        help="most requests decoded together (default: the pipeline's scheduler.max_batch_size); "
+                             "more wait for a slot")
+    parser.add_argument("--model-name", metavar="NAME",
+                        help="the model name clients send (default: the pipeline's name or file stem)")
+    parser.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="on SIGINT/SIGTERM, how long requests in flight may still run before they are "
+                             "cancelled (default 30)")
+    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--access-log", action="store_true", help="log every HTTP request")
+    parser.set_defaults(handler=run_command)
+    return parser
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from specdec import Pipeline, default_plugins, validated_pipeline
+    from specdec_plugin_serve.server import bind, serve
+
+    if args.max_batch is not None and args.max_batch < 1:
+        raise ConfigError(f"--max-batch must be >= 1, got {args.max_batch}")
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be between 0 and 65535, got {args.port}")
+    if args.shutdown_timeout < 0:
+        raise ConfigError(f"--shutdown-timeout must be >= 0 seconds, got {args.shutdown_timeout}")
+    if args.model_name is not None and not args.model_name.strip():
+        raise ConfigError("--model-name must not be empty")
+    plugins = default_plugins()
+    validated = validated_pipeline(args.pipeline, plugins)
+    listener = bind(args.host, args.port)  # before the model loads: a port in use fails in a second
+    pipeline = Pipeline(validated, plugins)
+    if args.max_batch is not None:
+        pipeline.scheduler.max_batch_size = args.max_batch
+    pipeline.scheduler.prepare(pipeline.scheduler.max_batch_size)
+    return serve(pipeline, listener, model_name=args.model_name, shutdown_timeout=args.shutdown_timeout,
+                 log_level=args.log_level, access_log=args.access_log)
