@@ -125,16 +125,29 @@ class FlakyParams(BaseModel):
 
 
 class Flaky(BaseDrafter):
-    """Drafts the last two tokens again; raises at `fail_at_step`; sleeps `delay` per step."""
+    """Drafts the last two tokens again; raises at step `fail_at_step` (from `propose`, or from
+    `observe`, which runs every step even when the draft budget asks for no draft); sleeps
+    `delay` per step."""
 
     def __init__(self, params: FlakyParams):
         self.params = params
+        self.steps = 0
+
+    def start(self, prompt, params):
+        self.steps = 0
+
+    def _fail_now(self, step: int) -> None:
+        if self.params.fail_at_step is not None and step >= self.params.fail_at_step:
+            raise RuntimeError("the flaky drafter failed on purpose")
 
     def propose(self, context):
-        if self.params.fail_at_step is not None and context.step >= self.params.fail_at_step:
-            raise RuntimeError("the flaky drafter failed on purpose")
+        self._fail_now(context.step)
         time.sleep(self.params.delay)
         return Draft.chain(list(context.tokens[-2:]))
+
+    def observe(self, outcome):
+        self.steps += 1
+        self._fail_now(self.steps)
 
 
 def flaky_plugins():

@@ -24,6 +24,10 @@ speculation off or tune the drafter's params with a `speculation` object. See do
 """
 
 
+#: Prompt + completion tokens the server prepares the cache and CUDA graphs for at start.
+_PREPARED_TOKENS = 4096
+
+
 def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     """Add the `serve` subcommand to the `specdec` CLI's subparsers."""
     parser = subparsers.add_parser("serve", help="serve a pipeline with an OpenAI-compatible HTTP API",
@@ -65,6 +69,9 @@ def run_command(args: argparse.Namespace) -> int:
     pipeline = Pipeline(validated, plugins)
     if args.max_batch is not None:
         pipeline.scheduler.max_batch_size = args.max_batch
-    pipeline.scheduler.prepare(pipeline.scheduler.max_batch_size)
+    # drafters now; on CUDA also the static cache and every CUDA graph, for requests of up to
+    # _PREPARED_TOKENS tokens (a longer one grows the cache and captures again, once)
+    pipeline.scheduler.prepare(pipeline.scheduler.max_batch_size,
+                               min(getattr(pipeline.scheduler.verifier, "max_positions", _PREPARED_TOKENS), _PREPARED_TOKENS))
     return serve(pipeline, listener, model_name=args.model_name, shutdown_timeout=args.shutdown_timeout,
                  log_level=args.log_level, access_log=args.access_log)
