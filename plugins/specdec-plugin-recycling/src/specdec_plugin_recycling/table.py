@@ -7,40 +7,50 @@ Token Recycling keeps, for the token at each of those positions, its k most like
 
 A row is the target's prediction in the context where it was computed; meeting the token again
 in another context makes it a guess. Rows are overwritten, newest wins, as in the reference
-implementation (its `adj_matrix[tokens] = topk(logits)`). Alongside the ids the table keeps the
-target's probabilities of them (softmax at temperature 1), which the drafter uses to estimate
-how likely each candidate is to be accepted.
+implementation (its `adj_matrix[tokens] = topk(logits)`). Alongside the ids the table keeps each
+candidate's *share*: its probability renormalized over the row's k candidates (the softmax of
+the k largest logits), a measure of how sure the target was, which the drafter uses to estimate
+how likely each candidate is to be accepted. The share needs only the k largest logits; the true
+probability would need a normalizer over the whole vocabulary, a multi-threaded reduction per
+row that costs milliseconds when the CPU is shared with other work, for a feature the
+drafter's learned acceptance buckets anyway.
 
-Storage is two dense arrays, `[V, k]` ids (int32) and probabilities (float32), about 3 MB for a
-49k vocabulary at k = 8, grown to the largest token id written.
+Storage is two dense numpy arrays, `[V, k]` ids (int32) and shares (float32), about 3 MB for a
+49k vocabulary at k = 8, grown to the largest token id written. Numpy rather than torch: the
+drafter reads single rows from Python every step, and a numpy row costs a fraction of a
+microsecond where a torch row costs several.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 
 
-def top_candidates(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each row's `top_k` most likely tokens and their probabilities (softmax at temperature 1).
+def top_candidates(logits: torch.Tensor, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's `top_k` most likely tokens, best first, and their shares (probabilities
+    renormalized over those `top_k`).
 
     :param logits: `[R, V]`.
-    :returns: `([R, top_k] int32 ids, [R, top_k] float32 probabilities)`; when V < top_k the
-        missing candidates have id -1 and probability 0.
+    :returns: `([R, top_k] int32 ids, [R, top_k] float32 shares)`; when V < top_k the missing
+        candidates have id -1 and share 0.
     """
-    logits = logits.float()
     k = min(top_k, logits.shape[-1])
     values, ids = logits.topk(k, dim=-1)  # [R, k], best first
-    probs = torch.exp(values - torch.logsumexp(logits, dim=-1, keepdim=True))
+    values = values.float().cpu().numpy()
+    shares = np.exp(values - values[:, :1])
+    shares /= shares.sum(axis=1, keepdims=True)
+    ids = ids.cpu().numpy().astype(np.int32)
     if k < top_k:
-        ids = torch.cat([ids, ids.new_full((ids.shape[0], top_k - k), -1)], dim=-1)
-        probs = torch.cat([probs, probs.new_zeros((probs.shape[0], top_k - k))], dim=-1)
-    return ids.to(torch.int32), probs
+        ids = np.concatenate([ids, np.full((ids.shape[0], top_k - k), -1, dtype=np.int32)], axis=1)
+        shares = np.concatenate([shares, np.zeros((shares.shape[0], top_k - k), dtype=np.float32)], axis=1)
+    return ids, shares.astype(np.float32)
 
 
 class AdjacencyTable:
-    """Each token's top-k successors and their probabilities, as the target last predicted them.
+    """Each token's top-k successors and their shares, as the target last predicted them.
 
     :param top_k: candidates kept per token (the paper keeps 8).
     """
@@ -53,9 +63,9 @@ class AdjacencyTable:
 
     def clear(self) -> None:
         """Forget every row (a cold start)."""
-        self.ids = torch.empty((0, self.top_k), dtype=torch.int32)  # [V, k]
-        self.probs = torch.empty((0, self.top_k), dtype=torch.float32)  # [V, k]
-        self.filled = torch.zeros(0, dtype=torch.bool)  # [V]
+        self.ids = np.full((0, self.top_k), -1, dtype=np.int32)  # [V, k]
+        self.shares = np.zeros((0, self.top_k), dtype=np.float32)  # [V, k]
+        self.filled = np.zeros(0, dtype=bool)  # [V]
 
     @property
     def num_rows(self) -> int:
@@ -63,22 +73,22 @@ class AdjacencyTable:
         return int(self.filled.sum())
 
     def row(self, token: int) -> tuple[list[int], list[float]] | None:
-        """The candidates of `token`, best first, as (ids, probabilities); None if it has no row."""
+        """The candidates of `token`, best first, as (ids, shares); None if it has no row."""
         if not 0 <= token < self.filled.shape[0] or not self.filled[token]:
             return None
-        return self.ids[token].tolist(), self.probs[token].tolist()
+        return self.ids[token].tolist(), self.shares[token].tolist()
 
-    def write(self, tokens: Sequence[int], ids: torch.Tensor, probs: torch.Tensor) -> None:
-        """Set the rows of `tokens` (`[R, k]` ids and probabilities, one row per token); when a
-        token appears several times, its last row wins."""
+    def write(self, tokens: Sequence[int], ids: np.ndarray, shares: np.ndarray) -> None:
+        """Set the rows of `tokens` (`[R, k]` ids and shares, one row per token); when a token
+        appears several times, its last row wins."""
         last = {int(token): index for index, token in enumerate(tokens)}  # dict keeps the last index
         if not last:
             return
-        rows = torch.tensor(list(last), dtype=torch.long)
-        picks = torch.tensor(list(last.values()), dtype=torch.long)
-        self._grow(max(last) + 1)
-        self.ids[rows] = ids[picks].to(torch.int32)
-        self.probs[rows] = probs[picks].float()
+        rows = np.fromiter(last, dtype=np.int64, count=len(last))
+        picks = np.fromiter(last.values(), dtype=np.int64, count=len(last))
+        self._grow(int(rows.max()) + 1)
+        self.ids[rows] = ids[picks]
+        self.shares[rows] = shares[picks]
         self.filled[rows] = True
 
     def update(self, tokens: Sequence[int], logits: torch.Tensor) -> None:
@@ -91,6 +101,6 @@ class AdjacencyTable:
         if size <= old:
             return
         extra = max(size, 2 * old) - old
-        self.ids = torch.cat([self.ids, self.ids.new_full((extra, self.top_k), -1)])
-        self.probs = torch.cat([self.probs, self.probs.new_zeros((extra, self.top_k))])
-        self.filled = torch.cat([self.filled, self.filled.new_zeros(extra)])
+        self.ids = np.concatenate([self.ids, np.full((extra, self.top_k), -1, dtype=np.int32)])
+        self.shares = np.concatenate([self.shares, np.zeros((extra, self.top_k), dtype=np.float32)])
+        self.filled = np.concatenate([self.filled, np.zeros(extra, dtype=bool)])
