@@ -38,11 +38,20 @@ def top_candidates(logits: torch.Tensor, top_k: int) -> tuple[np.ndarray, np.nda
         candidates have id -1 and share 0.
     """
     k = min(top_k, logits.shape[-1])
-    values, ids = logits.topk(k, dim=-1)  # [R, k], best first
-    values = values.float().cpu().numpy()
+    if logits.device.type == "cpu":
+        # numpy, single-threaded: torch's top-k over a few rows is a parallel region, which waits
+        # milliseconds for a core when the CPU is shared with other work
+        rows = logits.detach().float().numpy()  # [R, V]
+        ids = np.argpartition(rows, -k, axis=1)[:, -k:]  # [R, k], unordered
+        values = np.take_along_axis(rows, ids, axis=1)
+        best_first = np.argsort(-values, axis=1, kind="stable")
+        ids, values = np.take_along_axis(ids, best_first, axis=1), np.take_along_axis(values, best_first, axis=1)
+    else:
+        values, ids = logits.topk(k, dim=-1)  # [R, k], best first
+        values, ids = values.float().cpu().numpy(), ids.cpu().numpy()
     shares = np.exp(values - values[:, :1])
     shares /= shares.sum(axis=1, keepdims=True)
-    ids = ids.cpu().numpy().astype(np.int32)
+    ids = ids.astype(np.int32)
     if k < top_k:
         ids = np.concatenate([ids, np.full((ids.shape[0], top_k - k), -1, dtype=np.int32)], axis=1)
         shares = np.concatenate([shares, np.zeros((shares.shape[0], top_k - k), dtype=np.float32)], axis=1)
