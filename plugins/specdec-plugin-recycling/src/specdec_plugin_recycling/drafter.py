@@ -41,9 +41,9 @@ _EMPTY = Draft.empty()
 #: 0.2-0.5, 0.5-0.8, 0.8-0.95, 0.95 and above.
 SHARE_EDGES = (0.05, 0.2, 0.5, 0.8, 0.95)
 #: Prior acceptance of a cell, as a factor of its share bucket's middle, for children of the root
-#: and for deeper nodes: a row was the target's prediction in another context. The learned rates
-#: replace the priors within a few dozen steps; measured on the default model, they end near
-#: 0.5-0.7 of the share for rank 0 and lower for the others.
+#: and for deeper nodes: a row was the target's prediction in another context, so less sure than
+#: its share says. With `prior_weight` 4 the learned rate outweighs the prior after a few trials
+#: of a cell, and every step scores the whole candidate tree (dozens of trials).
 PRIOR_FACTOR = (0.6, 0.5)
 _BUCKET_MIDDLE = (0.025, 0.12, 0.35, 0.65, 0.875, 0.975)
 #: Siblings exclude each other: their estimated chances are scaled to sum to at most this.
@@ -97,6 +97,8 @@ class TokenRecyclingDrafter(BaseDrafter):
         (default: a new one of the tree's `top_k`).
     :param per_request: start every generation from an empty table (the learned acceptance is
         kept); by default the table is kept across requests, as in the reference implementation.
+        Give such a drafter a `state` of its own: `start` clears the table of every instance
+        sharing it.
     :param adaptive: draft only the nodes the cost model says pay (possibly none); False drafts
         the likeliest `max_nodes` nodes of the template whenever the table has a row.
     :param cost: verification cost model of the target.
