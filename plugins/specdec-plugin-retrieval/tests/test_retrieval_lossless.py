@@ -69,6 +69,13 @@ def test_prompt_lookup_passes_the_quick_preset():
     assert counts["nodes"] > 100
 
 
+def test_prompt_lookup_with_the_suffix_automaton_is_lossless():
+    make, counts = counted(lambda: PromptLookupDrafter(matcher="suffix_automaton", max_branches=3,
+                                                       cost=CostModel(node_cost=0.02)))
+    assert_lossless(make, num_samples=1000, sampling_cases=SAMPLING_CASES[:1])
+    assert counts["nodes"] > 300 and counts["trees"] > 0
+
+
 @functools.lru_cache(maxsize=None)
 def tiny_rest_store(folder):
     """A store for the tiny tokenizer: synthetic text plus what the harness's tiny models write

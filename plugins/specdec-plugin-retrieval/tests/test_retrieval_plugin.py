@@ -21,8 +21,8 @@ def test_every_example_pipeline_validates():
     registry = load_plugins().registry
     files = sorted(EXAMPLES.rglob("*.yaml"))
     assert [path.name for path in files] == [
-        "combined.yaml", "prompt_lookup.yaml", "prompt_lookup_tree.yaml", "prompt_lookup_tree_bf16.yaml",
-        "rest.yaml"]
+        "combined.yaml", "prompt_lookup.yaml", "prompt_lookup_sam.yaml", "prompt_lookup_tree.yaml",
+        "prompt_lookup_tree_bf16.yaml", "rest.yaml"]
     for path in files:
         data, text = load_yaml(path)
         validated = validate_pipeline(data, registry, str(path), text)
@@ -36,6 +36,8 @@ def test_every_example_pipeline_validates():
     ({"max_branch": 2}, "did you mean 'max_branches'"),
     ({"node_cost": "fast"}, "drafter.params.node_cost"),
     ({"node_cost": -0.1}, "drafter.params.node_cost"),
+    ({"matcher": "suffix_array"}, "drafter.params.matcher: must be one of"),
+    ({"matcher": "suffix_automaton", "max_ngram": 8}, "max_ngram limits the n-gram matcher only"),
 ])
 def test_prompt_lookup_params_are_checked(params, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -1,7 +1,8 @@
 """specdec-plugin-retrieval: drafters that copy text instead of running a model.
 
 - `prompt_lookup`: prompt lookup decoding; drafts what followed earlier occurrences of the
-  trailing n-gram in the prompt and the generated text.
+  trailing n-gram (or, with `matcher: suffix_automaton`, of the longest repeated suffix) in the
+  prompt and the generated text.
 - `rest`: retrieval-based drafting (REST); drafts token trees from a suffix-array datastore
   built from a corpus (`specdec retrieval build`, `specdec retrieval self-distill`).
 
@@ -48,10 +49,17 @@ class PromptLookupParams(_AdaptiveParams):
         "recent", description="prefer the continuation seen most recently, or the one most occurrences share")
     max_occurrences: int = Field(16, ge=1, le=1024, description="most recent occurrences merged per lookup")
     max_nodes: int = Field(32, ge=1, le=512, description="largest draft tree")
+    matcher: Literal["ngram", "suffix_automaton"] = Field(
+        "ngram", description="'ngram': the most recent occurrences of the longest trailing n-gram (up to "
+                             "max_ngram); 'suffix_automaton': the longest repeated suffix of any length, at "
+                             "its first occurrence (SAM-Decoding's matcher; max_ngram does not apply)")
 
     @model_validator(mode="after")
     def _ngram_range(self):
-        if self.min_ngram > self.max_ngram:
+        if self.matcher == "suffix_automaton" and "max_ngram" in self.model_fields_set:
+            raise ValueError("max_ngram limits the n-gram matcher only; the suffix automaton matches the longest "
+                             "repeated suffix of any length: remove max_ngram, or set matcher: ngram")
+        if self.matcher == "ngram" and self.min_ngram > self.max_ngram:
             raise ValueError(f"min_ngram ({self.min_ngram}) must be <= max_ngram ({self.max_ngram})")
         return self
 
@@ -87,7 +95,7 @@ def _build_prompt_lookup(context, params: PromptLookupParams):
         max_ngram=params.max_ngram, min_ngram=params.min_ngram, num_tokens=params.num_tokens,
         max_branches=params.max_branches, selection=params.selection,
         max_occurrences=params.max_occurrences, max_nodes=params.max_nodes, adaptive=params.adaptive,
-        cost=_cost(context, params), min_gain=params.min_gain)
+        cost=_cost(context, params), min_gain=params.min_gain, matcher=params.matcher)
 
 
 def _build_rest(context, params: RestParams):

@@ -76,19 +76,29 @@ class NgramIndex:
     def matched_length(self, position: int, limit: int) -> int:
         """How many tokens before `position` equal the last tokens of the sequence (at most
         `limit`): the whole context an occurrence matched, not only the n-gram looked up."""
-        tokens, end = self.tokens, len(self.tokens)
-        length = 0
-        while length < limit and length < position and tokens[position - 1 - length] == tokens[end - 1 - length]:
-            length += 1
-        return length
+        return matched_length(self.tokens, position, limit)
 
     def continuation(self, position: int, length: int) -> list[int]:
         """`length` tokens from `position` on; past the end, the continuation repeats itself, as a
         sequence that keeps copying from `position` would (a loop keeps looping)."""
-        tokens, end = self.tokens, len(self.tokens)
-        if position + length <= end:
-            return tokens[position:position + length]
-        out = tokens[position:end]
-        while len(out) < length:
-            out.append(out[len(out) - (end - position)])
-        return out
+        return continuation(self.tokens, position, length)
+
+
+def matched_length(tokens: Sequence[int], position: int, limit: int) -> int:
+    """How many tokens of `tokens` before `position` equal its last tokens (at most `limit`)."""
+    end = len(tokens)
+    length = 0
+    while length < limit and length < position and tokens[position - 1 - length] == tokens[end - 1 - length]:
+        length += 1
+    return length
+
+
+def continuation(tokens: Sequence[int], position: int, length: int) -> list[int]:
+    """`length` tokens of `tokens` from `position` on, repeating `tokens[position:]` past the end."""
+    end = len(tokens)
+    if position + length <= end:
+        return list(tokens[position:position + length])
+    out = list(tokens[position:end])
+    while len(out) < length:
+        out.append(out[len(out) - (end - position)])
+    return out

@@ -2,7 +2,9 @@
 
 Each step it looks for the longest trailing n-gram of the committed tokens (prompt and generated
 text, n from `max_ngram` down to `min_ngram`) that occurred earlier, and proposes what followed
-it. With several earlier occurrences it merges their continuations into a trie: `selection`
+it. With `matcher="suffix_automaton"` the match is the longest repeated suffix of any length
+(at least `min_ngram`), found by a suffix automaton (`suffix_automaton`), at its first occurrence,
+plus the first occurrences of its shorter suffixes. With several earlier occurrences it merges their continuations into a trie: `selection`
 orders alternatives by recency or by how many occurrences share them, `max_branches` bounds how
 many distinct continuations the draft tree keeps (1 = a chain), and the cost model of
 `adaptive` decides how much of that tree is worth verifying (possibly nothing).
@@ -16,6 +18,10 @@ from specdec import BaseDrafter, Draft, DraftContext, SamplingParams, StepOutcom
 from specdec_plugin_retrieval.adaptive import AcceptanceModel, AdaptiveDrafting, CostModel, prior_table
 from specdec_plugin_retrieval.candidates import trie_from_sequences
 from specdec_plugin_retrieval.ngram_index import NgramIndex
+from specdec_plugin_retrieval.suffix_automaton import SuffixAutomaton
+
+#: The matchers `PromptLookupDrafter` can look up the trailing tokens with.
+MATCHERS = ("ngram", "suffix_automaton")
 
 _EMPTY = Draft.empty()
 
@@ -52,17 +58,23 @@ class PromptLookupDrafter(BaseDrafter):
         `max_branches` continuations in full whenever there is a match.
     :param cost: verification cost model of the target.
     :param min_gain: least expected speed gain (relative to a plain step) worth drafting for.
+    :param matcher: "ngram" (the most recent occurrences of the longest n-gram up to `max_ngram`)
+        or "suffix_automaton" (the longest repeated suffix, unbounded, at its first occurrence,
+        then shorter suffixes; `max_ngram` does not apply).
     """
 
     def __init__(self, max_ngram: int = 4, min_ngram: int = 1, num_tokens: int = 10,
                  max_branches: int = 1, selection: Literal["recent", "frequent"] = "recent",
                  max_occurrences: int = 16, max_nodes: int = 32, adaptive: bool = True,
-                 cost: CostModel | None = None, min_gain: float = 0.0):
+                 cost: CostModel | None = None, min_gain: float = 0.0,
+                 matcher: Literal["ngram", "suffix_automaton"] = "ngram"):
+        if matcher not in MATCHERS:
+            raise ValueError(f"matcher must be one of {MATCHERS}, got {matcher!r}")
         if selection not in ("recent", "frequent"):
             raise ValueError(f"selection must be 'recent' or 'frequent', got {selection!r}")
         if min(num_tokens, max_branches, max_occurrences, max_nodes) < 1:
             raise ValueError("num_tokens, max_branches, max_occurrences and max_nodes must be >= 1")
-        self.index = NgramIndex(min_ngram, max_ngram)
+        self.index = NgramIndex(min_ngram, max_ngram) if matcher == "ngram" else SuffixAutomaton(min_ngram)
         self.num_tokens = num_tokens
         self.by_count = selection == "frequent"
         self.max_occurrences = max_occurrences
