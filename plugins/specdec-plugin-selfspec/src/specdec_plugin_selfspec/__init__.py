@@ -139,7 +139,7 @@ def build_low_precision(context, params: LowPrecisionParams):
     dtype = compute_dtype(fmt, target.dtype)
     stack = DecoderStack(target, copy_layers(target, fmt, set(run)), head, target.model.norm.weight.detach().to(dtype),
                          dtype)
-    drafter = LowPrecisionDrafter(stack, run, sizer, vocab, params.greedy_draft)
+    drafter = LowPrecisionDrafter(stack, run, sizer, vocab, params.greedy_draft, verifier=context.verifier)
     drafter.format = fmt
     return drafter
 

@@ -6,6 +6,12 @@ own dtype. The target verifies every draft in full precision, so the output is e
 target's (greedy: token for token; sampling: in distribution, since sampled drafts carry the q
 they were drawn from).
 
+The prompt's entries come from the target: on the first step the drafter drafts nothing, the
+verifier prefills the prompt, and on the second the drafter copies the target's entries for the
+prompt into its own cache (a memory copy: a prefill through the copy would cost as much as the
+target's own, and int8 activations quantized over a whole prompt draft worse than the target's
+exact entries). Without a verifier whose cache it can read, it prefills through the copy.
+
 The cache is addressed by position, like the target's: each proposal first feeds the committed
 tokens the copy has not seen (the prompt on the first step; afterwards the target's last token,
 plus the last draft token after a fully accepted chain) in the same forward that drafts the first
@@ -39,12 +45,15 @@ class LowPrecisionDrafter(BaseDrafter):
     :param sizer: decides each chain's length (shared calibration across this instance's requests).
     :param vocab: a truncated draft vocabulary (`DraftVocab`), or None for the full one.
     :param greedy_draft: draft the argmax even when sampling (no q; still lossless).
+    :param verifier: the pipeline's verifier: the prompt's entries are copied from its cache
+        (None: the copy prefills the prompt itself).
     """
 
     provides_draft_probs = True
 
     def __init__(self, stack: DecoderStack, run: Sequence[int], sizer: ChainSizer, vocab=None,
-                 greedy_draft: bool = False):
+                 greedy_draft: bool = False, verifier=None):
+        self.verifier = verifier if getattr(verifier, "cache", None) is not None else None
         self.stack = stack
         self.run = list(run)
         self.sizer = sizer
@@ -82,6 +91,9 @@ class LowPrecisionDrafter(BaseDrafter):
         sample = not context.params.greedy and not self.greedy_draft
         tokens = context.tokens
         self._ensure_capacity(len(tokens) + limit + 1)
+        if self.length == 0 and self.verifier is not None:
+            if not self._copy_prompt(context):
+                return Draft.empty()  # the first step: the verifier has not prefilled the prompt yet
         device = self.stack.device
         # first the committed tokens the store lacks, then one draft token per forward
         inputs = torch.tensor(tokens[self.length:], dtype=torch.long)
@@ -115,6 +127,22 @@ class LowPrecisionDrafter(BaseDrafter):
         self._last = Draft.chain([p.token for p in picks[:kept]],
                                  torch.stack([p.q for p in picks[:kept]]) if sample else None)
         return self._last
+
+    def _copy_prompt(self, context: DraftContext) -> bool:
+        """Copy the target's committed entries (the prompt, after the first step) into the store."""
+        cache = self.verifier.cache
+        committed = min(cache.lengths[context.slot], len(context.tokens) - 1)
+        if cache.buffer is None or committed < 1:
+            return False
+        source = cache.buffer[:, :, context.slot, :, :committed]  # [L, 2, H_kv, n, D]
+        layers, _, heads, _, dim = source.shape
+        if (layers, heads, dim) != (self.store.shape[0], self.store.shape[2], self.store.shape[4]):
+            raise ValueError(f"the verifier's cache holds {layers} layers of {heads}x{dim} entries, the copy "
+                             f"{self.store.shape[0]} of {self.store.shape[2]}x{self.store.shape[4]}: the drafter "
+                             f"was built for another target")
+        self.store[:, :, :, :committed] = source.to(device=self.store.device, dtype=self.store.dtype)
+        self.length = self._base = committed
+        return True
 
     def observe(self, outcome: StepOutcome) -> None:
         self.sizer.observed(outcome.tokens)

@@ -164,9 +164,10 @@ class DecoderStack:
             keys, values = store[layer.index, 0], store[layer.index, 1]  # [H_kv, capacity, D]
             keys[:, write_at:end] = key[0]
             values[:, write_at:end] = value.view(count, kv_heads, dim).transpose(0, 1)
-            folded = query[0].reshape(kv_heads, groups * count, dim)  # heads h = kv * G + g
-            attended = F.scaled_dot_product_attention(folded, keys[:, :span], values[:, :span], attn_mask=mask,
-                                                      scale=self.scale)  # [H_kv, G * n, D]
+            folded = query.reshape(1, kv_heads, groups * count, dim)  # heads h = kv * G + g
+            # 4D inputs: the CPU's flash kernel (3D ones take the slower math path)
+            attended = F.scaled_dot_product_attention(folded, keys[None, :, :span], values[None, :, :span],
+                                                      attn_mask=mask, scale=self.scale)  # [1, H_kv, G * n, D]
             attended = attended.view(kv_heads, groups, count, dim).permute(2, 0, 1, 3).reshape(1, count, heads * dim)
             hidden = hidden + layer.o(attended)
             normed = F.rms_norm(hidden, (width,), layer.post_norm, self.eps)
