@@ -35,6 +35,9 @@ from specdec_plugin_selfspec.chain import ChainSizer, pick
 from specdec_plugin_selfspec.low_precision import EXPLORE_EVERY
 from specdec_plugin_selfspec.stack import DecoderStack
 
+#: Fewest generated tokens a candidate set is scored on.
+MIN_WINDOW = 4
+
 
 @dataclass
 class Candidate:
@@ -237,15 +240,17 @@ class LayerSkipDrafter(BaseDrafter):
         return self.stack.forward(torch.tensor(ids, dtype=torch.long), torch.arange(start, start + count), store,
                                   start, span if span is not None else start + count, allowed, run, logits_rows)
 
-    def _score(self, context: DraftContext, store, committed: int, run: tuple[int, ...]) -> Candidate | None:
-        """Depth-1 acceptance of `run` on the last generated tokens: token j drafted from the
-        target's exact entries before it (one forward; the window's own entries go to scratch
-        positions after the committed ones)."""
+    def _window(self, context: DraftContext, committed: int) -> int:
+        """How many recent generated tokens a candidate can be scored on now (each scored token's
+        predecessor must be generated too, and the scratch entries must fit in the cache)."""
+        generated = len(context.tokens) - context.num_prompt_tokens  # the root is committed and generated
+        return min(self.search.window, generated - 1, self.verifier.cache.capacity - committed)
+
+    def _score(self, context: DraftContext, store, committed: int, run: tuple[int, ...], window: int) -> Candidate:
+        """Depth-1 acceptance of `run` on the last `window` generated tokens: token j drafted from
+        the target's exact entries before it (one forward; the window's own entries go to
+        scratch positions after the committed ones)."""
         tokens = context.tokens
-        generated = len(tokens) - context.num_prompt_tokens  # the root is committed and generated
-        window = min(self.search.window, generated - 1, self.verifier.cache.capacity - committed)
-        if window < 4:
-            return None
         first = committed - window  # inputs at positions first..committed-1 predict tokens first+1..committed
         rows = torch.arange(window)[:, None]
         columns = torch.arange(committed + window)[None]
@@ -269,11 +274,10 @@ class LayerSkipDrafter(BaseDrafter):
         store = cache.buffer[:, :, slot]  # [L, 2, H_kv, capacity, D], a view: writes land in the cache
         run = self.fixed_run
         if self.search is not None:
-            candidate = self.search.next_candidate()
+            window = self._window(context, committed)
+            candidate = self.search.next_candidate() if window >= MIN_WINDOW else None
             if candidate is not None:
-                scored = self._score(context, store, committed, candidate)
-                if scored is not None:
-                    self.search.record(context.step, scored)
+                self.search.record(context.step, self._score(context, store, committed, candidate, window))
             run = self.search.current(1.0 + self.sizer.min_gain)
         limit = min(self.sizer.max_tokens, context.max_depth, cache.capacity - committed - 1,
                     context.max_nodes if context.max_nodes is not None else self.sizer.max_tokens)
