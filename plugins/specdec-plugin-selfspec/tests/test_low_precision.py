@@ -201,3 +201,27 @@ def test_plain_decoding_reference_is_unchanged_by_an_idle_drafter():
     result = decoder.generate([1, 2, 3], params)
     assert result.tokens == plain.generate([1, 2, 3], params).tokens
     assert result.stats.draft_tokens == 0
+
+
+class EveryOtherStep(NoDrafter):
+    """Drafts a fixed chain on even steps, nothing on odd ones (the fallback then asks the next)."""
+
+    def propose(self, context):
+        if context.step % 2:
+            return Draft.empty()
+        return Draft.chain([(context.tokens[-1] + 1) % 11, 3])
+
+
+def test_inside_a_fallback_its_cache_follows_steps_where_another_drafter_was_used():
+    from specdec.drafters.fallback import FallbackDrafter
+
+    target = tiny_llama(0, vocab_size=12, eos_token_id=11)
+
+    def make(model, verifier):
+        inner = build("low_precision", model, verifier, format="float32", max_tokens=3)
+        return FallbackDrafter([EveryOtherStep(), StoreChecked(inner, model)])
+
+    made = []
+    check_greedy_identity(lambda model, verifier: made.append(make(model, verifier)) or made[-1], target,
+                          PROMPTS, max_new_tokens=20)
+    assert all(fallback.used[0] and fallback.used[1] for fallback in made if sum(fallback.used) > 4)

@@ -71,6 +71,9 @@ class LayerSkipParams(DraftingParams):
     skip: Literal["auto"] | list[int] = Field(
         "auto", description="layers to skip (0-based), or 'auto': search while decoding (SWIFT-style) for "
                             "the set with the most accepted tokens per unit of draft + verify time")
+    weights: Literal["target", "int8"] = Field(
+        "target", description="'target': the target's own weights (nothing copied); 'int8': a dynamic-int8 "
+                              "copy of the layers (CPU; a quarter of the bytes per draft forward)")
     max_skip: float = Field(0.5, gt=0.0, lt=1.0, description="with auto: skip at most this share of the layers")
     window: int = Field(24, ge=4, le=256, description="with auto: recent generated tokens each candidate "
                                                       "set is scored on")
@@ -147,8 +150,11 @@ def build_low_precision(context, params: LowPrecisionParams):
 def build_layer_skip(context, params: LayerSkipParams):
     from specdec import ConfigError
 
+    import torch
+
+    from specdec_plugin_selfspec.formats import check_format, copy_layers
     from specdec_plugin_selfspec.layer_skip import LayerSearch, LayerSkipDrafter
-    from specdec_plugin_selfspec.stack import DecoderStack, check_architecture, target_layers, text_config
+    from specdec_plugin_selfspec.stack import DecoderStack, check_architecture, text_config
 
     target = context.target
     check_architecture(target)
@@ -159,8 +165,18 @@ def build_layer_skip(context, params: LayerSkipParams):
     num_layers = text_config(target).num_hidden_layers
     if params.skip != "auto":
         _check_skip(params.skip, num_layers)
-    head, sizer, vocab = _common(context, params, "float32", None)
-    stack = DecoderStack(target, target_layers(target), head, target.model.norm.weight, target.dtype)
+    fmt = "int8" if params.weights == "int8" else "float32"
+    if fmt == "int8":
+        try:
+            check_format(fmt, target.device, target.dtype)
+        except ValueError as error:
+            raise ConfigError(f"drafter.params.weights: {error}") from None
+        if target.dtype != torch.float32:
+            raise ConfigError(f"drafter.params.weights: int8 layers compute in float32 but the target's cache "
+                              f"is {target.dtype}; use weights: target")
+    keep = None if params.skip == "auto" else {index for index in range(num_layers) if index not in params.skip}
+    head, sizer, vocab = _common(context, params, fmt, None)
+    stack = DecoderStack(target, copy_layers(target, fmt, keep), head, target.model.norm.weight, target.dtype)
     search = None
     if params.skip == "auto":
         search = LayerSearch(num_layers, max_skip=params.max_skip, window=params.window,

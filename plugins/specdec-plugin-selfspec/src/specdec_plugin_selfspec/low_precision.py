@@ -64,11 +64,13 @@ class LowPrecisionDrafter(BaseDrafter):
         self._base = 0  # committed tokens when the last draft was made
         self._in_cache = 0  # draft tokens of the last draft whose entries the store holds
         self._last: Draft | None = None
+        self._proposed = False  # propose ran since the last observe
 
     def start(self, prompt: Sequence[int], params: SamplingParams) -> None:
         self._ensure_capacity(len(prompt) + params.max_new_tokens + self.sizer.max_tokens + 2)
         self.length = 0
         self._last = None
+        self._proposed = False
         self.sizer.start()
 
     def _ensure_capacity(self, needed: int) -> None:
@@ -83,7 +85,7 @@ class LowPrecisionDrafter(BaseDrafter):
         self.store = grown
 
     def propose(self, context: DraftContext) -> Draft:
-        self._last, self._base, self._in_cache = None, self.length, 0
+        self._last, self._base, self._in_cache, self._proposed = None, self.length, 0, True
         limit = min(self.sizer.max_tokens, context.max_depth,
                     context.max_nodes if context.max_nodes is not None else self.sizer.max_tokens)
         if limit < 1 or (context.step % EXPLORE_EVERY and not self.sizer.worth_drafting()):
@@ -146,6 +148,9 @@ class LowPrecisionDrafter(BaseDrafter):
 
     def observe(self, outcome: StepOutcome) -> None:
         self.sizer.observed(outcome.tokens)
+        if not self._proposed:
+            return  # not asked this step (inside a composite that used another drafter): nothing to undo
+        self._proposed = False
         draft, self._last = self._last, None
         # keep the entries of accepted draft tokens; drop the rest (also when another drafter's
         # draft was verified, inside a composite)
