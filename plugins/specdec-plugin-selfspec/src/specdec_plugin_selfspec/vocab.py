@@ -9,8 +9,8 @@ the N tokens and the rejection policy stays exact (a token outside is never draf
 still be emitted as a correction or bonus token).
 
 The frequency table comes from self-distilled text: the target answers a prompt set greedily and
-its answer tokens are counted (`build_table`, `specdec selfspec vocab`). One is shipped for the
-embedded default model. A table records the vocabulary it was counted on (size and a
+its answer tokens are counted (`build_table`, `specdec selfspec vocab`); tokens it never saw
+follow in id order (see `load_vocab`). One is shipped for the embedded default model. A table records the vocabulary it was counted on (size and a
 fingerprint of the tokenizer's token-to-id map) and is refused for any other.
 """
 
@@ -116,6 +116,11 @@ def load_vocab(path: str | os.PathLike, size: int, vocab_size: int, tokenizer=No
     """The `size` most frequent tokens of a table, plus the `always` ids (end-of-sequence tokens:
     a draft that cannot say "stop" runs past every answer's end).
 
+    A table ranks the tokens its text contained (the shipped one: about 3,200 distinct tokens in
+    40,000). Beyond them the ranking continues in token id order: byte-level BPE vocabularies
+    number their tokens in the order the tokenizer learned its merges, most frequent pair
+    first, so a lower id is a more common token of the tokenizer's own training text.
+
     Refused (`ModelMismatchError`) when the table was counted on another vocabulary.
     """
     table = read_table(path)
@@ -129,11 +134,11 @@ def load_vocab(path: str | os.PathLike, size: int, vocab_size: int, tokenizer=No
         raise ModelMismatchError(
             f"the token frequency table {path} was counted with another tokenizer ({model.get('name')}); "
             f"its ids would name other tokens here: build one for this model with `specdec selfspec vocab`")
-    ranked = [int(token) for token, _ in table["tokens"]]
+    if size > vocab_size:
+        raise InputError(f"vocab_size {size} is larger than the target's vocabulary ({vocab_size} tokens)")
+    counted = [int(token) for token, _ in table["tokens"]]
+    ranked = counted + sorted(set(range(vocab_size)) - set(counted)) if len(counted) < size else counted
     chosen = list(dict.fromkeys([token for token in always if 0 <= token < vocab_size] + ranked[:size]))
-    if len(ranked) < size:
-        raise InputError(f"the token frequency table {path} ranks {len(ranked)} tokens, fewer than the "
-                         f"{size} asked; ask for at most {len(ranked)} or count more text")
     return DraftVocab(torch.tensor(chosen, dtype=torch.long), vocab_size)
 
 
