@@ -158,9 +158,10 @@ class DecoderStack:
             if layer.q_norm is not None:
                 query = F.rms_norm(query, (dim,), layer.q_norm, self.eps)
                 key = F.rms_norm(key, (dim,), layer.k_norm, self.eps)
-            query, key = query.transpose(1, 2), key.transpose(1, 2)  # [1, heads, n, D]
-            query = query * cos + _rotate_half(query) * sin
-            key = key * cos + _rotate_half(key) * sin
+            # rotary positions on queries and keys at once: [1, heads + H_kv, n, D]
+            both = torch.cat((query, key), dim=2).transpose(1, 2)
+            both = both * cos + _rotate_half(both) * sin
+            query, key = both[:, :heads], both[:, heads:]
             keys, values = store[layer.index, 0], store[layer.index, 1]  # [H_kv, capacity, D]
             keys[:, write_at:end] = key[0]
             values[:, write_at:end] = value.view(count, kv_heads, dim).transpose(0, 1)
