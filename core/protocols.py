@@ -35,6 +35,10 @@ class DraftContext:
     # limit). The scheduler keeps the first `max_nodes` nodes of a larger draft; a drafter that
     # reads it can choose its best nodes itself.
     max_nodes: int | None = None
+    # The verifier cache slot that holds this sequence during this step. A self-drafting drafter
+    # that shares the target's cache (`BuildContext.verifier.cache`) reads and writes there; it
+    # may differ from the previous step's (the scheduler moves sequences when others finish).
+    slot: int = 0
 
 
 @dataclass(frozen=True, eq=False)

@@ -368,7 +368,7 @@ class StepScheduler:
             return None
         handle.offered_steps += 1
         return DraftContext(TokenView(handle.tokens), len(handle.prompt), handle.params, remaining - 1,
-                            handle.rng, handle.step, max_nodes=limit)
+                            handle.rng, handle.step, max_nodes=limit, slot=handle.slot)
 
     def _advance(self, handle: SequenceHandle, draft: Draft, output, acceptance, draft_seconds: float,
                  verify_seconds: float) -> None:

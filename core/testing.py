@@ -40,7 +40,25 @@ from specdec.model_runner import CausalLMRunner, cache_argument
 from specdec.protocols import AcceptancePolicy, BaseDrafter, DraftContext, Drafter, StepOutcome
 from specdec.sampling import RandomSource, SamplingParams, warp_logits
 
-DrafterFactory = Callable[[torch.nn.Module], Drafter]
+#: ``make_drafter(target)``, or ``make_drafter(target, verifier)`` for a drafter that shares the
+#: verifier's KV cache (self-drafting); see `build_drafter`.
+DrafterFactory = Callable[..., Drafter]
+
+
+def build_drafter(make_drafter: DrafterFactory, target: torch.nn.Module, verifier) -> Drafter:
+    """Call a drafter factory the way the harness does: with the verifier that will verify its
+    drafts when the factory has a parameter named `verifier` (a self-drafting drafter shares
+    that verifier's cache, as `BuildContext.verifier` gives it in a pipeline), else with the
+    target alone. Arguments by name, as pluggy passes hook arguments: old factories keep working."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(make_drafter).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: the classic signature
+        parameters = {}
+    if "verifier" in parameters:
+        return make_drafter(target, verifier=verifier)
+    return make_drafter(target)
 
 #: Sampling settings the distribution check covers by default.
 SAMPLING_CASES = (
@@ -420,12 +438,15 @@ def check_sampling_distribution(make_drafter: DrafterFactory, target: torch.nn.M
     """
     from specdec.verifiers.hf import HFVerifier
 
-    decoder = SpeculativeDecoder(HFVerifier(target, eos_token_ids=()), make_drafter(target),
+    verifier = HFVerifier(target, eos_token_ids=())
+    decoder = SpeculativeDecoder(verifier, build_drafter(make_drafter, target, verifier),
                                  policy or RejectionSampling())
     batch = None
     if companions:
-        batch = StepScheduler(HFVerifier(target, eos_token_ids=()), decoder.policy,
-                              drafter_factory=lambda: make_drafter(target), max_batch_size=companions + 1)
+        batch_verifier = HFVerifier(target, eos_token_ids=())
+        batch = StepScheduler(batch_verifier, decoder.policy,
+                              drafter_factory=lambda: build_drafter(make_drafter, target, batch_verifier),
+                              max_batch_size=companions + 1)
     vocab = int(target.config.vocab_size)
     samples = []
     for index in range(num_samples):
@@ -535,7 +556,7 @@ def check_greedy_identity(make_drafter: DrafterFactory, target: torch.nn.Module,
     params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
     plain = SpeculativeDecoder(HFVerifier(target, eos), NoDrafter(), RejectionSampling())
     verifier = HFVerifier(target, eos)
-    drafter = make_drafter(target)
+    drafter = build_drafter(make_drafter, target, verifier)
     if check_caches:
         drafter = _CacheChecker(drafter, verifier, target, tolerance)
     speculative = SpeculativeDecoder(verifier, drafter, policy or RejectionSampling())
@@ -582,8 +603,10 @@ def check_batched_greedy_identity(make_drafter: DrafterFactory, target: torch.nn
     references = [plain.generate(prompt, SamplingParams(max_new_tokens=length)).tokens
                   for prompt, length in zip(prompts, lengths)]
     for batch_size in batch_sizes:
-        scheduler = StepScheduler(HFVerifier(target, eos), policy or RejectionSampling(),
-                                  drafter_factory=lambda: make_drafter(target), max_batch_size=batch_size)
+        verifier = HFVerifier(target, eos)
+        scheduler = StepScheduler(verifier, policy or RejectionSampling(),
+                                  drafter_factory=lambda: build_drafter(make_drafter, target, verifier),
+                                  max_batch_size=batch_size)
         handles = [scheduler.submit(prompt, SamplingParams(max_new_tokens=length))
                    for prompt, length in zip(prompts, lengths)]
         scheduler.run()
@@ -636,7 +659,9 @@ def assert_lossless(make_drafter: DrafterFactory, *, policy: AcceptancePolicy | 
     The drafter must draft: one that proposes only empty drafts during the greedy checks fails
     (plain decoding is trivially "lossless", so it would prove nothing about the drafts).
 
-    :param make_drafter: ``make_drafter(target) -> Drafter``, called once per check.
+    :param make_drafter: ``make_drafter(target) -> Drafter``, called once per check (per sequence
+        in the batched checks); a factory with a `verifier` parameter also gets the verifier whose
+        cache it may share (see `build_drafter`).
     :param policy: the acceptance policy under test (default: `RejectionSampling`).
     :param vocab_size: vocabulary of the tiny target models (the last id is end-of-sequence).
     :param seed: seed of the tiny target models' weights.
@@ -658,8 +683,8 @@ def assert_lossless(make_drafter: DrafterFactory, *, policy: AcceptancePolicy | 
         sampling_cases = QUICK_SAMPLING_CASES if quick else SAMPLING_CASES
     counters: list[_DraftCounter] = []
 
-    def counted(model: torch.nn.Module) -> Drafter:
-        counters.append(_DraftCounter(make_drafter(model)))
+    def counted(model: torch.nn.Module, verifier=None) -> Drafter:
+        counters.append(_DraftCounter(build_drafter(make_drafter, model, verifier)))
         return counters[-1]
 
     for max_new_tokens in lengths:

@@ -31,3 +31,39 @@ def test_the_quick_preset_passes_a_lossless_drafter_and_fails_a_broken_policy():
     assert time.perf_counter() - started < 120  # a preset for iterating, not the full check
     with pytest.raises(AssertionError, match="AcceptsEverythingWhenSampling does not match plain sampling"):
         assert_lossless(make, policy=AcceptsEverythingWhenSampling(), quick=True)
+
+
+class SlotRecorder(NoDrafter):
+    """Records the verifier it was built with and, each step, whether `context.slot` is the slot
+    that verifier's cache holds this sequence in (its committed length is the tokens minus the
+    pending root, or 0 on the first step)."""
+
+    def __init__(self, verifier):
+        self.verifier, self.seen = verifier, []
+
+    def propose(self, context):
+        cache = self.verifier.cache
+        expected = 0 if context.step == 0 else len(context.tokens) - 1
+        self.seen.append(cache.lengths[context.slot] == expected)
+        return super().propose(context)
+
+
+def test_factories_with_a_verifier_parameter_get_the_verifier_of_their_drafts_and_their_slot():
+    from specdec.testing import build_drafter, check_batched_greedy_identity, tiny_llama
+    from specdec.verifiers.hf import HFVerifier
+
+    target = tiny_llama(0, vocab_size=12, eos_token_id=11)
+    verifier = HFVerifier(target)
+    assert build_drafter(lambda model, verifier: SlotRecorder(verifier), target, verifier).verifier is verifier
+    assert isinstance(build_drafter(lambda model: NoDrafter(), target, verifier), NoDrafter)
+    made = []
+
+    def make(model, verifier):
+        made.append(SlotRecorder(verifier))
+        return made[-1]
+
+    # batch sizes 2 and 4 with requests of different lengths: sequences move between slots
+    check_batched_greedy_identity(make, target, [[1, 2, 3], [5], [4, 4, 4, 4, 7, 2], [3, 1, 3]],
+                                  max_new_tokens=12)
+    seen = [ok for drafter in made for ok in drafter.seen]
+    assert len(seen) > 20 and all(seen)

@@ -1,0 +1,160 @@
+"""Cheaper copies of the target's weights, and which one this machine runs fastest.
+
+A batch-of-one decoding step on a CPU reads every weight once: its time is mostly memory
+traffic, so a copy that reads fewer bytes drafts faster. Two formats:
+
+- `int8`: each projection becomes a dynamic int8 linear layer from torch's quantized kernels
+  (fbgemm on x86, qnnpack on ARM): weights quantized once per output channel, activations per
+  call (per tensor, so a one-token call is per token), int32 accumulation. A quarter of the bytes.
+- `bfloat16`: weights cast to bfloat16. Half the bytes, but only fast where the CPU has native
+  bf16 matrix instructions (AMX or AVX512-BF16); elsewhere each product is emulated and is slower
+  than float32. `native_bfloat16()` detects them.
+
+`float32` keeps the target's own weights (nothing copied): the same model drafting over its
+own cache, which tests use as the exact reference (every greedy draft accepted).
+"""
+
+from __future__ import annotations
+
+import platform
+import warnings
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from specdec_plugin_selfspec.stack import LayerWeights, Projection, linear, target_layers
+
+FORMATS = ("int8", "bfloat16", "float32")
+
+_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+@lru_cache(maxsize=None)
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags the kernel reports (Linux); empty where there is no /proc/cpuinfo."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether bfloat16 matrix products run natively: CUDA devices of compute capability 8+, CPUs
+    with AMX-BF16 or AVX512-BF16 (x86 Linux), Apple silicon with FEAT_BF16 is not detected and
+    counts as no."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    return any(flag in cpu_flags() for flag in _BF16_FLAGS)
+
+
+def choose_format(requested: str, device: torch.device, target_dtype: torch.dtype) -> str:
+    """The format `auto` means here: bfloat16 where it is native (and cheaper than the target),
+    else int8 on a CPU; on CUDA bfloat16 (torch's int8 kernels are CPU-only)."""
+    if requested != "auto":
+        return requested
+    cheaper_bf16 = target_dtype == torch.float32 and native_bfloat16(device)
+    if device.type == "cuda":
+        return "bfloat16"
+    return "bfloat16" if cheaper_bf16 else "int8"
+
+
+def check_format(fmt: str, device: torch.device, target_dtype: torch.dtype) -> None:
+    """Refuse a format that cannot run here, saying which one can."""
+    if fmt == "int8":
+        if device.type != "cpu":
+            raise ValueError(f"format int8 uses torch's CPU quantized kernels; the target is on {device}: "
+                             f"use format bfloat16 (or auto)")
+        if torch.backends.quantized.engine in (None, "none"):
+            raise ValueError("format int8 needs a torch build with a quantized engine (fbgemm/x86 or qnnpack), "
+                             f"and this one has none ({torch.backends.quantized.supported_engines}); use format "
+                             "bfloat16 or float32")
+    elif fmt == "bfloat16" and target_dtype != torch.float32 and target_dtype != torch.bfloat16:
+        raise ValueError(f"format bfloat16 with a {target_dtype} target reads as many bytes as the target; "
+                         f"use int8 on a CPU")
+
+
+def compute_dtype(fmt: str, target_dtype: torch.dtype) -> torch.dtype:
+    """The dtype activations (and the copy's own KV cache) use: int8 layers take and return
+    float32; float32 is the target's own dtype."""
+    return {"bfloat16": torch.bfloat16, "int8": torch.float32}.get(fmt, target_dtype)
+
+
+def _int8(weight: torch.Tensor, bias: torch.Tensor | None) -> Projection:
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+    from torch.ao.quantization import per_channel_dynamic_qconfig
+
+    module = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    with torch.no_grad():
+        module.weight.copy_(weight.float())
+        if bias is not None:
+            module.bias.copy_(bias.float())
+    module.qconfig = per_channel_dynamic_qconfig
+    with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao, still here
+        warnings.simplefilter("ignore")
+        return DynamicLinear.from_float(module)
+
+
+def _dense(weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> Projection:
+    weight = weight.detach().to(dtype).contiguous()
+    bias = None if bias is None else bias.detach().to(dtype)
+    return lambda x: torch.nn.functional.linear(x, weight, bias)
+
+
+def projection(fmt: str, weights: list[torch.Tensor], biases: list[torch.Tensor | None]) -> Projection:
+    """One projection of the copy: the given weight matrices fused into one (their outputs
+    concatenated), converted to `fmt`."""
+    weight = torch.cat([w.detach() for w in weights]) if len(weights) > 1 else weights[0].detach()
+    bias = None
+    if any(b is not None for b in biases):
+        bias = torch.cat([b.detach() if b is not None else w.new_zeros(w.shape[0]) for w, b in zip(weights, biases)])
+    if fmt == "int8":
+        return _int8(weight, bias)
+    return _dense(weight, bias, torch.bfloat16)
+
+
+def copy_layers(model, fmt: str, keep: set[int] | None = None) -> list[LayerWeights]:
+    """The model's decoder layers in `fmt` (`float32`: the model's own weights, uncopied).
+    Layers outside `keep` (when given) are not converted: the copy never runs them."""
+    own = target_layers(model)
+    if fmt == "float32":
+        return own
+    copies = []
+    for layer, weights in zip(model.model.layers, own):
+        if keep is not None and weights.index not in keep:
+            copies.append(weights)
+            continue
+        attention, mlp = layer.self_attn, layer.mlp
+        q, k, v = attention.q_proj, attention.k_proj, attention.v_proj
+        dtype = compute_dtype(fmt, model.dtype)
+        copies.append(LayerWeights(
+            weights.index, weights.input_norm.detach().to(dtype),
+            projection(fmt, [q.weight, k.weight, v.weight], [q.bias, k.bias, v.bias]),
+            projection(fmt, [attention.o_proj.weight], [attention.o_proj.bias]),
+            weights.post_norm.detach().to(dtype),
+            projection(fmt, [mlp.gate_proj.weight, mlp.up_proj.weight], [mlp.gate_proj.bias, mlp.up_proj.bias]),
+            projection(fmt, [mlp.down_proj.weight], [mlp.down_proj.bias]),
+            None if weights.q_norm is None else weights.q_norm.detach().to(dtype),
+            None if weights.k_norm is None else weights.k_norm.detach().to(dtype)))
+    return copies
+
+
+def head_projection(model, fmt: str, token_ids: torch.Tensor | None) -> Projection:
+    """The vocabulary projection, restricted to `token_ids` rows when given (a truncated draft
+    vocabulary), in `fmt`. float32 over the full vocabulary is the model's own, uncopied."""
+    head = model.get_output_embeddings()
+    weight, bias = head.weight, getattr(head, "bias", None)
+    if token_ids is not None:
+        rows = token_ids.to(weight.device)
+        weight, bias = weight[rows], None if bias is None else bias[rows]
+    if fmt == "float32":
+        if token_ids is None:
+            return linear(head)
+        return _dense(weight, bias, model.dtype)
+    return projection(fmt, [weight], [bias])

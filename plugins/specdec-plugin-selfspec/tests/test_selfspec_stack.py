@@ -1,0 +1,121 @@
+"""The lean decoder forward equals Hugging Face's, writes only where it is told, and its cheaper
+copies stay close to the original."""
+
+import pytest
+import torch
+
+from specdec import ModelMismatchError
+from specdec.testing import tiny_llama
+
+from specdec_plugin_selfspec.formats import choose_format, compute_dtype, copy_layers, head_projection, native_bfloat16
+from specdec_plugin_selfspec.stack import DecoderStack, target_layers
+
+
+def tiny(model_type: str, seed: int = 0):
+    """Tiny random models of each supported family (qwen2: q/k/v biases; qwen3: q/k norms)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if model_type == "llama":
+        return tiny_llama(seed, vocab_size=40, num_layers=3)
+    config = AutoConfig.for_model(model_type, vocab_size=40, hidden_size=32, intermediate_size=64,
+                                  num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                                  max_position_embeddings=256, head_dim=8, attn_implementation="sdpa",
+                                  tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.ndim == 2:
+                parameter.normal_(0, 0.2)
+            elif parameter.ndim == 1:  # biases and norms: not the identity defaults
+                parameter.add_(torch.randn_like(parameter) * 0.1)
+    return model
+
+
+def stack_of(model, fmt="float32"):
+    dtype = compute_dtype(fmt, model.dtype)
+    return DecoderStack(model, copy_layers(model, fmt), head_projection(model, fmt, None),
+                        model.model.norm.weight.detach().to(dtype), dtype)
+
+
+def empty_store(stack, capacity=64):
+    return torch.zeros(stack.num_layers, 2, stack.num_kv_heads, capacity, stack.head_dim, dtype=stack.dtype)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "qwen3"])
+def test_all_layers_equal_the_hugging_face_forward_prefill_then_one_token_at_a_time(model_type):
+    model = tiny(model_type)
+    stack = stack_of(model)
+    tokens = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6, 5, 3])
+    with torch.inference_mode():
+        reference = model(tokens[None]).logits[0]  # [10, V]
+    store = empty_store(stack)
+    prefill = torch.ones(6, 6, dtype=torch.bool).tril()
+    logits = stack.forward(tokens[:6], torch.arange(6), store, 0, 6, prefill, logits_rows=6)
+    torch.testing.assert_close(logits, reference[:6], atol=1e-4, rtol=1e-4)
+    for position in range(6, 10):
+        logits = stack.forward(tokens[position:position + 1], torch.tensor([position]), store, position, position + 1)
+        torch.testing.assert_close(logits[0], reference[position], atol=1e-4, rtol=1e-4)
+
+
+def test_a_forward_writes_only_its_own_entries_and_a_subset_writes_only_its_layers():
+    model = tiny("llama")
+    stack = stack_of(model)
+    store = torch.randn(stack.num_layers, 2, stack.num_kv_heads, 32, stack.head_dim)
+    before = store.clone()
+    stack.forward(torch.tensor([1, 2, 3]), torch.tensor([10, 11, 12]), store, 10, 13,
+                  torch.ones(3, 13, dtype=torch.bool).tril(10), run=[0, 2])
+    changed = (store != before).any(dim=(1, 2, 4))  # [layers, capacity]
+    assert changed[[0, 2]][:, 10:13].all()
+    assert not changed[1].any() and not changed[:, :10].any() and not changed[:, 13:].any()
+
+
+def test_scratch_entries_can_live_anywhere_after_the_prefix_positions_come_from_rotary():
+    """Attending with a mask over entries stored out of place gives the same logits: the
+    layer-skip search scores windows this way without touching committed entries."""
+    model = tiny("llama")
+    stack = stack_of(model)
+    tokens = torch.tensor([3, 1, 4, 1, 5, 9])
+    store = empty_store(stack)
+    stack.forward(tokens, torch.arange(6), store, 0, 6, torch.ones(6, 6, dtype=torch.bool).tril(), logits_rows=6)
+    in_place = stack.forward(tokens[4:5], torch.tensor([4]), store.clone(), 4, 5)
+    # the same token at position 4 with its entry stored at 20, seeing entries 0..3 and itself
+    allowed = torch.zeros(1, 21, dtype=torch.bool)
+    allowed[0, :4] = True
+    allowed[0, 20] = True
+    moved = stack.forward(tokens[4:5], torch.tensor([4]), store.clone(), 20, 21, allowed)
+    torch.testing.assert_close(moved, in_place, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", ["int8", "bfloat16"])
+def test_cheaper_copies_draft_what_the_original_would_on_most_tokens(fmt):
+    model = tiny_llama(1, vocab_size=64, hidden_size=64, num_layers=3, init_std=0.1)
+    exact, copy = stack_of(model), stack_of(model, fmt)
+    tokens = torch.randint(0, 64, (40,), generator=torch.Generator().manual_seed(0))
+    causal = torch.ones(40, 40, dtype=torch.bool).tril()
+    reference = exact.forward(tokens, torch.arange(40), empty_store(exact), 0, 40, causal, logits_rows=40)
+    cheap = copy.forward(tokens, torch.arange(40), empty_store(copy), 0, 40, causal, logits_rows=40)
+    agreement = float((reference.argmax(-1) == cheap.argmax(-1)).float().mean())
+    assert agreement >= 0.85
+    assert 0 < float((reference - cheap).abs().max()) < 0.5 * float(reference.abs().max())  # really converted
+
+
+def test_unsupported_architectures_are_refused_with_what_to_use_instead():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=20))
+    with pytest.raises(ModelMismatchError, match="Llama family.*'gpt2'.*draft_model"):
+        target_layers(model)
+
+
+def test_auto_format_is_bfloat16_only_where_it_is_native(monkeypatch):
+    import specdec_plugin_selfspec.formats as formats
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(formats.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(formats, "cpu_flags", lambda: frozenset({"avx512f", "avx512_vnni"}))
+    assert not native_bfloat16(cpu) and choose_format("auto", cpu, torch.float32) == "int8"
+    monkeypatch.setattr(formats, "cpu_flags", lambda: frozenset({"avx512f", "amx_bf16", "amx_tile"}))
+    assert native_bfloat16(cpu) and choose_format("auto", cpu, torch.float32) == "bfloat16"
+    assert choose_format("auto", cpu, torch.bfloat16) == "int8"  # a bf16 target: int8 reads fewer bytes
+    assert choose_format("int8", cpu, torch.float32) == "int8"
