@@ -200,7 +200,9 @@ def test_plain_decoding_reference_is_unchanged_by_an_idle_drafter():
     params = SamplingParams(max_new_tokens=30)
     result = decoder.generate([1, 2, 3], params)
     assert result.tokens == plain.generate([1, 2, 3], params).tokens
-    assert result.stats.draft_tokens == 0
+    # it still probes now and then (`ChainSizer.worth_drafting`: until a first-token acceptance
+    # rate is known, and periodically after), and keeps what a probe drafted (that cost is sunk)
+    assert result.stats.draft_tokens <= result.stats.steps // 4
 
 
 class EveryOtherStep(NoDrafter):
