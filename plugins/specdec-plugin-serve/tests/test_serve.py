@@ -301,8 +301,25 @@ def test_the_load_script_measures_both_modes_at_each_concurrency(spec_server, tm
     assert [mode for _, mode in sent] == ["on", "on", "off", "off", "off", "on"]  # blocks of 2C, alternating
     assert all(row["errors"] == 0 and row["tokens"] > 0 and row["ttft_p50"] > 0 for row in rows.values())
     assert rows[1, "off"]["mean_accepted_tokens"] == 1.0 and rows[1, "on"]["mean_accepted_tokens"] > 1.0
+    assert 0 <= rows[1, "off"]["draft_ms_per_token"] < rows[1, "on"]["draft_ms_per_token"]  # off: start() only
     assert results["differ"] == {"1": [0, 3], "3": [0, 6]}
     assert "| 3 | on | 6 |" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_the_load_script_compares_the_server_with_the_same_pipeline_offline(spec_server, models, tmp_path, capsys):
+    from specdec_plugin_serve import loadtest
+
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("\n".join(json.dumps({"question_id": index, "category": "qa", "turns": [prompt]})
+                                   for index, prompt in enumerate(PROMPTS[:2])))
+    pipeline_file = tmp_path / "pipeline.yaml"
+    pipeline_file.write_text(json.dumps(spec_data(models)))  # JSON is YAML
+    assert loadtest.main(["--url", spec_server.url, "-q", str(questions), "--offline", str(pipeline_file),
+                          "-n", "8", "-o", str(tmp_path / "out")]) == 0
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())["overhead"]
+    assert [(row["mode"], row["requests"]) for row in rows] == [("on", 2), ("off", 2)]
+    assert all(row["server_tokens_per_s"] > 0 and row["offline_tokens_per_s"] > 0 for row in rows)
+    assert "differs" not in capsys.readouterr().err
 
 
 # -- faults and disconnects ------------------------------------------------------------------------

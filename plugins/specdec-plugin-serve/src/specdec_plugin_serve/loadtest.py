@@ -14,9 +14,15 @@ machine whose load drifts (other jobs) slows both alike. Per mode and concurrenc
 - TTFT: from sending the request to its first text, p50/p90/p99;
 - ITL: each request's mean time per token after the first ((end - first text) / (tokens - 1),
   vLLM's TPOT), p50/p90/p99;
-- mean accepted tokens per step and acceptance rate, from the server's /metrics for the round;
+- mean accepted tokens per step, acceptance rate and drafting time per generated token (the
+  drafters' time summed over the requests), from the server's /metrics for the round;
 - at temperature 0, how many answers differ between the two modes (speculation is lossless, so
   only batched float32 rounding could flip a near-tie).
+
+With `--offline PIPELINE.yaml` (the file the server runs) it measures instead what the server adds:
+at concurrency 1, each question is answered by the server and then by the same pipeline in this
+process (`Pipeline.generate`), alternating, with speculation on and off; it reports both
+throughputs and the server's extra milliseconds per token.
 
 The client is an asyncio loop on httpx with a plain SSE reader (a JSON parse per chunk), so that
 it takes little CPU from a server on the same machine. Every request has a timeout; the run is
@@ -172,7 +178,7 @@ async def run_round(url: str, model: str, prompts: Sequence[Prompt], mode: str, 
 async def scrape(client: httpx.AsyncClient, url: str) -> dict[str, float]:
     """The server's counters, summed over every label but `drafter` ("name|drafter" keys)."""
     wanted = ("specdec:generation_tokens_total", "specdec:num_steps_total", "specdec:spec_decode_num_draft_tokens_total",
-              "specdec:spec_decode_num_accepted_tokens_total")
+              "specdec:spec_decode_num_accepted_tokens_total", "specdec:draft_seconds_total")
     values: dict[str, float] = {}
     text = (await client.get(f"{url}/metrics", timeout=30)).text
     for line in text.splitlines():
@@ -212,6 +218,9 @@ def summarize(round_: Round, drafter: str) -> dict:
         "itl_p50": percentile(itls, 0.5), "itl_p90": percentile(itls, 0.9), "itl_p99": percentile(itls, 0.99),
         "mean_accepted_tokens": generated / steps if steps else None,
         "acceptance_rate": accepted / drafted if drafted else None,
+        # drafting time per generated token, over all requests of the round (they draft concurrently in a step)
+        "draft_ms_per_token": 1000 * server.get(f"specdec:draft_seconds_total|{label}", 0.0) / generated
+        if generated else None,
     }
 
 
@@ -230,8 +239,8 @@ def markdown(rows: list[dict], differ: dict[int, list[int]]) -> str:
         return "-" if value is None else f"{1000 * value:.0f}"
 
     lines = ["| concurrency | speculation | requests | tok/s | on/off | req/s | TTFT p50 / p90 / p99 ms | "
-             "ITL p50 / p90 / p99 ms | accepted/step | acceptance | differ |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "ITL p50 / p90 / p99 ms | accepted/step | acceptance | drafting ms/token | differ |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     by_key = {(row["concurrency"], row["mode"]): row for row in rows}
     for row in rows:
         off = by_key.get((row["concurrency"], "off"))
@@ -239,11 +248,12 @@ def markdown(rows: list[dict], differ: dict[int, list[int]]) -> str:
             off["tokens_per_s"] else ""
         accepted = "-" if row["mean_accepted_tokens"] is None else f"{row['mean_accepted_tokens']:.2f}"
         rate = "-" if row["acceptance_rate"] is None else f"{row['acceptance_rate']:.2f}"
+        drafting = "-" if row["draft_ms_per_token"] is None else f"{row['draft_ms_per_token']:.2f}"
         errors = f" ({row['errors']} failed)" if row["errors"] else ""
         lines.append(f"| {row['concurrency']} | {row['mode']} | {row['requests']}{errors} | {row['tokens_per_s']:.1f} | "
                      f"{ratio} | {row['requests_per_s']:.2f} | {ms(row['ttft_p50'])} / {ms(row['ttft_p90'])} / "
                      f"{ms(row['ttft_p99'])} | {ms(row['itl_p50'])} / {ms(row['itl_p90'])} / {ms(row['itl_p99'])} | "
-                     f"{accepted} | {rate} | {_fraction(differ.get(row['concurrency'])) if row['mode'] == 'on' else ''} |")
+                     f"{accepted} | {rate} | {drafting} | {_fraction(differ.get(row['concurrency'])) if row['mode'] == 'on' else ''} |")
     return "\n".join(lines) + "\n"
 
 
@@ -261,6 +271,8 @@ async def run(args: argparse.Namespace) -> dict:
                              f"start one with `specdec serve` and pass its --url") from None
     model, drafter = listed["id"], listed.get("drafter", "")
     prompts = load_prompts(args.questions, args.tasks, args.limit)
+    if args.offline:
+        return await overhead(args, url, model, prompts)
     print(f"loadtest: {len(prompts)} questions, model '{model}' (drafter {drafter}), concurrency "
           f"{' '.join(map(str, args.concurrency))}, {args.max_tokens} new tokens", file=sys.stderr)
     rounds: list[Round] = []
@@ -296,6 +308,52 @@ async def run(args: argparse.Namespace) -> dict:
             "records": [asdict(record) for done in rounds for record in done.records]}
 
 
+async def overhead(args: argparse.Namespace, url: str, model: str, prompts: Sequence[Prompt]) -> dict:
+    """The server against the same pipeline offline, one request at a time, alternating request by
+    request; tokens/s over all requests (prefill included, as `specdec bench` counts)."""
+    from specdec import Pipeline
+
+    pipeline = Pipeline.from_yaml(args.offline)
+    totals = {(mode, where): [0, 0.0] for mode in args.modes for where in ("server", "offline")}
+    async with httpx.AsyncClient() as client:
+        for index, prompt in enumerate(prompts):
+            for mode in (args.modes if index % 2 == 0 else list(reversed(args.modes))):
+                record = await one_request(client, url, model, prompt, mode, 1, args.max_tokens, args.timeout)
+                if record.error is not None:
+                    raise SystemExit(f"loadtest: the server failed question {prompt.question_id}: {record.error}")
+                started = time.perf_counter()
+                result = pipeline.generate([{"role": "user", "content": prompt.text}], temperature=0.0,
+                                           max_new_tokens=args.max_tokens,
+                                           max_draft_tokens=0 if mode == "off" else None)
+                offline_seconds = time.perf_counter() - started
+                if result.text != record.text:
+                    print(f"loadtest: question {prompt.question_id} ({mode}): the server's answer differs from "
+                          f"the offline one", file=sys.stderr)
+                for where, tokens, seconds in (("server", record.completion_tokens, record.latency),
+                                               ("offline", len(result.token_ids), offline_seconds)):
+                    totals[mode, where][0] += tokens
+                    totals[mode, where][1] += seconds
+    rows = []
+    for mode in args.modes:
+        (server_tokens, server_seconds), (offline_tokens, offline_seconds) = totals[mode, "server"], totals[mode, "offline"]
+        rows.append({"mode": mode, "requests": len(prompts), "server_tokens_per_s": server_tokens / server_seconds,
+                     "offline_tokens_per_s": offline_tokens / offline_seconds,
+                     "server_extra_ms_per_token": 1000 * (server_seconds / server_tokens - offline_seconds / offline_tokens)})
+    return {"url": url, "model": model, "offline": args.offline, "max_tokens": args.max_tokens,
+            "machine": machine(), "overhead": rows}
+
+
+def overhead_markdown(rows: list[dict]) -> str:
+    lines = ["| speculation | requests | server tok/s | offline tok/s | server / offline | server's extra ms per token |",
+             "|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['mode']} | {row['requests']} | {row['server_tokens_per_s']:.1f} | "
+                     f"{row['offline_tokens_per_s']:.1f} | "
+                     f"{row['server_tokens_per_s'] / row['offline_tokens_per_s']:.3f} | "
+                     f"{row['server_extra_ms_per_token']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def machine() -> dict:
     cpu = platform.processor()
     try:
@@ -322,20 +380,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-warmup", dest="warmup", action="store_false",
                         help="skip the untimed warm-up round at each concurrency")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per request (default 600)")
+    parser.add_argument("--offline", metavar="PIPELINE.yaml",
+                        help="measure the server's overhead against this pipeline (the server's file) run in "
+                             "this process, request by request at concurrency 1, instead of the load test")
     parser.add_argument("--output", "-o", help="folder for results.json and report.md")
     args = parser.parse_args(argv)
     if any(value < 1 for value in args.concurrency) or args.max_tokens < 1 or (args.limit or 1) < 1:
         parser.error("--concurrency, --max-tokens and --limit must be >= 1")
     results = asyncio.run(run(args))
-    table = markdown(results["rows"], results["differ"])
+    table = overhead_markdown(results["overhead"]) if args.offline else markdown(results["rows"], results["differ"])
     print(table)
     if args.output:
         folder = Path(args.output)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "results.json").write_text(json.dumps(results, indent=1))
         (folder / "report.md").write_text(f"{results['machine']['cpu']}, {results['machine']['time']}; model "
-                                          f"'{results['model']}' (drafter {results['drafter']}), "
-                                          f"{args.max_tokens} new tokens\n\n{table}")
+                                          f"'{results['model']}', {args.max_tokens} new tokens\n\n{table}")
     return 0
 
 

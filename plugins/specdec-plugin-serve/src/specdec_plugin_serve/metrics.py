@@ -56,6 +56,8 @@ class Metrics:
                                     "branch of a tree counts).", per_drafter, registry=registry)
         self.accepted_tokens = Counter("specdec:spec_decode_num_accepted_tokens", "Draft tokens accepted.",
                                        per_drafter, registry=registry)
+        self.draft_seconds = Counter("specdec:draft_seconds", "specdec's own: time in the requests' drafters "
+                                     "(propose and observe), summed over requests.", per_drafter, registry=registry)
         self.accepted_per_pos = Counter("specdec:spec_decode_num_accepted_tokens_per_pos", "Drafts with at "
                                         "least position + 1 tokens accepted, by draft position (from 0).",
                                         per_drafter + ["position"], registry=registry)
@@ -103,8 +105,11 @@ class Metrics:
             gained = count - (previous[depth] if depth < len(previous) else 0)
             if gained:
                 self.accepted_per_pos.labels(*labels, str(depth)).inc(gained)
+        drafting = stats.draft_seconds - seen.get("draft_seconds", 0.0)
+        if drafting > 0:
+            self.draft_seconds.labels(*labels).inc(drafting)
         seen.update(steps=stats.steps, drafts=drafted[0] if drafted else 0, draft_tokens=stats.draft_tokens,
-                    accepted=stats.accepted_draft_tokens, by_depth=accepted_by_depth)
+                    accepted=stats.accepted_draft_tokens, by_depth=accepted_by_depth, draft_seconds=stats.draft_seconds)
         for counter, key in ((self.steps, "steps"), (self.drafts, "drafts"), (self.draft_tokens, "draft_tokens"),
                              (self.accepted_tokens, "accepted")):
             if deltas[key]:
