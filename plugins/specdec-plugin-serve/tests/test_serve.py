@@ -302,6 +302,7 @@ def test_the_load_script_measures_both_modes_at_each_concurrency(spec_server, tm
     assert all(row["errors"] == 0 and row["tokens"] > 0 and row["ttft_p50"] > 0 for row in rows.values())
     assert rows[1, "off"]["mean_accepted_tokens"] == 1.0 and rows[1, "on"]["mean_accepted_tokens"] > 1.0
     assert 0 <= rows[1, "off"]["draft_ms_per_token"] < rows[1, "on"]["draft_ms_per_token"]  # off: start() only
+    assert all(0 < row["server_share"] < 1 for row in rows.values())
     assert results["differ"] == {"1": [0, 3], "3": [0, 6]}
     assert "| 3 | on | 6 |" in (tmp_path / "out" / "report.md").read_text()
 

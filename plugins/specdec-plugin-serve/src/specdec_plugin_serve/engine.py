@@ -242,7 +242,7 @@ class Engine:
                     events.append(("done", handle.result))
                     reason = handle.result.finish_reason
                 if self.metrics is not None:
-                    self.metrics.request_finished(tracked, reason, now)
+                    self.metrics.request_finished(tracked, reason, now, handle)
             if events:
                 deliveries.append((tracked.queue, events))
         if self.metrics is not None:

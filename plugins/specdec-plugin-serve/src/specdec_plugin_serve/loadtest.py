@@ -16,6 +16,9 @@ machine whose load drifts (other jobs) slows both alike. Per mode and concurrenc
   vLLM's TPOT), p50/p90/p99;
 - mean accepted tokens per step, acceptance rate and drafting time per generated token (the
   drafters' time summed over the requests), from the server's /metrics for the round;
+- what the server adds: the requests' latency as the client sees it minus their time in the
+  scheduler (queue and decoding, from /metrics), per generated token and as a share of the latency:
+  HTTP, JSON, tokenization, the hand-offs between threads and the SSE stream;
 - at temperature 0, how many answers differ between the two modes (speculation is lossless, so
   only batched float32 rounding could flip a near-tie).
 
@@ -178,7 +181,8 @@ async def run_round(url: str, model: str, prompts: Sequence[Prompt], mode: str, 
 async def scrape(client: httpx.AsyncClient, url: str) -> dict[str, float]:
     """The server's counters, summed over every label but `drafter` ("name|drafter" keys)."""
     wanted = ("specdec:generation_tokens_total", "specdec:num_steps_total", "specdec:spec_decode_num_draft_tokens_total",
-              "specdec:spec_decode_num_accepted_tokens_total", "specdec:draft_seconds_total")
+              "specdec:spec_decode_num_accepted_tokens_total", "specdec:draft_seconds_total",
+              "specdec:request_queue_time_seconds_sum", "specdec:request_inference_time_seconds_sum")
     values: dict[str, float] = {}
     text = (await client.get(f"{url}/metrics", timeout=30)).text
     for line in text.splitlines():
@@ -208,6 +212,10 @@ def summarize(round_: Round, drafter: str) -> dict:
     drafted = server.get(f"specdec:spec_decode_num_draft_tokens_total|{label}", 0.0)
     accepted = server.get(f"specdec:spec_decode_num_accepted_tokens_total|{label}", 0.0)
     ttfts = [record.ttft for record in ok if record.ttft is not None]
+    latency = sum(record.latency for record in ok)
+    in_scheduler = (server.get(f"specdec:request_queue_time_seconds_sum|{label}", 0.0)
+                    + server.get(f"specdec:request_inference_time_seconds_sum|{label}", 0.0))
+    outside = latency - in_scheduler
     itls = [record.itl for record in ok if record.itl is not None]
     return {
         "mode": round_.mode, "concurrency": round_.concurrency, "requests": len(round_.records),
@@ -218,6 +226,8 @@ def summarize(round_: Round, drafter: str) -> dict:
         "itl_p50": percentile(itls, 0.5), "itl_p90": percentile(itls, 0.9), "itl_p99": percentile(itls, 0.99),
         "mean_accepted_tokens": generated / steps if steps else None,
         "acceptance_rate": accepted / drafted if drafted else None,
+        "server_ms_per_token": 1000 * outside / tokens if tokens else None,
+        "server_share": outside / latency if latency else None,
         # drafting time per generated token, over all requests of the round (they draft concurrently in a step)
         "draft_ms_per_token": 1000 * server.get(f"specdec:draft_seconds_total|{label}", 0.0) / generated
         if generated else None,
@@ -239,8 +249,8 @@ def markdown(rows: list[dict], differ: dict[int, list[int]]) -> str:
         return "-" if value is None else f"{1000 * value:.0f}"
 
     lines = ["| concurrency | speculation | requests | tok/s | on/off | req/s | TTFT p50 / p90 / p99 ms | "
-             "ITL p50 / p90 / p99 ms | accepted/step | acceptance | drafting ms/token | differ |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "ITL p50 / p90 / p99 ms | accepted/step | acceptance | drafting ms/token | server ms/token (share) | "
+             "differ |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     by_key = {(row["concurrency"], row["mode"]): row for row in rows}
     for row in rows:
         off = by_key.get((row["concurrency"], "off"))
@@ -249,11 +259,13 @@ def markdown(rows: list[dict], differ: dict[int, list[int]]) -> str:
         accepted = "-" if row["mean_accepted_tokens"] is None else f"{row['mean_accepted_tokens']:.2f}"
         rate = "-" if row["acceptance_rate"] is None else f"{row['acceptance_rate']:.2f}"
         drafting = "-" if row["draft_ms_per_token"] is None else f"{row['draft_ms_per_token']:.2f}"
+        served = "-" if row["server_ms_per_token"] is None else \
+            f"{row['server_ms_per_token']:.2f} ({100 * row['server_share']:.1f}%)"
         errors = f" ({row['errors']} failed)" if row["errors"] else ""
         lines.append(f"| {row['concurrency']} | {row['mode']} | {row['requests']}{errors} | {row['tokens_per_s']:.1f} | "
                      f"{ratio} | {row['requests_per_s']:.2f} | {ms(row['ttft_p50'])} / {ms(row['ttft_p90'])} / "
                      f"{ms(row['ttft_p99'])} | {ms(row['itl_p50'])} / {ms(row['itl_p90'])} / {ms(row['itl_p99'])} | "
-                     f"{accepted} | {rate} | {drafting} | {_fraction(differ.get(row['concurrency'])) if row['mode'] == 'on' else ''} |")
+                     f"{accepted} | {rate} | {drafting} | {served} | {_fraction(differ.get(row['concurrency'])) if row['mode'] == 'on' else ''} |")
     return "\n".join(lines) + "\n"
 
 

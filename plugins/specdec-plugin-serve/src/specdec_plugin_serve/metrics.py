@@ -73,6 +73,11 @@ class Metrics:
                              per_drafter, buckets=ITL_BUCKETS, registry=registry)
         self.e2e = Histogram("specdec:e2e_request_latency_seconds", "From arrival to the request's end.",
                              per_drafter, buckets=E2E_BUCKETS, registry=registry)
+        self.queue_time = Histogram("specdec:request_queue_time_seconds", "From arrival to admission into the "
+                                    "batch.", per_drafter, buckets=E2E_BUCKETS, registry=registry)
+        self.inference_time = Histogram("specdec:request_inference_time_seconds", "From admission into the batch "
+                                        "to the last token: the decoding itself, prefill included.", per_drafter,
+                                        buckets=E2E_BUCKETS, registry=registry)
         self._totals: dict[str, list[int]] = {}  # drafter -> [draft tokens, accepted, tokens, steps]
         self.set_load(0, 0)  # present from the first scrape
 
@@ -86,9 +91,14 @@ class Metrics:
     def request_started(self, prompt_tokens: int) -> None:
         self.prompt_tokens.labels(self.model_name).inc(prompt_tokens)
 
-    def request_finished(self, tracked, reason: str, now: float) -> None:
+    def request_finished(self, tracked, reason: str, now: float, handle=None) -> None:
+        """Count a request's end; with its `SequenceHandle` (it was admitted), its queue and decoding times."""
+        labels = (self.model_name, tracked.label)
         self.success.labels(self.model_name, "abort" if reason == "cancelled" else reason).inc()
-        self.e2e.labels(self.model_name, tracked.label).observe(now - tracked.arrived)
+        self.e2e.labels(*labels).observe(now - tracked.arrived)
+        if handle is not None and handle.started:
+            self.queue_time.labels(*labels).observe(max(0.0, handle.started - tracked.arrived))
+            self.inference_time.labels(*labels).observe(handle.stats.wall_seconds)
 
     def observe(self, tracked, stats, new_tokens: int, now: float) -> None:
         """Count what a request's statistics gained since the last call (driver thread, after a step)."""
