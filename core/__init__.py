@@ -74,6 +74,7 @@ _EXPORTS = {
     "time_verification": "specdec.cost",
     "DEFAULT_MODEL": "specdec.models",
     "checkpoint_source": "specdec.models",
+    "file_sha256": "specdec.models",
     "load_model": "specdec.models",
     "DraftModelDrafter": "specdec.drafters.draft_model",
     "ValidatedPipeline": "specdec.config",

@@ -134,7 +134,8 @@ def entry_name(gguf: Path) -> str:
     return f"{stem}-{gguf_fingerprint(gguf)}-v{FORMAT_VERSION}"
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in 16 MiB chunks (for manifests of written files)."""
     digest = hashlib.sha256()
     with path.open("rb") as file:
         while chunk := file.read(1 << 24):
@@ -151,7 +152,7 @@ def _entry_files(entry: Path) -> dict[str, Path]:
 
 def write_manifest(entry: Path) -> None:
     """Record each file's size and sha256; written last, so its presence marks a finished build."""
-    files = {name: {"size": path.stat().st_size, "sha256": _sha256(path)} for name, path in _entry_files(entry).items()}
+    files = {name: {"size": path.stat().st_size, "sha256": file_sha256(path)} for name, path in _entry_files(entry).items()}
     manifest = {"format": FORMAT_VERSION, "transformers": transformers.__version__, "files": files}
     (entry / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
 
@@ -186,7 +187,7 @@ def validate_entry(entry: Path) -> str | None:
         if path.stat().st_size != listed[name].get("size"):
             return f"{name} is {path.stat().st_size} bytes, the manifest says {listed[name].get('size')}"
     for name, path in present.items():
-        if _sha256(path) != listed[name].get("sha256"):
+        if file_sha256(path) != listed[name].get("sha256"):
             return f"{name} does not match its sha256"
     return None
 

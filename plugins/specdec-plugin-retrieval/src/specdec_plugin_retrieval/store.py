@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from specdec import InputError, ModelMismatchError
+from specdec import InputError, ModelMismatchError, file_sha256
 from specdec_plugin_retrieval.suffix_array import suffix_array
 
 FORMAT = "specdec-retrieval-store"
@@ -157,7 +157,7 @@ def build_store(documents: Iterable[Sequence[int]], output: str | os.PathLike, t
             "separator": separator,
             "token_dtype": dtype.name,
             "index_dtype": suffixes.dtype.name,
-            "files": {name: {"bytes": (temp / name).stat().st_size, "sha256": _sha256(temp / name)}
+            "files": {name: {"bytes": (temp / name).stat().st_size, "sha256": file_sha256(temp / name)}
                       for name in (TOKENS, SUFFIXES)},
             "sources": [str(source) for source in sources],
             "created_by": f"specdec-plugin-retrieval {_version()}",
@@ -218,7 +218,7 @@ def open_store(path: str | os.PathLike, *, verify: bool = False) -> Store:
         if file.stat().st_size != listed:
             raise InputError(f"the retrieval store file {file} is {file.stat().st_size} bytes but "
                              f"{META} says {listed}: the file is truncated or was replaced; {rebuild}")
-        if verify and _sha256(file) != files[name].get("sha256"):
+        if verify and file_sha256(file) != files[name].get("sha256"):
             raise InputError(f"the retrieval store file {file} does not match its sha256: it is corrupted; {rebuild}")
         try:
             array = np.load(file, mmap_mode="r", allow_pickle=False)
@@ -247,14 +247,6 @@ def _spot_check(store: Store, rebuild: str) -> None:
                 store.tokens[first:first + 16].tolist() > store.tokens[second:second + 16].tolist():
             raise InputError(f"the retrieval store {store.path} has a corrupted suffix array "
                              f"(entry {at} is out of range or out of order); {rebuild}")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _version() -> str:
