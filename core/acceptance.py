@@ -23,11 +23,12 @@ from specdec.sampling import RandomSource, SamplingParams, warp_logits
 def greedy_walk(logits: torch.Tensor, draft: Draft) -> Acceptance:
     """Follow the target's argmax down the tree: keep a child whose token is the argmax at its
     parent; stop at the first row where no child matches and emit that row's argmax."""
-    return _walk(logits.argmax(dim=-1).tolist(), draft)
+    return argmax_walk(logits.argmax(dim=-1).tolist(), draft)
 
 
-def _walk(best: list[int], draft: Draft) -> Acceptance:
-    """`greedy_walk` given the argmax of every row (`[1 + T]`)."""
+def argmax_walk(best: Sequence[int], draft: Draft) -> Acceptance:
+    """`greedy_walk` given the target's argmax of every row (`[1 + T]`: the root's, then each
+    node's): also the walk of a known greedy output (`specdec.testing.replay_greedy`)."""
     if draft.num_nodes == 0:
         return Acceptance((), best[0])
     tokens = draft.tokens.tolist()
@@ -60,7 +61,7 @@ class _BatchedGreedy:
         results: list[Acceptance | Exception] = []
         for index, (row_logits, draft, row_params, rng) in enumerate(zip(logits, batch.drafts, params, rngs)):
             try:
-                results.append(_walk(best[index], draft) if index in best
+                results.append(argmax_walk(best[index], draft) if index in best
                                else self.accept(row_logits, draft, row_params, rng))
             except Exception as error:  # noqa: BLE001 - handed back per sequence
                 results.append(error)

@@ -3,20 +3,25 @@
 On a GPU at batch 1 the target forward is bound by reading the weights, and verifying a few more
 tokens is nearly free. In a batch the forward does more arithmetic per weight read, verification
 tokens stop being free, and a draft that pays at batch 1 can make a batch slower than batched
-plain decoding (users of every engine report 0.7-0.9x under load). Each step, `DraftBudget` picks
-the draft size k (nodes per sequence) that maximises the batch's expected committed tokens per
-unit of forward cost, using each sequence's own acceptance so far:
+plain decoding. `DraftBudget` decides twice per step, with each sequence's own acceptance so far:
 
-    E_b(k) = 1 + pi_b * sum_{d=1..k} r_b(d)        tokens sequence b commits with a k-node draft
-    gain(k) = sum_b E_b(k) / cost_B(k)             cost_B(0) = 1: a batched plain step
+- before drafting, `max_nodes`: the most nodes per sequence worth drafting, as if every sequence
+  drafted (an upper bound on what can pay, so that model-based drafters do not draft for nothing);
+- after drafting, `trimmed_size`: knowing which sequences drafted and how much (a retrieval
+  drafter often finds nothing), the size k every draft is cut to (its first k nodes: a valid
+  tree) that maximises the step's expected committed tokens per unit of forward cost:
+
+    E_b(k) = 1 + sum_{d=1..min(k, n_b)} r_b(d)      tokens sequence b commits, n_b its draft's nodes
+    gain(k) = sum_b E_b(k) / cost_B(min(k, max_b n_b))     cost_B(0) = 1: a batched plain step
 
 where `r_b(d)` is the fraction of b's steps that drafted at least d tokens and accepted at least
-d (blended with a prior while b has few steps), `pi_b` the fraction of b's steps in which its
-drafter drafted at all (retrieval drafters often find nothing), and `cost_B(k)` the measured cost
-of a forward with k draft tokens per sequence at batch size B, in batched plain steps
-(`specdec.cost.measure_batch_cost_model`). k = 0 — no speculation — wins whenever nothing beats
-batched plain decoding. Every sequence of a padded batch pays for the longest row, so one k serves
-the whole step; a request's own `max_draft_tokens` can only lower it.
+d (blended with a prior while b has few steps) and `cost_B(m)` the measured cost of a forward
+with m draft tokens per sequence at batch size B, in batched plain steps
+(`specdec.cost.measure_batch_cost_model`). Every sequence of a padded batch pays for the longest
+row, so one k serves the whole step; a request's own `max_draft_tokens` can only lower it. k = 0,
+no speculation, wins whenever nothing beats batched plain decoding. Deciding before drafting
+alone would have to guess who drafts: averaged over sequences, that guess let a few sequences'
+drafts widen every step of a large batch (the serving benchmark in docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -34,7 +39,6 @@ BUDGET_SIZES = (1, 2, 3, 4, 6, 8, 12, 16)
 class SequenceRecord:
     """What the budget knows of one sequence: its acceptance counts by depth."""
 
-    offered_steps: int  # steps in which the sequence was allowed to draft
     drafted_at_depth: Sequence[int]  # [d-1] = steps whose draft reached depth d
     accepted_at_depth: Sequence[int]  # [d-1] = steps that accepted >= d draft tokens
 
@@ -55,29 +59,43 @@ class DraftBudget:
         self.prior_rate = prior_rate
         self.prior_weight = prior_weight
 
-    def expected_tokens(self, record: SequenceRecord, size: int) -> float:
-        """E(k): tokens a step commits for this sequence with a draft of `size` nodes."""
+    def accepted_tokens(self, record: SequenceRecord, size: int) -> float:
+        """Expected accepted draft tokens of a draft `size` deep: sum over d <= size of r(d)."""
         weight = self.prior_weight
         drafted, accepted = record.drafted_at_depth, record.accepted_at_depth
-        drafting = ((drafted[0] if drafted else 0) + weight) / (record.offered_steps + weight)
         total = 0.0
         for depth in range(1, size + 1):
             tried = drafted[depth - 1] if depth <= len(drafted) else 0
             kept = accepted[depth - 1] if depth <= len(accepted) else 0
             total += (kept + weight * self.prior_rate ** depth) / (tried + weight)
-        return 1.0 + min(drafting, 1.0) * total
+        return total
 
     def max_nodes(self, batch_size: int, records: Sequence[SequenceRecord]) -> int:
-        """The draft size that maximises expected tokens per unit of cost; 0 = plain decoding.
+        """Before drafting: the most nodes per sequence worth drafting, as if each of `records`
+        drafted that many; 0 = plain decoding.
 
         :param records: the sequences that may draft; the other `batch_size - len(records)`
             sequences of the step (speculation off) commit one token and pay the padded forward.
         """
+        return self._best(batch_size, [(record, max(self.sizes)) for record in records])
+
+    def trimmed_size(self, batch_size: int, drafted: Sequence[tuple[SequenceRecord, int]]) -> int:
+        """After drafting: the size every draft of the step is cut to; 0 = verify no draft.
+
+        :param drafted: (record, draft nodes) of each sequence that drafted; the other sequences
+            commit one token each.
+        """
+        return self._best(batch_size, [(record, nodes) for record, nodes in drafted if nodes > 0])
+
+    def _best(self, batch_size: int, drafts: Sequence[tuple[SequenceRecord, int]]) -> int:
+        longest = max((nodes for _, nodes in drafts), default=0)
+        if not longest:
+            return 0
         cost = self.cost_at(batch_size)
-        plain = batch_size - len(records)
         best_size, best_gain = 0, float(batch_size)
-        for size in self.sizes:
-            gain = (plain + sum(self.expected_tokens(record, size) for record in records)) / cost.step_cost(size)
+        for size in sorted({min(size, longest) for size in self.sizes} | {longest}):
+            tokens = batch_size + sum(self.accepted_tokens(record, min(size, nodes)) for record, nodes in drafts)
+            gain = tokens / cost.step_cost(size)
             if gain > best_gain:
                 best_size, best_gain = size, gain
         return best_size

@@ -188,7 +188,12 @@ class Draft:
 
     @property
     def num_nodes(self) -> int:
+        """Nodes in the tree: the draft tokens a verification checks (`GenerationStats.draft_tokens`)."""
         return self.tokens.shape[0]
+
+    def path_tokens(self, path: Sequence[int]) -> tuple[int, ...]:
+        """The tokens of the nodes on `path` (node indices, root side first)."""
+        return tuple(self.tokens[list(path)].tolist()) if len(path) else ()
 
     @property
     def num_aux(self) -> int:

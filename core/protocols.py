@@ -87,6 +87,33 @@ class StepOutcome:
     # only for drafters that set `wants_logits = True` (Jacobi decoding, Token Recycling).
     logits: torch.Tensor | None = None
 
+    @classmethod
+    def of(cls, draft: Draft, acceptance: "Acceptance", tokens: Sequence[int], *,
+           hidden_states: dict[int, torch.Tensor] | None = None, num_pending: int = 1,
+           aux_logits: torch.Tensor | None = None, logits: torch.Tensor | None = None) -> "StepOutcome":
+        """The outcome of verifying `draft`, as the engine hands it to the drafter.
+
+        :param tokens: every committed token after the step (ends with `acceptance.next_token`).
+        :param hidden_states: layer -> `[P + T, H]` states of the verification forward's rows
+            (the P pending tokens, then the T draft nodes); the outcome keeps the rows of the
+            pending tokens and of the accepted path.
+        :param num_pending: P.
+        """
+        path = tuple(acceptance.path)
+        return cls(draft, path, draft.path_tokens(path), acceptance.next_token, tokens,
+                   _kept_rows(hidden_states or {}, num_pending, path), aux_logits, logits)
+
+
+def _kept_rows(hidden_states: dict[int, torch.Tensor], num_pending: int,
+               path: tuple[int, ...]) -> dict[int, torch.Tensor]:
+    """Hidden states of the positions a step kept: the pending tokens, then the accepted nodes."""
+    if not hidden_states:
+        return {}
+    if list(path) == list(range(len(path))):  # a chain prefix: a slice, no copy
+        return {layer: states[: num_pending + len(path)] for layer, states in hidden_states.items()}
+    rows = list(range(num_pending)) + [num_pending + node for node in path]
+    return {layer: states[rows] for layer, states in hidden_states.items()}
+
 
 @runtime_checkable
 class Drafter(Protocol):

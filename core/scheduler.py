@@ -97,8 +97,6 @@ class SequenceHandle:
     max_new: int = 0
     stop_ids: frozenset = frozenset()
     rng: TorchRandom | None = None
-    carried_draft_seconds: float = 0.0
-    offered_steps: int = 0  # steps in which the draft budget let this sequence draft
     cancelled: bool = False
     own_drafter: bool = False  # the request brought its drafter (submit(drafter=...)): not pooled
 
@@ -272,24 +270,25 @@ class StepScheduler:
                                     else params.stop_token_ids)
         handle.rng = TorchRandom(params.seed, verifier.device)
         verifier.start(len(prompt), handle.max_new, handle.slot)
-        tic = time.perf_counter()
-        handle.drafter.start(prompt, params)
-        handle.carried_draft_seconds = time.perf_counter() - tic
+        with handle.stats.clock.drafting():  # charged to the first step
+            handle.drafter.start(prompt, params)
         handle.tokens = list(prompt)
         handle.pending = list(prompt)
 
     def _step(self) -> None:
+        budgeted = self.budget is not None and len(self._active) > 1
         budget = None
-        if self.budget is not None and len(self._active) > 1:
+        if budgeted:
             budget = self.budget.max_nodes(len(self._active), [
-                SequenceRecord(handle.offered_steps, handle.stats.drafted_at_depth, handle.stats.accepted_at_depth)
-                for handle in self._active if handle.max_draft_tokens != 0])
+                _record(handle) for handle in self._active if handle.max_draft_tokens != 0])
         drafts = self._draft_all(budget)
         active = list(self._active)
         if not active:
             return
+        if budgeted and len(active) > 1:
+            self._trim_drafts(drafts, active)
         layers = tuple(sorted({layer for handle in active for layer in handle.drafter.hidden_state_layers}))
-        batch = DraftBatch(tuple(drafts[handle.request_id][0] for handle in active),
+        batch = DraftBatch(tuple(drafts[handle.request_id] for handle in active),
                            tuple(tuple(handle.pending) for handle in active),
                            tuple(handle.slot for handle in active), layers)
         drafted = time.perf_counter()
@@ -314,31 +313,41 @@ class StepScheduler:
             if isinstance(acceptance, BaseException):
                 self._fail(handle, acceptance)
                 continue
-            self._advance(handle, draft, output, acceptance, drafts[handle.request_id][1], verify_seconds)
+            handle.stats.clock.verify_seconds += verify_seconds
+            self._advance(handle, draft, output, acceptance)
 
-    def _draft_all(self, budget: int | None) -> dict[int, tuple[Draft, float]]:
-        """Every active sequence's checked draft and drafting time, by request id.
+    def _trim_drafts(self, drafts: dict[int, Draft], active: list[SequenceHandle]) -> None:
+        """Cut the step's drafts to the size the budget finds worth verifying, now that it is known
+        who drafted how much (`DraftBudget.trimmed_size`)."""
+        size = self.budget.trimmed_size(len(active), [
+            (_record(handle), drafts[handle.request_id].num_nodes) for handle in active])
+        for handle in active:
+            draft = drafts[handle.request_id]
+            if draft.num_nodes > size:
+                drafts[handle.request_id] = draft.subtree(range(size))  # parents precede children
+
+    def _draft_all(self, budget: int | None) -> dict[int, Draft]:
+        """Every active sequence's checked draft, by request id; drafting time goes on its clock.
 
         Drafters of one class that define `propose_batch` are asked together (one call for the
         group, so a model-based drafter can batch its own forwards); the rest one by one. A
         drafter that raises fails its own sequence (a batched call: the sequences of its group).
         """
-        drafts: dict[int, tuple[Draft, float]] = {}
+        drafts: dict[int, Draft] = {}
         groups: dict[type, list[tuple[SequenceHandle, DraftContext]]] = {}
         for handle in list(self._active):
             context = self._context(handle, budget)
             if context is None:
-                drafts[handle.request_id] = (_EMPTY_DRAFT, 0.0)
+                drafts[handle.request_id] = _EMPTY_DRAFT
             elif hasattr(type(handle.drafter), "propose_batch"):
                 groups.setdefault(type(handle.drafter), []).append((handle, context))
             else:
-                tic = time.perf_counter()
                 try:
-                    draft = self._check_draft(handle.drafter, handle.drafter.propose(context), context)
+                    with handle.stats.clock.drafting():
+                        draft = handle.drafter.propose(context)
+                    drafts[handle.request_id] = self._check_draft(handle.drafter, draft, context)
                 except Exception as error:  # noqa: BLE001 - the drafter's fault fails its own sequence only
                     self._fail(handle, error)
-                    continue
-                drafts[handle.request_id] = (draft, time.perf_counter() - tic)
         for kind, members in groups.items():
             tic = time.perf_counter()
             try:
@@ -353,8 +362,9 @@ class StepScheduler:
                 continue
             share = (time.perf_counter() - tic) / len(members)
             for (handle, context), draft in zip(members, proposed):
+                handle.stats.clock.draft_seconds += share
                 try:
-                    drafts[handle.request_id] = (self._check_draft(handle.drafter, draft, context), share)
+                    drafts[handle.request_id] = self._check_draft(handle.drafter, draft, context)
                 except DraftError as error:
                     self._fail(handle, error)
         return drafts
@@ -366,44 +376,31 @@ class StepScheduler:
             handle.max_draft_tokens if budget is None else min(budget, handle.max_draft_tokens))
         if remaining <= 1 or limit == 0:
             return None
-        handle.offered_steps += 1
         return DraftContext(TokenView(handle.tokens), len(handle.prompt), handle.params, remaining - 1,
                             handle.rng, handle.step, max_nodes=limit, slot=handle.slot)
 
-    def _advance(self, handle: SequenceHandle, draft: Draft, output, acceptance, draft_seconds: float,
-                 verify_seconds: float) -> None:
+    def _advance(self, handle: SequenceHandle, draft: Draft, output, acceptance) -> None:
         """Commit one sequence's step: stops, tokens, the drafter's update, statistics, its chunk."""
-        accepted = tuple(draft.tokens[list(acceptance.path)].tolist()) if acceptance.path else ()
-        new = list(accepted) + [acceptance.next_token]
+        new = [*draft.path_tokens(acceptance.path), acceptance.next_token]
         remaining = handle.max_new - (len(handle.tokens) - len(handle.prompt))
         new, finish = self._apply_stops(new, handle, remaining)
         num_pending = len(handle.pending)
         handle.tokens.extend(new)
-        draft_seconds += handle.carried_draft_seconds
-        handle.carried_draft_seconds = 0.0
         if finish is None:
             drafter = handle.drafter
-            tic = time.perf_counter()
-            own_layers = tuple(drafter.hidden_state_layers)
+            outcome = StepOutcome.of(
+                draft, acceptance, TokenView(handle.tokens),
+                hidden_states={layer: output.hidden_states[layer] for layer in drafter.hidden_state_layers},
+                num_pending=num_pending, aux_logits=output.aux_logits,
+                logits=output.logits if getattr(drafter, "wants_logits", False) else None)
             try:
-                drafter.observe(StepOutcome(
-                    draft=draft,
-                    path=acceptance.path,
-                    accepted_tokens=accepted,
-                    next_token=acceptance.next_token,
-                    tokens=TokenView(handle.tokens),
-                    hidden_states=_rows({layer: output.hidden_states[layer] for layer in own_layers},
-                                        num_pending, acceptance.path),
-                    aux_logits=output.aux_logits,
-                    logits=output.logits if getattr(drafter, "wants_logits", False) else None,
-                ))
+                with handle.stats.clock.drafting():
+                    drafter.observe(outcome)
             except Exception as error:  # noqa: BLE001 - the drafter's fault fails its own sequence only
                 self._fail(handle, error)
                 return
-            draft_seconds += time.perf_counter() - tic
-        handle.stats.record_step(
-            draft_tokens=draft.num_nodes, draft_depth=draft.max_depth, accepted=len(acceptance.path),
-            new_tokens=len(new), draft_seconds=draft_seconds, verify_seconds=verify_seconds)
+        handle.stats.record_step(draft_tokens=draft.num_nodes, draft_depth=draft.max_depth,
+                                 accepted=len(acceptance.path), new_tokens=len(new))
         handle.stats.wall_seconds = time.perf_counter() - handle.started
         handle.chunks.append(new)
         handle.step += 1
@@ -582,18 +579,11 @@ class Generation:
         self.handle.cancelled = True
 
 
+def _record(handle: SequenceHandle) -> SequenceRecord:
+    return SequenceRecord(handle.stats.drafted_at_depth, handle.stats.accepted_at_depth)
+
+
 def _token_id(token) -> int:
     if isinstance(token, bool) or not isinstance(token, (int, torch.Tensor)) and not hasattr(token, "__index__"):
         raise TypeError(f"{token!r} is not an integer token id")
     return int(token)
-
-
-def _rows(hidden_states: dict[int, torch.Tensor], num_pending: int,
-          path: tuple[int, ...]) -> dict[int, torch.Tensor]:
-    """Hidden states of the positions a step kept: the pending tokens, then the accepted nodes."""
-    if not hidden_states:
-        return {}
-    if list(path) == list(range(len(path))):
-        return {layer: states[: num_pending + len(path)] for layer, states in hidden_states.items()}
-    rows = list(range(num_pending)) + [num_pending + node for node in path]
-    return {layer: states[rows] for layer, states in hidden_states.items()}

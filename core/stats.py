@@ -11,30 +11,63 @@ Conventions (as Spec-Bench and vLLM count them):
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Iterator
+
+
+@dataclass
+class StepClock:
+    """The time one sequence's current step has spent so far, by phase.
+
+    The scheduler charges each phase as it happens (drafting: `start`, `propose`, `observe`; a
+    batched `propose_batch` or the shared verification forward split evenly between the
+    sequences of the step); `GenerationStats.record_step` books the totals and resets the clock.
+    """
+
+    draft_seconds: float = 0.0
+    verify_seconds: float = 0.0
+
+    @contextmanager
+    def drafting(self) -> Iterator[None]:
+        """Charge the time of the `with` block to drafting, even when it raises."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.draft_seconds += time.perf_counter() - started
 
 
 @dataclass
 class GenerationStats:
     steps: int = 0
     new_tokens: int = 0
-    draft_tokens: int = 0  # draft nodes proposed (all branches of a tree)
+    draft_tokens: int = 0  # draft nodes verified, all branches of a tree (a draft token = a node)
     accepted_draft_tokens: int = 0
-    draft_seconds: float = 0.0  # inside Drafter.propose / observe
+    draft_seconds: float = 0.0  # inside Drafter.start (first step) / propose / observe
     verify_seconds: float = 0.0  # target forward + acceptance + cache commit
     wall_seconds: float = 0.0
     accepted_length_histogram: list[int] = field(default_factory=list)  # [n] = steps accepting n
     drafted_at_depth: list[int] = field(default_factory=list)  # [d-1] = steps whose draft reached depth d
     accepted_at_depth: list[int] = field(default_factory=list)  # [d-1] = steps that accepted >= d
+    clock: StepClock = field(default_factory=StepClock, repr=False, compare=False)  # the step in progress
 
-    def record_step(self, *, draft_tokens: int, draft_depth: int, accepted: int, new_tokens: int,
-                    draft_seconds: float, verify_seconds: float) -> None:
+    def record_step(self, *, draft_tokens: int, draft_depth: int, accepted: int, new_tokens: int) -> None:
+        """Book one finished step: its counts, and the time its `clock` gathered (then reset).
+
+        :param draft_tokens: draft nodes verified (`Draft.num_nodes`: every branch of a tree).
+        :param draft_depth: the draft's deepest node (`Draft.max_depth`).
+        :param accepted: accepted draft tokens (the path's length).
+        :param new_tokens: tokens committed (accepted + the target's own, fewer after a stop).
+        """
         self.steps += 1
         self.new_tokens += new_tokens
         self.draft_tokens += draft_tokens
         self.accepted_draft_tokens += accepted
-        self.draft_seconds += draft_seconds
-        self.verify_seconds += verify_seconds
+        self.draft_seconds += self.clock.draft_seconds
+        self.verify_seconds += self.clock.verify_seconds
+        self.clock = StepClock()
         _bump(self.accepted_length_histogram, accepted)
         for depth in range(draft_depth):
             _bump(self.drafted_at_depth, depth)

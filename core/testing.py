@@ -27,18 +27,20 @@ from __future__ import annotations
 import copy
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Hashable, Sequence
 
 import torch
 
-from specdec.acceptance import RejectionSampling
+from specdec.acceptance import RejectionSampling, argmax_walk
+from specdec.cost import CostModel
 from specdec.draft import Draft
 from specdec.engine import SpeculativeDecoder
-from specdec.scheduler import StepScheduler
+from specdec.scheduler import StepScheduler, TokenView
 from specdec.model_runner import CausalLMRunner, cache_argument
 from specdec.protocols import AcceptancePolicy, BaseDrafter, DraftContext, Drafter, StepOutcome
 from specdec.sampling import RandomSource, SamplingParams, warp_logits
+from specdec.stats import GenerationStats
 
 #: ``make_drafter(target)``, or ``make_drafter(target, verifier)`` for a drafter that shares the
 #: verifier's KV cache (self-drafting); see `build_drafter`.
@@ -701,6 +703,82 @@ def assert_lossless(make_drafter: DrafterFactory, *, policy: AcceptancePolicy | 
     for params in sampling_cases:
         check_sampling_distribution(make_drafter, sampling_target, params, policy=policy,
                                     num_samples=num_samples)
+
+
+# -- greedy replay: a drafter's exact acceptance without running the target --------------------------
+
+
+@dataclass
+class GreedyReplay:
+    """What `replay_greedy` measured: exact step statistics, and the modeled cost in plain steps."""
+
+    stats: GenerationStats = field(default_factory=GenerationStats)
+    cost: float = 0.0  # plain decoding costs 1.0 per token; a step with m draft nodes cost.step_cost(m)
+
+    @property
+    def steps(self) -> int:
+        return self.stats.steps
+
+    @property
+    def drafted_steps(self) -> int:
+        """Steps with a non-empty draft."""
+        return self.stats.drafted_at_depth[0] if self.stats.drafted_at_depth else 0
+
+    @property
+    def mean_accepted_tokens(self) -> float:
+        return self.stats.mean_accepted_tokens
+
+    @property
+    def modeled_speedup(self) -> float:
+        return self.stats.new_tokens / self.cost if self.cost else 0.0
+
+    def add(self, other: "GreedyReplay") -> None:
+        self.stats, self.cost = self.stats.merge(other.stats), self.cost + other.cost
+
+    def line(self) -> str:
+        return (f"mean accepted {self.mean_accepted_tokens:.2f}, modeled speedup {self.modeled_speedup:.2f}x, "
+                f"drafted {self.drafted_steps}/{self.steps} steps, "
+                f"{self.stats.draft_tokens / max(self.steps, 1):.1f} nodes/step")
+
+
+def replay_greedy(drafter: Drafter, prompt: Sequence[int], output: Sequence[int],
+                  cost: CostModel | None = None) -> GreedyReplay:
+    """Replay one greedy generation through `drafter` without running the target.
+
+    Under greedy decoding a speculative run is fixed by the plain output: a draft node is
+    accepted exactly when its path spells the output. Given `output` (the plain greedy tokens
+    after `prompt`), this runs the engine's step (propose, the greedy walk, commit, observe, the
+    same `StepOutcome`) and returns exact steps and accepted tokens, and a speedup modeled by
+    `cost` (default `CostModel()`): timing-free, so it is reliable on a busy machine and fast
+    enough to fit a drafter's parameters over a corpus. Wall-clock numbers come from `specdec bench`.
+    """
+    cost = cost or CostModel()
+    params = SamplingParams(temperature=0.0, max_new_tokens=max(len(output), 1))
+    replay = GreedyReplay()
+    clock = replay.stats.clock
+    tokens = list(prompt)
+    with clock.drafting():
+        drafter.start(prompt, params)
+    step = 0
+    while (done := len(tokens) - len(prompt)) < len(output):
+        remaining = len(output) - done
+        draft = Draft.empty()
+        if remaining > 1:
+            with clock.drafting():
+                draft = drafter.propose(DraftContext(TokenView(tokens), len(prompt), params, remaining - 1, None, step))
+            draft = draft.truncated(remaining - 1) if draft.num_nodes else draft
+        # the target's argmax at each row is the output token at that row's depth
+        expected = [output[done + depth] if done + depth < len(output) else -1 for depth in (0, *draft.depths)]
+        acceptance = argmax_walk(expected, draft)
+        tokens.extend((*draft.path_tokens(acceptance.path), acceptance.next_token))
+        replay.stats.record_step(draft_tokens=draft.num_nodes, draft_depth=draft.max_depth,
+                                 accepted=len(acceptance.path), new_tokens=len(acceptance.path) + 1)
+        replay.cost += cost.step_cost(draft.num_nodes)
+        if len(tokens) - len(prompt) < len(output):
+            with clock.drafting():
+                drafter.observe(StepOutcome.of(draft, acceptance, TokenView(tokens)))
+        step += 1
+    return replay
 
 
 # -- the plugin as specdec sees it ------------------------------------------------------------------

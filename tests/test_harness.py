@@ -67,3 +67,36 @@ def test_factories_with_a_verifier_parameter_get_the_verifier_of_their_drafts_an
                                   max_new_tokens=12)
     seen = [ok for drafter in made for ok in drafter.seen]
     assert len(seen) > 20 and all(seen)
+
+
+def test_a_greedy_replay_takes_exactly_the_steps_of_the_real_generation():
+    """`replay_greedy` walks the plain output instead of running the target: the same drafter
+    must accept the same tokens at every step as in a real speculative generation."""
+    from specdec import SamplingParams, StepScheduler
+    from specdec.testing import replay_greedy, tiny_llama
+    from specdec.verifiers.hf import HFVerifier
+
+    target = tiny_llama(0, vocab_size=12, eos_token_id=11)
+    make = lambda: DraftModelDrafter(perturbed_copy(target, 0.3, seed=1), 3)  # noqa: E731
+    prompt = [1, 5, 3, 7, 2]
+    scheduler = StepScheduler(HFVerifier(target), RejectionSampling(), [make()], max_batch_size=1)
+    real = scheduler.generate_batch([prompt], SamplingParams(temperature=0.0, max_new_tokens=40,
+                                                             stop_token_ids=()))[0]
+    replay = replay_greedy(make(), prompt, real.tokens)
+    assert replay.stats.steps == real.stats.steps
+    assert replay.stats.accepted_length_histogram == real.stats.accepted_length_histogram
+    assert replay.stats.draft_tokens == real.stats.draft_tokens
+    assert 0 < replay.stats.accepted_draft_tokens < replay.stats.draft_tokens  # some accepted, some not
+    assert replay.modeled_speedup > 0 and replay.drafted_steps == replay.steps - 1  # the last step has 1 left
+
+
+def test_a_greedy_replay_of_a_drafter_that_guesses_wrong_is_plain_decoding():
+    from specdec import Draft
+    from specdec.testing import replay_greedy
+
+    class Wrong(NoDrafter):
+        def propose(self, context):
+            return Draft.chain([99, 98])
+
+    replay = replay_greedy(Wrong(), [1, 2, 3], [4, 5, 6, 7, 8])
+    assert replay.steps == 5 and replay.mean_accepted_tokens == 1.0 and replay.stats.accepted_draft_tokens == 0

@@ -66,8 +66,7 @@ def test_acceptance_by_position_pools_steps_like_generation_stats():
     first, second = GenerationStats(), GenerationStats()
     for stats, steps in ((first, [(3, 3), (3, 1)]), (second, [(2, 0), (3, 2), (1, 1)])):
         for depth, accepted in steps:
-            stats.record_step(draft_tokens=depth, draft_depth=depth, accepted=accepted, new_tokens=accepted + 1,
-                              draft_seconds=0.0, verify_seconds=0.0)
+            stats.record_step(draft_tokens=depth, draft_depth=depth, accepted=accepted, new_tokens=accepted + 1)
     records = [{"drafted_at_depth": s.drafted_at_depth, "accepted_at_depth": s.accepted_at_depth}
                for s in (first, second)]
     assert acceptance_by_position(records) == pytest.approx(first.merge(second).acceptance_by_position)

@@ -17,7 +17,8 @@ import argparse
 import sys
 
 from specdec_plugin_retrieval.adaptive import SHARE_EDGES, AcceptanceModel, CostModel
-from specdec_plugin_retrieval.replay import load_conversations, replay
+from specdec.testing import replay_greedy
+from specdec_plugin_retrieval.replay import load_conversations
 
 
 def fit(drafter, pairs, edges, model: AcceptanceModel | None = None) -> AcceptanceModel:
@@ -25,7 +26,7 @@ def fit(drafter, pairs, edges, model: AcceptanceModel | None = None) -> Acceptan
                                      prior_weight=1e-9, decay=1.0)
     drafter.drafting.model = drafter.drafting.tracker.model = model
     for prompt, output in pairs:
-        replay(drafter, prompt, output, CostModel())
+        replay_greedy(drafter, prompt, output, CostModel())
     return model
 
 

@@ -4,7 +4,7 @@
 
 CORPUS.jsonl: chat records (`messages`, the last one the assistant's answer), as written by
 `specdec retrieval self-distill` or `quick_check.py --save-outputs`. See
-`specdec_plugin_retrieval.replay` for what is replayed and what the numbers mean.
+`specdec.testing.replay_greedy` for what is replayed and what the numbers mean.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import sys
 from typing import Sequence
 
 from specdec_plugin_retrieval.adaptive import CostModel
-from specdec_plugin_retrieval.replay import ReplayStats, load_conversations, replay
+from specdec.testing import GreedyReplay, replay_greedy
+from specdec_plugin_retrieval.replay import load_conversations
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,9 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         context = BuildContext(None, tokenizer, "cpu", None, None, build)
         drafter = build(data["drafter"], "drafter")
-        total = ReplayStats()
+        total = GreedyReplay()
         for prompt, output in pairs:
-            total.add(replay(drafter, prompt, output, cost))
+            total.add(replay_greedy(drafter, prompt, output, cost))
         print(f"{path} {overrides or ''}: {total.line()}")
     return 0
 

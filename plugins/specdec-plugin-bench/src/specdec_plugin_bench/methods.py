@@ -329,8 +329,7 @@ class HFMethod:
             stats = GenerationStats()
             for drafted, committed in steps_detail:
                 stats.record_step(draft_tokens=drafted, draft_depth=drafted,
-                                  accepted=min(committed - 1, drafted), new_tokens=committed,
-                                  draft_seconds=0.0, verify_seconds=0.0)
+                                  accepted=min(committed - 1, drafted), new_tokens=committed)
         # plain generate makes one token per forward; assisted generation's steps are its target forwards
         steps = len(tokens) if self.plan.hf_name == "generate" else len(forwards)
         finish = "stop" if tokens and tokens[-1] in self.eos_token_ids else "length"
