@@ -15,7 +15,7 @@ Vocabulary used throughout specdec:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Iterable, Sequence
 
@@ -138,6 +138,8 @@ class Draft:
     parents: tuple[int, ...]
     q: torch.Tensor | None = None
     aux: AuxTokens | None = None
+    #: the draft this one was cut from (`subtree`, `truncated`), None for an original; see `derives_from`
+    origin: "Draft | None" = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         # like `Draft.chain`, accept plain Python sequences: Draft([5, 7], [-1, 0])
@@ -259,4 +261,11 @@ class Draft:
             columns = torch.cat([index, torch.arange(self.num_nodes, self.num_nodes + self.num_aux)])
             aux = AuxTokens(self.aux.tokens, self.aux.position_offsets,
                             self.aux.attends_to[:, columns.to(self.aux.attends_to.device)])
-        return Draft(self.tokens[index.to(self.tokens.device)], parents, q, aux)
+        return Draft(self.tokens[index.to(self.tokens.device)], parents, q, aux, origin=self.origin or self)
+
+    def derives_from(self, draft: "Draft") -> bool:
+        """Whether this draft is `draft` or was cut from it. The engine may cut a drafter's draft
+        (deeper or larger than the step's budget) before verifying it, so a drafter recognises its
+        own draft in `StepOutcome.draft` with `outcome.draft.derives_from(my_draft)`; the accepted
+        `path` indexes `outcome.draft`, the cut one (a node-count cut keeps a prefix of the nodes)."""
+        return self is draft or self.origin is draft

@@ -111,7 +111,7 @@ class DraftModelDrafter(BaseDrafter):
         if self._last_draft is None:
             return  # we proposed nothing since the last outcome: the cache holds committed tokens only
         draft, self._last_draft = self._last_draft, None
-        if outcome.draft is not draft:
+        if not outcome.draft.derives_from(draft):
             # another drafter's draft was verified (inside a composite): drop our draft tokens;
             # the next proposal feeds whatever the cache has not seen
             self.runner.rollback(self._proposed_from)

@@ -104,3 +104,14 @@ def test_tokens_and_parents_may_be_lists():
     assert Draft([], []).num_nodes == 0
     with pytest.raises(DraftError, match="malformed"):
         Draft([5, 7], [-1, 1])
+
+
+def test_a_cut_draft_knows_where_it_came_from():
+    from specdec import Draft
+
+    original = Draft.chain([4, 5, 6, 7])
+    cut = original.subtree(range(2))
+    deeper_cut = cut.truncated(1)
+    assert cut.derives_from(original) and deeper_cut.derives_from(original) and original.derives_from(original)
+    assert not Draft.chain([4, 5]).derives_from(original) and not original.derives_from(cut)
+    assert cut.path_tokens((0, 1)) == (4, 5) and original.path_tokens(()) == ()

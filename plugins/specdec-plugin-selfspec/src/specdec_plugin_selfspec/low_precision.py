@@ -154,5 +154,5 @@ class LowPrecisionDrafter(BaseDrafter):
         draft, self._last = self._last, None
         # keep the entries of accepted draft tokens; drop the rest (also when another drafter's
         # draft was verified, inside a composite)
-        accepted = len(outcome.path) if draft is not None and outcome.draft is draft else 0
+        accepted = len(outcome.path) if draft is not None and outcome.draft.derives_from(draft) else 0
         self.length = self._base + min(accepted, self._in_cache)
