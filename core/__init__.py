@@ -40,6 +40,8 @@ _EXPORTS = {
     "warp_logits": "specdec.sampling",
     "SamplingParams": "specdec.params",
     "GenerationStats": "specdec.stats",
+    "mean_accepted_tokens": "specdec.stats",
+    "tokens_per_second": "specdec.stats",
     "ConfigError": "specdec.errors",
     "DraftError": "specdec.errors",
     "GenerationError": "specdec.errors",
