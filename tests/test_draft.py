@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from specdec import AuxTokens, Draft, DraftError
+from specdec import AuxTokens, Draft, DraftError, check_tree_paths, tree_from_paths, tree_depths
 from specdec.draft import breadth_first, merge_sequences
 
 
@@ -104,3 +104,22 @@ def test_tokens_and_parents_may_be_lists():
     assert Draft([], []).num_nodes == 0
     with pytest.raises(DraftError, match="malformed"):
         Draft([5, 7], [-1, 1])
+
+
+def test_a_tree_of_rank_paths_is_numbered_breadth_first_with_siblings_by_rank():
+    tree = tree_from_paths([[1, 0], [0], [0, 1], [1], [0, 0]])
+    assert tree.paths == ((0,), (1,), (0, 0), (0, 1), (1, 0))
+    assert tree.parents == (-1, -1, 0, 0, 1) and tree.depths == tree_depths(tree.parents) == (1, 1, 2, 2, 2)
+    assert tree.ranks == (0, 1, 0, 1, 0)
+    assert tree_from_paths([]).paths == () and check_tree_paths([(0,), (0, 2)]) == [[0], [0, 2]]
+
+
+@pytest.mark.parametrize("paths, message", [
+    ([[0], [0, 0, 0]], r"path \[0, 0, 0\] needs its prefix \[0, 0\] in the tree too"),
+    ([[0], [0]], "the tree lists a path twice"),
+    ([[]], "a tree path must list at least one rank"),
+    ([[-1]], r"path \[-1\] has a negative rank"),
+])
+def test_malformed_rank_paths_are_refused(paths, message):
+    with pytest.raises(ValueError, match=message):
+        tree_from_paths(paths)
