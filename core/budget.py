@@ -3,9 +3,10 @@
 On a GPU at batch 1 the target forward is bound by reading the weights, and verifying a few more
 tokens is nearly free. In a batch the forward does more arithmetic per weight read, verification
 tokens stop being free, and a draft that pays at batch 1 can make a batch slower than batched
-plain decoding (users of every engine report 0.7-0.9x under load). Each step, `DraftBudget` picks
-the draft size k (nodes per sequence) that maximises the batch's expected committed tokens per
-unit of forward cost, using each sequence's own acceptance so far:
+plain decoding (users of every engine report it; measured here for prompt lookup at batch 8:
+docs/benchmarks.md, section "GPU: NVIDIA H100"). Each step, `DraftBudget` picks the draft size k
+(nodes per sequence) that maximises the batch's expected committed tokens per unit of forward
+cost, using each sequence's own acceptance so far:
 
     E_b(k) = 1 + pi_b * sum_{d=1..k} r_b(d)        tokens sequence b commits with a k-node draft
     gain(k) = sum_b E_b(k) / cost_B(k)             cost_B(0) = 1: a batched plain step
