@@ -42,7 +42,7 @@ class GenerationStats:
     new_tokens: int = 0
     draft_tokens: int = 0  # draft nodes proposed (all branches of a tree)
     accepted_draft_tokens: int = 0
-    draft_seconds: float = 0.0  # inside Drafter.propose / observe
+    draft_seconds: float = 0.0  # inside Drafter.propose / observe (and start, charged to the first step)
     verify_seconds: float = 0.0  # target forward + acceptance + cache commit
     wall_seconds: float = 0.0
     accepted_length_histogram: list[int] = field(default_factory=list)  # [n] = steps accepting n
