@@ -3,8 +3,9 @@
 Verification feeds N tokens with a 4D mask (a chain or a tree). For models with grouped-query
 attention (fewer key/value heads than query heads, as in Llama 3, Qwen 2, SmolLM2), transformers'
 SDPA path then repeats every key and value head to the number of query heads (`repeat_kv`): a
-copy of the whole cache in every layer, every step. On a 900-token context that copy was 10% of
-an 8-token verification on CPU.
+copy of the whole cache in every layer, every step, which grows with the context and is a
+noticeable share of a tree verification on a CPU (measured: docs/benchmarks.md, section
+"Retrieval: what limits the speedup").
 
 `grouped_query_sdpa` folds the query heads of each group into the query dimension instead
 (`[B, H, N, D] -> [B, H_kv, G * N, D]`, the mask repeated G times along the queries), which is

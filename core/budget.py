@@ -3,7 +3,8 @@
 On a GPU at batch 1 the target forward is bound by reading the weights, and verifying a few more
 tokens is nearly free. In a batch the forward does more arithmetic per weight read, verification
 tokens stop being free, and a draft that pays at batch 1 can make a batch slower than batched
-plain decoding. `DraftBudget` decides twice per step, with each sequence's own acceptance so far:
+plain decoding (measured here for prompt lookup at batch 8: docs/benchmarks.md, section "GPU:
+NVIDIA H100"). `DraftBudget` decides twice per step, with each sequence's own acceptance so far:
 
 - before drafting, `max_nodes`: the most nodes per sequence worth drafting, as if every sequence
   drafted (an upper bound on what can pay, so that model-based drafters do not draft for nothing);

@@ -277,7 +277,7 @@ def _generate_batch(pipeline, requests: list, overrides: dict, args: argparse.Na
     """Several prompts, decoded together: one JSON line per prompt with --json, else each text."""
     import time
 
-    from specdec.stats import GenerationStats
+    from specdec.stats import GenerationStats, tokens_per_second
 
     started = time.perf_counter()
     results = pipeline.generate_batch(requests, **overrides)
@@ -292,7 +292,7 @@ def _generate_batch(pipeline, requests: list, overrides: dict, args: argparse.Na
     for result in results:
         total = total.merge(result.stats)
     print(f"[{pipeline.config.label}] {len(results)} prompts, {total.new_tokens} tokens in {elapsed:.2f} s "
-          f"({total.new_tokens / elapsed:.1f} tok/s over all sequences, batches of up to "
+          f"({tokens_per_second(total.new_tokens, elapsed):.1f} tok/s over all sequences, batches of up to "
           f"{pipeline.scheduler.max_batch_size}), mean accepted tokens {total.mean_accepted_tokens:.2f}",
           file=sys.stderr)
     return 0

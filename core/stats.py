@@ -39,13 +39,35 @@ class StepClock:
             self.draft_seconds += time.perf_counter() - started
 
 
+def mean_accepted_tokens(tokens: int, steps: int) -> float:
+    """Committed tokens per step (target forward). It counts the target's own token, so plain
+    autoregressive decoding scores exactly 1.0.
+
+    :param tokens: tokens committed over the steps
+    :param steps: target forwards
+    :returns: ``tokens / steps``, or 0.0 when no step was taken
+    """
+    return tokens / steps if steps else 0.0
+
+
+def tokens_per_second(tokens: int, seconds: float) -> float:
+    """Generated tokens per second of wall time; the time is the whole generation's, prefill
+    included.
+
+    :param tokens: tokens generated
+    :param seconds: wall time that generated them
+    :returns: ``tokens / seconds``, or 0.0 when no time was measured (``seconds <= 0``)
+    """
+    return tokens / seconds if seconds > 0 else 0.0
+
+
 @dataclass
 class GenerationStats:
     steps: int = 0
     new_tokens: int = 0
     draft_tokens: int = 0  # draft nodes verified, all branches of a tree (a draft token = a node)
     accepted_draft_tokens: int = 0
-    draft_seconds: float = 0.0  # inside Drafter.start (first step) / propose / observe
+    draft_seconds: float = 0.0  # inside Drafter.propose / observe (and start, charged to the first step)
     verify_seconds: float = 0.0  # target forward + acceptance + cache commit
     wall_seconds: float = 0.0
     accepted_length_histogram: list[int] = field(default_factory=list)  # [n] = steps accepting n
@@ -76,11 +98,11 @@ class GenerationStats:
 
     @property
     def mean_accepted_tokens(self) -> float:
-        return self.new_tokens / self.steps if self.steps else 0.0
+        return mean_accepted_tokens(self.new_tokens, self.steps)
 
     @property
     def tokens_per_second(self) -> float:
-        return self.new_tokens / self.wall_seconds if self.wall_seconds > 0 else 0.0
+        return tokens_per_second(self.new_tokens, self.wall_seconds)
 
     @property
     def draft_ms_per_step(self) -> float:

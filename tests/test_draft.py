@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from specdec import AuxTokens, Draft, DraftError
+from specdec import AuxTokens, Draft, DraftError, check_tree_paths, tree_from_paths, tree_depths
 from specdec.draft import breadth_first, merge_sequences
 
 
@@ -115,3 +115,22 @@ def test_a_cut_draft_knows_where_it_came_from():
     assert cut.derives_from(original) and deeper_cut.derives_from(original) and original.derives_from(original)
     assert not Draft.chain([4, 5]).derives_from(original) and not original.derives_from(cut)
     assert cut.path_tokens((0, 1)) == (4, 5) and original.path_tokens(()) == ()
+
+
+def test_a_tree_of_rank_paths_is_numbered_breadth_first_with_siblings_by_rank():
+    tree = tree_from_paths([[1, 0], [0], [0, 1], [1], [0, 0]])
+    assert tree.paths == ((0,), (1,), (0, 0), (0, 1), (1, 0))
+    assert tree.parents == (-1, -1, 0, 0, 1) and tree.depths == tree_depths(tree.parents) == (1, 1, 2, 2, 2)
+    assert tree.ranks == (0, 1, 0, 1, 0)
+    assert tree_from_paths([]).paths == () and check_tree_paths([(0,), (0, 2)]) == [[0], [0, 2]]
+
+
+@pytest.mark.parametrize("paths, message", [
+    ([[0], [0, 0, 0]], r"path \[0, 0, 0\] needs its prefix \[0, 0\] in the tree too"),
+    ([[0], [0]], "the tree lists a path twice"),
+    ([[]], "a tree path must list at least one rank"),
+    ([[-1]], r"path \[-1\] has a negative rank"),
+])
+def test_malformed_rank_paths_are_refused(paths, message):
+    with pytest.raises(ValueError, match=message):
+        tree_from_paths(paths)

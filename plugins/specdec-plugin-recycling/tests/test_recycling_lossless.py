@@ -81,8 +81,6 @@ class UniformQ(TokenRecyclingDrafter):
     """A broken variant: drafts the table's deterministic candidates but reports a uniform q over
     the vocabulary, as if each token had been sampled from it (a point mass is what it is)."""
 
-    provides_draft_probs = True
-
     def propose(self, context):
         draft = super().propose(context)
         if draft.num_nodes == 0 or context.params.greedy:

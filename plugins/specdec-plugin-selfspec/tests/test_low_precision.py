@@ -27,7 +27,6 @@ class StoreChecked:
 
     def __init__(self, inner, model):
         self.inner, self.model, self.checks = inner, model, 0
-        self.provides_draft_probs = inner.provides_draft_probs
         self.hidden_state_layers = inner.hidden_state_layers
         self.wants_logits = False
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from specdec import (DraftModelDrafter, HFVerifier, NoDrafter, RejectionSampling, SamplingParams,
-                     SpeculativeDecoder, StepScheduler, synchronize)
+                     SpeculativeDecoder, StepScheduler, mean_accepted_tokens, synchronize, tokens_per_second)
 
 @contextmanager
 def timed_forward(model: torch.nn.Module, device: torch.device):
@@ -170,14 +170,14 @@ def _row(name: str, run: dict, reference: dict | None = None) -> str:
     """One table row. Overhead = (wall - time inside forwards) per step, as a share of the
     median forward (a decode step's forward; the prefill forward is an outlier the median skips)."""
     per_step_ms = 1000 * run["wall"] / run["steps"]
+    rate, accepted = tokens_per_second(run["tokens"], run["wall"]), mean_accepted_tokens(run["tokens"], run["steps"])
     same = "" if reference is None else (
         f"{sum(a == b for a, b in zip(run['outputs'], reference['outputs']))}/{len(run['outputs'])}")
     if run["forward"] is None:
-        return (f"| {name} | {run['tokens'] / run['wall']:.2f} | {run['tokens'] / run['steps']:.2f} | "
-                f"{per_step_ms:.2f} | - | - | {same} |")
+        return f"| {name} | {rate:.2f} | {accepted:.2f} | {per_step_ms:.2f} | - | - | {same} |"
     outside_ms = 1000 * (run["wall"] - run["forward"]) / run["steps"]
     median_ms = 1000 * run["median_forward"]
-    return (f"| {name} | {run['tokens'] / run['wall']:.2f} | {run['tokens'] / run['steps']:.2f} | "
+    return (f"| {name} | {rate:.2f} | {accepted:.2f} | "
             f"{per_step_ms:.2f} | {median_ms:.2f} | {outside_ms:.2f} ({100 * outside_ms / median_ms:.1f}%) | {same} |")
 
 
@@ -208,7 +208,7 @@ def print_batched(model, prompts, args) -> None:
     first = None
     for size in sorted(args.batch_sizes):
         run = run_batched(model, pool, args.max_new_tokens, size)
-        rate = run["tokens"] / run["wall"]
+        rate = tokens_per_second(run["tokens"], run["wall"])
         first = first or rate
         print(f"| {size} | {rate:.1f} | {rate / first:.2f}x | {run['wall']:.1f} | {run['graphs']} |")
 

@@ -24,6 +24,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
+import specdec
+
 Record = dict
 Key = tuple  # (method, question_id, turn, run)
 
@@ -95,7 +97,7 @@ def question_speeds(records: Iterable[Record]) -> dict[tuple, float]:
         seconds[key] += record["wall_seconds"]
         turns[key].add(record["turn"])
         expected[key] = record.get("num_turns", 1)
-    return {key: tokens[key] / seconds[key] for key in tokens
+    return {key: specdec.tokens_per_second(tokens[key], seconds[key]) for key in tokens
             if len(turns[key]) >= expected[key] and seconds[key] > 0}
 
 
@@ -154,7 +156,7 @@ def mean_accepted_tokens(records: Iterable[Record]) -> float | None:
     """Committed tokens per target forward: sum of new tokens / sum of steps."""
     records = list(records)
     steps = sum(record["steps"] for record in records)
-    return sum(record["new_tokens"] for record in records) / steps if steps else None
+    return specdec.mean_accepted_tokens(sum(record["new_tokens"] for record in records), steps) if steps else None
 
 
 def merge_counts(lists: Iterable[Sequence[int] | None]) -> list[int]:

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from specdec import ConfigError, read_json_lines
+from specdec import ConfigError, mean_accepted_tokens, read_json_lines, tokens_per_second
 
 from specdec_plugin_bench.metrics import first_difference, record_key
 from specdec_plugin_bench.questions import Question, build_messages
@@ -161,8 +161,8 @@ def make_record(method, question: Question, turn: int, run: int, seed: int | Non
         "question_id": question.question_id, "category": question.category, "task": question.task,
         "turn": turn, "num_turns": len(question.turns), "run": run, "seed": seed,
         "prompt_tokens": len(prompt_ids), "new_tokens": new_tokens, "steps": steps,
-        "wall_seconds": wall, "tokens_per_second": new_tokens / wall if wall > 0 else 0.0,
-        "mean_accepted_tokens": new_tokens / steps if steps else None,
+        "wall_seconds": wall, "tokens_per_second": tokens_per_second(new_tokens, wall),
+        "mean_accepted_tokens": mean_accepted_tokens(new_tokens, steps) if steps else None,
         "draft_seconds": draft_seconds,
         "draft_ms_per_step": 1000.0 * draft_seconds / steps if draft_seconds is not None and steps else None,
         "target_forwards": measurement.target_forwards,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from specdec import synchronize
+from specdec import mean_accepted_tokens, synchronize, tokens_per_second
 from specdec_plugin_bench.questions import Question, build_messages, tasks_in
 
 
@@ -35,7 +35,7 @@ class Cell:
 
     @property
     def tokens_per_second(self) -> float:
-        return self.tokens / self.seconds if self.seconds else 0.0
+        return tokens_per_second(self.tokens, self.seconds)
 
     def add(self, other: "Cell") -> None:
         self.tokens += other.tokens
@@ -113,7 +113,7 @@ def summarize(cells: dict, labels: Sequence[str], batch_sizes: Sequence[int], ta
                 "pipeline": label, "batch_size": batch_size,
                 "tokens_per_second": round(overall.tokens_per_second, 2),
                 "tokens_per_second_by_task": per_task,
-                "mean_accepted_tokens": round(overall.tokens / overall.steps, 3) if overall.steps else 0.0,
+                "mean_accepted_tokens": round(mean_accepted_tokens(overall.tokens, overall.steps), 3),
                 "latency_median_s": round(statistics.median(overall.latencies), 3),
                 "latency_p90_s": round(sorted(overall.latencies)[int(0.9 * (len(overall.latencies) - 1))], 3),
                 "requests": len(overall.latencies),

@@ -49,8 +49,9 @@ def add_commands(subparsers) -> None:
     train.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--tree-nodes", type=int, default=DEFAULT_TREE_NODES,
-                       help="node budget of the recommended tree (default: the best one measured on a 2-core CPU; "
-                            "GPUs afford 24-64)")
+                       help="node budget of the recommended tree (default: the fastest one measured on a CPU, "
+                            "see the README's 'Measured speed'; where verifying more tokens is nearly free, "
+                            "as on a GPU, larger trees pay)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(handler=_train)
 

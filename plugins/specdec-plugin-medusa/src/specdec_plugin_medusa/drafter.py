@@ -38,8 +38,9 @@ class ConfidencePruning:
     most probable nodes up to the count that maximises the expected tokens per unit of
     verification cost, or none when no count beats `1 + min_gain`.
 
-    :param cost: the target's verification cost (a linear `node_cost`, about 0.12 per node for
-        the default model in float32 on a 2-core CPU, or a curve measured on the target).
+    :param cost: the target's verification cost (a linear `node_cost`, or a curve measured on the
+        target); it depends on the hardware (measured: docs/benchmarks.md, section "Medusa with
+        confidence pruning").
     :param min_gain: least expected speed gain over a plain step worth drafting for.
     """
 

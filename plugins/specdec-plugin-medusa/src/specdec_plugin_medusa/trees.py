@@ -21,22 +21,15 @@ import heapq
 from dataclasses import dataclass
 from typing import Sequence
 
+from specdec import check_tree_paths, tree_from_paths
+
 Paths = list[list[int]]
 
 
 def check_paths(paths: Sequence[Sequence[int]], *, num_heads: int | None = None) -> Paths:
-    """Validate a tree: non-empty, no duplicates, ranks >= 0, prefix-closed, not deeper than the heads."""
-    tree = [[int(rank) for rank in path] for path in paths]
-    seen = {tuple(path) for path in tree}
-    if len(seen) != len(tree):
-        raise ValueError("the tree lists a path twice")
+    """Validate a tree: a valid tree of paths (`specdec.check_tree_paths`), not deeper than the heads."""
+    tree = check_tree_paths(paths)
     for path in tree:
-        if not path:
-            raise ValueError("a tree path must list at least one rank")
-        if min(path) < 0:
-            raise ValueError(f"path {path} has a negative rank")
-        if len(path) > 1 and tuple(path[:-1]) not in seen:
-            raise ValueError(f"path {path} needs its prefix {path[:-1]} in the tree too")
         if num_heads is not None and len(path) > num_heads:
             raise ValueError(f"path {path} is {len(path)} deep but there are only {num_heads} heads")
     return tree
@@ -58,10 +51,8 @@ class TreeLayout:
 
     @classmethod
     def from_paths(cls, paths: Sequence[Sequence[int]]) -> "TreeLayout":
-        ordered = sorted((tuple(path) for path in check_paths(paths)), key=lambda path: (len(path), path))
-        index = {path: node for node, path in enumerate(ordered)}
-        return cls(tuple(ordered), tuple(index[path[:-1]] if len(path) > 1 else -1 for path in ordered),
-                   tuple(len(path) - 1 for path in ordered), tuple(path[-1] for path in ordered))
+        tree = tree_from_paths(paths)
+        return cls(tree.paths, tree.parents, tuple(depth - 1 for depth in tree.depths), tree.ranks)
 
     @property
     def num_nodes(self) -> int:

@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from specdec import check_tree_paths, tree_from_paths
+
 Paths = list[list[int]]
 
 
@@ -48,26 +50,18 @@ TEMPLATES: dict[str, Paths] = {"paper": PAPER_TREE}
 
 
 def check_paths(paths: Sequence[Sequence[int]], *, top_k: int | None = None) -> Paths:
-    """Validate a template: non-empty, no duplicates, ranks in [0, top_k), prefix-closed.
+    """Validate a template: non-empty, a valid tree of paths (`specdec.check_tree_paths`), ranks
+    below top_k.
 
     :raises ValueError: naming the offending path.
     """
-    tree = [[int(rank) for rank in path] for path in paths]
+    tree = check_tree_paths(paths)
     if not tree:
         raise ValueError("the tree lists no path; give at least [[0]]")
-    seen = {tuple(path) for path in tree}
-    if len(seen) != len(tree):
-        raise ValueError("the tree lists a path twice")
     for path in tree:
-        if not path:
-            raise ValueError("a tree path must list at least one rank")
-        if min(path) < 0:
-            raise ValueError(f"path {path} has a negative rank")
         if top_k is not None and max(path) >= top_k:
             raise ValueError(f"path {path} uses rank {max(path)}, but the table keeps only the top {top_k} "
                              f"candidates per token (ranks 0-{top_k - 1}); raise top_k or drop the path")
-        if len(path) > 1 and tuple(path[:-1]) not in seen:
-            raise ValueError(f"path {path} needs its prefix {path[:-1]} in the tree too")
     return tree
 
 
@@ -81,10 +75,8 @@ class TreeTemplate:
 
     @classmethod
     def from_paths(cls, paths: Sequence[Sequence[int]]) -> "TreeTemplate":
-        ordered = sorted((tuple(path) for path in check_paths(paths)), key=lambda path: (len(path), path))
-        index = {path: node for node, path in enumerate(ordered)}
-        return cls(tuple(ordered), tuple(index[path[:-1]] if len(path) > 1 else -1 for path in ordered),
-                   tuple(path[-1] for path in ordered))
+        tree = tree_from_paths(check_paths(paths))
+        return cls(tree.paths, tree.parents, tree.ranks)
 
     @property
     def num_nodes(self) -> int:

@@ -2,8 +2,9 @@
 
 The cost model. Verifying a draft of m nodes costs `cost(m)` plain steps (one plain step = the
 target forward over one token): a curve measured on the target (`node_cost: auto`, or
-`benchmarks/verify_cost.py`; for the default model in float32 on 2 CPU cores 1.03 at m = 1, 1.39
-at 4, 1.71 at 8, 2.0 at 16; near 1 on a GPU until m is large), or the linear model
+`benchmarks/verify_cost.py`; it is neither flat nor a line in float32 on a small CPU, and near 1
+on a GPU until m is large; measured: docs/benchmarks.md, sections "Retrieval: what limits the
+speedup" and "On a GPU (earlier session, H200)"), or the linear model
 `1 + draft_overhead + node_cost * m`. A step that verifies the nodes S commits on average
 `1 + sum(p_i for i in S)` tokens, where p_i is the probability that node i is accepted (that the
 target's tokens follow the path to it). Speed relative to plain decoding is therefore

@@ -171,8 +171,6 @@ class LayerSkipDrafter(BaseDrafter):
     :param search: finds the set while decoding (`skip: auto`).
     """
 
-    provides_draft_probs = True
-
     def __init__(self, verifier, stack: DecoderStack, sizer: ChainSizer, vocab=None, greedy_draft: bool = False, *,
                  run: Sequence[int] | None = None, search: LayerSearch | None = None):
         if (run is None) == (search is None):

@@ -49,8 +49,6 @@ class LowPrecisionDrafter(BaseDrafter):
         (None: the copy prefills the prompt itself).
     """
 
-    provides_draft_probs = True
-
     def __init__(self, stack: DecoderStack, run: Sequence[int], sizer: ChainSizer, vocab=None,
                  greedy_draft: bool = False, verifier=None):
         self.verifier = verifier if getattr(verifier, "cache", None) is not None else None

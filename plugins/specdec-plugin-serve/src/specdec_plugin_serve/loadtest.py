@@ -48,7 +48,7 @@ from typing import Any, Sequence
 
 import httpx
 
-from specdec import read_json_lines
+from specdec import mean_accepted_tokens, read_json_lines, tokens_per_second
 
 MT_BENCH_CATEGORIES = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")
 MODES = {"on": None, "off": {"enabled": False}}
@@ -220,11 +220,11 @@ def summarize(round_: Round, drafter: str) -> dict:
     return {
         "mode": round_.mode, "concurrency": round_.concurrency, "requests": len(round_.records),
         "errors": len(round_.records) - len(ok), "tokens": tokens, "wall_s": round_.wall,
-        "tokens_per_s": tokens / round_.wall if round_.wall > 0 else 0.0,
+        "tokens_per_s": tokens_per_second(tokens, round_.wall),
         "requests_per_s": len(ok) / round_.wall if round_.wall > 0 else 0.0,
         "ttft_p50": percentile(ttfts, 0.5), "ttft_p90": percentile(ttfts, 0.9), "ttft_p99": percentile(ttfts, 0.99),
         "itl_p50": percentile(itls, 0.5), "itl_p90": percentile(itls, 0.9), "itl_p99": percentile(itls, 0.99),
-        "mean_accepted_tokens": generated / steps if steps else None,
+        "mean_accepted_tokens": mean_accepted_tokens(generated, steps) if steps else None,
         "acceptance_rate": accepted / drafted if drafted else None,
         "server_ms_per_token": 1000 * outside / tokens if tokens else None,
         "server_share": outside / latency if latency else None,
@@ -348,8 +348,9 @@ async def overhead(args: argparse.Namespace, url: str, model: str, prompts: Sequ
     rows = []
     for mode in args.modes:
         (server_tokens, server_seconds), (offline_tokens, offline_seconds) = totals[mode, "server"], totals[mode, "offline"]
-        rows.append({"mode": mode, "requests": len(prompts), "server_tokens_per_s": server_tokens / server_seconds,
-                     "offline_tokens_per_s": offline_tokens / offline_seconds,
+        rows.append({"mode": mode, "requests": len(prompts),
+                     "server_tokens_per_s": tokens_per_second(server_tokens, server_seconds),
+                     "offline_tokens_per_s": tokens_per_second(offline_tokens, offline_seconds),
                      "server_extra_ms_per_token": 1000 * (server_seconds / server_tokens - offline_seconds / offline_tokens)})
     return {"url": url, "model": model, "offline": args.offline, "max_tokens": args.max_tokens,
             "machine": machine(), "overhead": rows}

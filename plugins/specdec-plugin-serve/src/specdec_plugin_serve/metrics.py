@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from specdec import mean_accepted_tokens
+
 #: Seconds; vLLM's buckets for time to first token, extended down for small models on CPU.
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
                 20.0, 40.0, 80.0)
@@ -141,4 +143,4 @@ class Metrics:
         if totals[0]:
             self.acceptance_rate.labels(*labels).set(totals[1] / totals[0])
         if totals[3]:
-            self.mean_accepted.labels(*labels).set(totals[2] / totals[3])
+            self.mean_accepted.labels(*labels).set(mean_accepted_tokens(totals[2], totals[3]))

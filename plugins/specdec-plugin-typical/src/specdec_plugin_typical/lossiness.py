@@ -21,7 +21,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from specdec import Acceptance, Draft, RandomSource, RejectionSampling, SamplingParams, warp_logits
+from specdec import (Acceptance, Draft, RandomSource, RejectionSampling, SamplingParams, mean_accepted_tokens,
+                     warp_logits)
 from specdec.testing import enumerate_outcomes, exact_target_distribution, sample_tree
 
 from specdec_plugin_typical.policy import DELTA, EPSILON, TypicalAcceptance
@@ -163,7 +164,7 @@ def measure_pipeline(pipeline, prompts: Sequence, *, temperature: float, max_new
             result = decoder.generate(pipeline.encode(prompt), params)
             steps += result.stats.steps
             tokens += result.stats.new_tokens
-        report[f"mean_accepted_{name}"] = tokens / steps if steps else 0.0
+        report[f"mean_accepted_{name}"] = mean_accepted_tokens(tokens, steps)
     report["first_token_tv"] = statistics.fmean(recorder.per_step) if recorder.per_step else 0.0
     report["steps_measured"] = len(recorder.per_step)
     return report
