@@ -41,15 +41,16 @@ def counted(kind, **kwargs):
     return (lambda target: Counting(**kwargs)), counts
 
 
-@pytest.mark.parametrize("kwargs, sampling_cases", [
-    ({"window": 3, "ngram": 3, "guesses": 3}, SAMPLING_CASES[:2]),
-    ({"window": 2, "ngram": 4, "guesses": 4, "pool_from_prompt": False}, SAMPLING_CASES[2:]),
-    ({"cost": CostModel(node_cost=0.02)}, SAMPLING_CASES[1:3]),  # everything auto, as on a GPU
+@pytest.mark.parametrize("kwargs, sampling_cases, min_nodes", [
+    ({"window": 3, "ngram": 3, "guesses": 3}, SAMPLING_CASES[:2], 1000),
+    # every candidate from the window: none before its levels fill (N - 2 steps)
+    ({"window": 2, "ngram": 4, "guesses": 4, "pool_from_prompt": False}, SAMPLING_CASES[2:], 300),
+    ({"cost": CostModel(node_cost=0.02)}, SAMPLING_CASES[1:3], 300),  # everything auto, as on a GPU
 ], ids=["W3-N3-G3", "W2-N4-G4-window-only", "auto"])
-def test_lookahead_is_lossless(kwargs, sampling_cases):
+def test_lookahead_is_lossless(kwargs, sampling_cases, min_nodes):
     make, counts = counted(LookaheadDrafter, **kwargs)
     assert_lossless(make, sampling_cases=sampling_cases, num_samples=800)
-    assert counts["nodes"] > 1000 and counts["trees"] > 0  # it drafts, and trees
+    assert counts["nodes"] > min_nodes and counts["trees"] > 0  # it drafts, and trees
     assert counts["aux"] > 0 and counts["advanced"] > 10  # the window rode along and learned from its logits
     assert counts["window_ngrams"] > 0  # ... and filled the pool
 
