@@ -183,7 +183,7 @@ class LookaheadDrafter(BaseDrafter):
     def observe(self, outcome: StepOutcome) -> None:
         draft = self._last
         self._last = None
-        if draft is None or outcome.draft is not draft or not self._last_window or outcome.aux_logits is None:
+        if draft is None or not outcome.draft.derives_from(draft) or not self._last_window or outcome.aux_logits is None:
             return  # not our draft (inside a composite), or no window this step: it stays as it is
         outputs = outcome.aux_logits.argmax(dim=-1).tolist()
         self.window.advance(self._last_root, outputs, self.pool)
@@ -259,10 +259,10 @@ class JacobiDrafter(BaseDrafter):
     def observe(self, outcome: StepOutcome) -> None:
         draft, self._last = self._last, None
         committed, self._length = len(outcome.tokens) - self._length, len(outcome.tokens)
-        if draft is None or outcome.draft is not draft or outcome.logits is None or not draft.num_nodes:
+        if draft is None or not outcome.draft.derives_from(draft) or outcome.logits is None or not outcome.draft.num_nodes:
             self.guesses = self.guesses[committed:]  # another drafter's draft, or none: only shift
             return
-        accepted, size = len(outcome.path), draft.num_nodes
+        accepted, size = len(outcome.path), outcome.draft.num_nodes  # the engine may have cut the chain
         # row r predicts the position root + r + 1; the next root sits at root + accepted + 1
         refined = outcome.logits[accepted + 1: size + 1].argmax(dim=-1).tolist()
         self.guesses = refined + self.guesses[size + 1:]
