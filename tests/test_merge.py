@@ -407,3 +407,10 @@ def test_merge_of_the_bundled_training_free_drafters_is_lossless():
     assert_lossless(make, sampling_cases=SAMPLING_CASES[1:3], num_samples=800)
     assert sum(sum(merge.contributed) for merge in nodes) > 0
     assert all(sum(merge.accepted[member] for merge in nodes) > 0 for member in (0, 1))
+
+
+def test_fallback_asks_for_logits_when_a_member_does():
+    from specdec.drafters.fallback import FallbackDrafter
+
+    assert FallbackDrafter([Fixed([1], [-1]), Fixed([2], [-1], wants_logits=True)]).wants_logits
+    assert not FallbackDrafter([Fixed([1], [-1])]).wants_logits
