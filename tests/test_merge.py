@@ -8,7 +8,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from specdec import AuxTokens, CostModel, Draft, DraftContext, DraftError, RejectionSampling, SamplingParams, StepOutcome
+from specdec import (AuxTokens, CostModel, Draft, DraftContext, DraftError, RejectionSampling, SamplingParams,
+                     StepOutcome)
 from specdec.config import load_yaml, validate_pipeline
 from specdec.cost import path_probabilities
 from specdec.draft import merge_trees
@@ -17,8 +18,7 @@ from specdec.drafters.merge import MergeDrafter, node_slots
 from specdec.errors import ConfigError
 from specdec.plugins import load_plugins
 from specdec.protocols import BaseDrafter
-from specdec.testing import (AlwaysAccept, ModelTreeDrafter, SAMPLING_CASES, assert_lossless, check_greedy_identity,
-                             perturbed_copy, sample_tree, tiny_llama)
+from specdec.testing import AlwaysAccept, ModelTreeDrafter, SAMPLING_CASES, assert_lossless, perturbed_copy
 
 VOCAB = 16
 
