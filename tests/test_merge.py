@@ -414,3 +414,27 @@ def test_fallback_asks_for_logits_when_a_member_does():
 
     assert FallbackDrafter([Fixed([1], [-1]), Fixed([2], [-1], wants_logits=True)]).wants_logits
     assert not FallbackDrafter([Fixed([1], [-1])]).wants_logits
+
+
+def test_a_merge_pipeline_generates_what_plain_decoding_generates(tmp_path):
+    pytest.importorskip("specdec_plugin_retrieval")
+    pytest.importorskip("specdec_plugin_recycling")
+    from specdec import Pipeline
+    from specdec.testing import save_tiny_model
+
+    model_dir = save_tiny_model(tmp_path / "model", seed=3)
+
+    def pipeline(drafter):
+        return Pipeline.from_dict({"target": {"model": model_dir}, "drafter": drafter,
+                                   "sampling": {"max_new_tokens": 40, "stop_token_ids": []}})
+
+    prompt = "the cat sat on the mat. the cat sat on the"
+    plain = pipeline({"type": "none"}).generate(prompt)
+    merged = pipeline({"type": "merge", "params": {"drafters": [{"type": "prompt_lookup"},
+                                                                {"type": "token_recycling"}],
+                                                   "max_nodes": 16}})
+    assert merged.drafter.names == ["0 (prompt_lookup)", "1 (token_recycling)"]
+    result = merged.generate(prompt)
+    assert result.token_ids == plain.token_ids
+    assert sum(merged.drafter.contributed) > 0
+    assert len(merged.generate(prompt, temperature=0.8, seed=5).token_ids) == 40
