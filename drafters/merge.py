@@ -226,15 +226,18 @@ class MergeDrafter(BaseDrafter):
 def _translated(path: Sequence[int], index: Sequence[int], parents: Sequence[int]) -> tuple[int, ...] | None:
     """A merged path in a member's node numbers (`index`: member node -> merged node, -1 =
     pruned), or None when it leaves the member's tree. A member may repeat a token among
-    siblings (two member nodes, one merged node): each step follows the one below the last."""
-    translated: list[int] = []
+    siblings (two member nodes, one merged node): any of its paths with those tokens will do."""
+    frontier = [-1]  # member nodes (or the root) whose path matches the merged path so far
     for node in path:
-        above = translated[-1] if translated else -1
-        found = [mine for mine, merged in enumerate(index) if merged == node and parents[mine] == above]
-        if not found:
+        reached = set(frontier)
+        frontier = [mine for mine, merged in enumerate(index) if merged == node and parents[mine] in reached]
+        if not frontier:
             return None
-        translated.append(found[0])
-    return tuple(translated)
+    translated, mine = [], frontier[0]
+    while mine >= 0:  # each frontier node's parent was in the previous frontier
+        translated.append(mine)
+        mine = parents[mine]
+    return tuple(reversed(translated))
 
 
 def node_slots(parents: Sequence[int]) -> list[int]:

@@ -438,3 +438,13 @@ def test_a_merge_pipeline_generates_what_plain_decoding_generates(tmp_path):
     assert result.token_ids == plain.token_ids
     assert sum(merged.drafter.contributed) > 0
     assert len(merged.generate(prompt, temperature=0.8, seed=5).token_ids) == 40
+
+
+def test_a_path_through_a_repeated_sibling_token_is_translated():
+    from specdec.drafters.merge import _translated
+
+    # member nodes: 0 = 5 and 1 = 5 below the root, 2 = 6 below node 1; merged: 5 -> 0, 6 -> 1
+    assert _translated((0, 1), (0, 0, 1), (-1, -1, 1)) == (1, 2)
+    assert _translated((0,), (0, 0, 1), (-1, -1, 1)) == (0,)
+    assert _translated((0, 2), (0, 0, 1), (-1, -1, 1)) is None
+    assert _translated((), (), ()) == ()
