@@ -55,6 +55,7 @@ _EXPORTS = {
     # import specdec's internal modules (`specdec.testing`, the harness, is public too)
     "breadth_first": "specdec.draft",
     "merge_sequences": "specdec.draft",
+    "merge_trees": "specdec.draft",
     "subtree_parents": "specdec.draft",
     "tree_children": "specdec.draft",
     "tree_depths": "specdec.draft",
@@ -69,6 +70,7 @@ _EXPORTS = {
     "cost_model_for": "specdec.cost",
     "measure_cost_model": "specdec.cost",
     "select_nodes": "specdec.cost",
+    "path_probabilities": "specdec.cost",
     "AcceptanceTracker": "specdec.cost",
     "SlotAcceptance": "specdec.cost",
     "synchronize": "specdec.cost",

@@ -296,10 +296,16 @@ def validate_params(model: type[BaseModel], data: Any, location: str) -> BaseMod
 
 
 def _nested_problems(params: BaseModel, prefix: tuple, registry: Registry, source: str, locate) -> list[str]:
-    """Composite components expose nested drafter blocks via `nested_drafters()`; check them too."""
+    """Composite components expose nested drafter blocks via `nested_drafters()`; check them too.
+
+    A composite may also define `nested_drafter_problem(relative, inner_params)`, which returns
+    None or `(field, message)` when it cannot use a nested drafter so configured (`merge` refuses
+    drafters that sample their drafts); the problem is reported at that field of the nested block.
+    """
     nested = getattr(params, "nested_drafters", None)
     if nested is None:
         return []
+    check = getattr(params, "nested_drafter_problem", None)
     problems = []
     for relative, block in nested():
         location = prefix + tuple(relative)
@@ -314,6 +320,11 @@ def _nested_problems(params: BaseModel, prefix: tuple, registry: Registry, sourc
         except ValidationError as error:
             problems.append(_format(error, location + ("params",), source, locate, component.params_model))
             continue
+        found = check(relative, inner) if callable(check) else None
+        if found:
+            field, message = found
+            where = location + ("params", field)
+            problems.append(_where(source, locate, where) + f"{_dotted(where)}: {message}")
         problems.extend(_nested_problems(inner, location + ("params",), registry, source, locate))
     return problems
 

@@ -155,10 +155,30 @@ class SlotAcceptance:
     def path_probabilities(self, parents: Sequence[int], slots: Sequence[int]) -> list[float]:
         """Each node's chance of being accepted, its whole path included (the input of
         `select_nodes`): the product of its slots' rates along the path."""
-        result: list[float] = []
-        for parent, slot in zip(parents, slots, strict=True):
-            result.append(self.probability(slot) * (1.0 if parent < 0 else result[parent]))
-        return result
+        return path_probabilities(parents, [self.probability(slot) for slot in slots])
+
+
+def path_probabilities(parents: Sequence[int], conditional: Sequence[float], *,
+                       max_sibling_sum: float | None = None) -> list[float]:
+    """Each node's chance of being accepted with its whole path (the input of `select_nodes`):
+    the product of the chances given the parent (`conditional`) along the path.
+
+    :param max_sibling_sum: when given, siblings' conditionals are scaled down to sum to at most
+        this. Deterministic siblings exclude each other (one token is committed after their
+        parent, so at most one of them is accepted): estimates made for each sibling alone, or by
+        different drafters, can otherwise add up to more than 1.
+    """
+    scaled = [float(value) for value in conditional]
+    if max_sibling_sum is not None:
+        totals: dict[int, float] = {}
+        for parent, value in zip(parents, scaled, strict=True):
+            totals[parent] = totals.get(parent, 0.0) + value
+        scaled = [value * min(1.0, max_sibling_sum / totals[parent]) if totals[parent] > 0 else value
+                  for parent, value in zip(parents, scaled)]
+    result: list[float] = []
+    for parent, value in zip(parents, scaled, strict=True):
+        result.append(value * (1.0 if parent < 0 else result[parent]))
+    return result
 
 
 @dataclass

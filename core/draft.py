@@ -71,30 +71,53 @@ def breadth_first(parents: Sequence[int], key=None) -> list[int]:
     return order
 
 
+def merge_trees(trees: Iterable[tuple[Sequence[int], Sequence[int]]]
+                ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[tuple[int, ...], ...]]:
+    """Merge token trees into one trie: the same token under the same parent is one node.
+
+    Each tree is `(tokens, parents)` in topological order (parents before children, -1 = the
+    root). Nodes are numbered by first appearance, tree by tree, so parents precede children and
+    the first tree's nodes keep their order.
+
+    :returns: `(tokens, parents, index)`, where `index[tree][node]` is the merged node of that
+        tree's node.
+    """
+    found: dict[tuple[int, int], int] = {}  # (merged parent, token) -> merged node
+    tokens: list[int] = []
+    parents: list[int] = []
+    index: list[tuple[int, ...]] = []
+    for tree_tokens, tree_parents in trees:
+        merged: list[int] = []
+        for token, parent in zip(tree_tokens, tree_parents, strict=True):
+            if not -1 <= parent < len(merged):
+                raise DraftError(f"node {len(merged)} of tree {len(index)} has parent {parent}; parents "
+                                 f"must be -1 (the root) or an earlier node")
+            key = (-1 if parent < 0 else merged[parent], int(token))
+            node = found.get(key)
+            if node is None:
+                node = found[key] = len(tokens)
+                tokens.append(key[1])
+                parents.append(key[0])
+            merged.append(node)
+        index.append(tuple(merged))
+    return tuple(tokens), tuple(parents), tuple(index)
+
+
 def merge_sequences(sequences: Iterable[Sequence[int]]
                     ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[tuple[int, ...], ...]]:
-    """Merge token sequences into a trie, nodes numbered by first appearance.
+    """Merge token sequences into a trie, nodes numbered by first appearance (`merge_trees` of
+    chains).
 
     :returns: `(tokens, parents, members)`, where `members[node]` lists the indices of the
         sequences that pass through the node (its support).
     """
-    index: dict[tuple[int, int], int] = {}  # (parent node, token) -> node
-    tokens: list[int] = []
-    parents: list[int] = []
-    members: list[list[int]] = []
-    for number, sequence in enumerate(sequences):
-        parent = -1
-        for token in sequence:
-            key = (parent, int(token))
-            node = index.get(key)
-            if node is None:
-                node = index[key] = len(tokens)
-                tokens.append(int(token))
-                parents.append(parent)
-                members.append([])
+    sequences = [list(sequence) for sequence in sequences]
+    tokens, parents, index = merge_trees((sequence, range(-1, len(sequence) - 1)) for sequence in sequences)
+    members: list[list[int]] = [[] for _ in tokens]
+    for number, nodes in enumerate(index):
+        for node in nodes:
             members[node].append(number)
-            parent = node
-    return tuple(tokens), tuple(parents), tuple(tuple(row) for row in members)
+    return tokens, parents, tuple(tuple(row) for row in members)
 
 
 @dataclass(frozen=True, eq=False)
@@ -132,12 +155,17 @@ class Draft:
         replacement, the parent's distribution with earlier siblings removed and renormalized).
         None means every node is deterministic (argmax, top-k, n-gram, retrieval): a point mass.
     :param aux: extra verification rows that are not candidates (see `AuxTokens`).
+    :param confidence: length-T floats in [0, 1] or None: the drafter's estimate that node i is
+        accepted given that its parent is (the root always is). Advisory only: verification never
+        reads it, so a wrong estimate costs speed, never losslessness. Composite drafters
+        (`merge`) use it to weigh nodes from several drafters; without it they learn an estimate.
     """
 
     tokens: torch.Tensor
     parents: tuple[int, ...]
     q: torch.Tensor | None = None
     aux: AuxTokens | None = None
+    confidence: tuple[float, ...] | None = None
     #: the draft this one was cut from (`subtree`, `truncated`), None for an original; see `derives_from`
     origin: "Draft | None" = field(default=None, repr=False)
 
@@ -162,6 +190,14 @@ class Draft:
             raise DraftError(f"draft q must have shape [{count}, vocab], got {tuple(self.q.shape)}")
         if self.aux is not None and self.aux.attends_to.shape[1] != count + self.aux.tokens.shape[0]:
             raise DraftError("aux attends_to must have T + A columns (draft nodes, then aux rows)")
+        if self.confidence is not None:
+            confidence = tuple(float(value) for value in self.confidence)
+            if len(confidence) != count:
+                raise DraftError(f"draft has {count} tokens but {len(confidence)} confidence values")
+            bad = [value for value in confidence if not 0.0 <= value <= 1.0]  # NaN fails too
+            if bad:
+                raise DraftError(f"draft confidence values are probabilities in [0, 1], got {bad[0]}")
+            object.__setattr__(self, "confidence", confidence)
 
     # -- constructors -------------------------------------------------------------------------
 
@@ -250,7 +286,7 @@ class Draft:
     def subtree(self, nodes: Sequence[int]) -> "Draft":
         """The draft made of `nodes`, renumbered in the order given: each node's parent must be
         among them, earlier. Drafters use it to keep the nodes worth verifying out of a candidate
-        pool, or to reorder a tree; q rows follow their nodes (so keep sibling groups whole and
+        pool, or to reorder a tree; q rows and confidence values follow their nodes (so keep sibling groups whole and
         in order when q describes draws without replacement), aux rows stay, minus their
         attention to the dropped nodes."""
         parents = subtree_parents(self.parents, nodes)
@@ -261,7 +297,9 @@ class Draft:
             columns = torch.cat([index, torch.arange(self.num_nodes, self.num_nodes + self.num_aux)])
             aux = AuxTokens(self.aux.tokens, self.aux.position_offsets,
                             self.aux.attends_to[:, columns.to(self.aux.attends_to.device)])
-        return Draft(self.tokens[index.to(self.tokens.device)], parents, q, aux, origin=self.origin or self)
+        confidence = None if self.confidence is None else tuple(self.confidence[node] for node in nodes)
+        return Draft(self.tokens[index.to(self.tokens.device)], parents, q, aux, confidence,
+                     origin=self.origin or self)
 
     def derives_from(self, draft: "Draft") -> bool:
         """Whether this draft is `draft` or was cut from it. The engine may cut a drafter's draft

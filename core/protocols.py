@@ -147,8 +147,9 @@ class Drafter(Protocol):
     def observe(self, outcome: StepOutcome) -> None:
         """The target verified a draft; update per-sequence state.
 
-        Inside a composite drafter (`fallback`), `outcome.draft` may be another drafter's
-        draft: compare it with the draft you returned (`is`) before trusting `outcome.path`.
+        Inside a composite drafter (`fallback`, `merge`), `outcome.draft` may be another
+        drafter's draft: compare it with the draft you returned (`is`) before trusting
+        `outcome.path`.
         """
         ...
 

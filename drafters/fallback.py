@@ -25,6 +25,8 @@ class FallbackDrafter(BaseDrafter):
         self.drafters = list(drafters)
         self.hidden_state_layers = tuple(sorted({layer for drafter in self.drafters
                                                  for layer in drafter.hidden_state_layers}))
+        # Token Recycling learns from every verification's logits, whichever draft was verified
+        self.wants_logits = any(getattr(drafter, "wants_logits", False) for drafter in self.drafters)
         self.used: list[int] = [0] * len(self.drafters)  # steps each sub-drafter's draft was verified
 
     def start(self, prompt: Sequence[int], params: SamplingParams) -> None:

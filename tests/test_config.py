@@ -50,7 +50,7 @@ def test_every_problem_is_reported_at_once(tmp_path):
     assert any(line.startswith("pipeline.yaml:10: verifer: unknown section (did you mean 'verifier'?)")
                for line in found)
     assert ("pipeline.yaml:4: drafter.type: unknown drafter 'draft_modle'; did you mean 'draft_model'?; "
-            "installed drafters: draft_model, fallback, none") in found
+            "installed drafters: draft_model, fallback, merge, none") in found
     assert any(line.startswith("pipeline.yaml:6: acceptance.type: unknown acceptance policy 'typical'; it "
                                "is provided by the plugin distribution specdec-plugin-typical")
                for line in found)
