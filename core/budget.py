@@ -49,26 +49,48 @@ class DraftBudget:
 
     :param cost_at: batch size -> the `CostModel` of verification at that batch size (nodes per
         sequence -> cost in batched plain steps); called once per step, so cache it.
-    :param prior_rate: acceptance prior at depth 1 (depth d: `prior_rate ** d`) for sequences with
-        few steps, weighted as `prior_weight` steps.
+    :param prior_rate: acceptance at depth 1 (depth d: `prior_rate ** d`) assumed before any
+        sequence has finished, weighted as `population_weight` steps against what finished
+        sequences achieved (`retire`); that blend is the prior of a sequence with few steps of its
+        own, weighted as `prior_weight` steps. Short requests under load live mostly on the
+        prior, so it is learned: a fixed optimistic one let every newcomer widen the batch.
     """
 
     def __init__(self, cost_at: Callable[[int], CostModel], sizes: Sequence[int] = BUDGET_SIZES,
-                 prior_rate: float = 0.6, prior_weight: float = 2.0):
+                 prior_rate: float = 0.6, prior_weight: float = 2.0, population_weight: float = 8.0):
         self.cost_at = cost_at
         self.sizes = tuple(sizes)
         self.prior_rate = prior_rate
         self.prior_weight = prior_weight
+        self.population_weight = population_weight
+        self._retired = SequenceRecord([], [])
 
-    def accepted_tokens(self, record: SequenceRecord, size: int) -> float:
+    def retire(self, record: SequenceRecord) -> None:
+        """Learn from a finished sequence: its counts join the population the prior comes from."""
+        def added(left: Sequence[int], right: Sequence[int]) -> list[int]:
+            size = max(len(left), len(right))
+            return [(left[i] if i < len(left) else 0) + (right[i] if i < len(right) else 0) for i in range(size)]
+
+        self._retired = SequenceRecord(added(self._retired.drafted_at_depth, record.drafted_at_depth),
+                                       added(self._retired.accepted_at_depth, record.accepted_at_depth))
+
+    def priors(self, depth: int) -> list[float]:
+        """The prior acceptance rate at depths 1..depth: finished sequences' rate, blended with
+        `prior_rate ** d`."""
+        weight, drafted, accepted = self.population_weight, self._retired.drafted_at_depth, self._retired.accepted_at_depth
+        return [((accepted[d - 1] if d <= len(accepted) else 0) + weight * self.prior_rate ** d)
+                / ((drafted[d - 1] if d <= len(drafted) else 0) + weight) for d in range(1, depth + 1)]
+
+    def accepted_tokens(self, record: SequenceRecord, size: int, priors: Sequence[float] | None = None) -> float:
         """Expected accepted draft tokens of a draft `size` deep: sum over d <= size of r(d)."""
+        priors = self.priors(size) if priors is None else priors
         weight = self.prior_weight
         drafted, accepted = record.drafted_at_depth, record.accepted_at_depth
         total = 0.0
         for depth in range(1, size + 1):
             tried = drafted[depth - 1] if depth <= len(drafted) else 0
             kept = accepted[depth - 1] if depth <= len(accepted) else 0
-            total += (kept + weight * self.prior_rate ** depth) / (tried + weight)
+            total += (kept + weight * priors[depth - 1]) / (tried + weight)
         return total
 
     def max_nodes(self, batch_size: int, records: Sequence[SequenceRecord]) -> int:
@@ -93,9 +115,10 @@ class DraftBudget:
         if not longest:
             return 0
         cost = self.cost_at(batch_size)
+        priors = self.priors(longest)
         best_size, best_gain = 0, float(batch_size)
         for size in sorted({min(size, longest) for size in self.sizes} | {longest}):
-            tokens = batch_size + sum(self.accepted_tokens(record, min(size, nodes)) for record, nodes in drafts)
+            tokens = batch_size + sum(self.accepted_tokens(record, min(size, nodes), priors) for record, nodes in drafts)
             gain = tokens / cost.step_cost(size)
             if gain > best_gain:
                 best_size, best_gain = size, gain

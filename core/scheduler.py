@@ -413,6 +413,8 @@ class StepScheduler:
 
     def _finish(self, handle: SequenceHandle, reason: str) -> None:
         handle.stats.wall_seconds = time.perf_counter() - handle.started
+        if self.budget is not None and handle.max_draft_tokens != 0:
+            self.budget.retire(_record(handle))
         self._release(handle)
         handle.result = GenerationResult(handle.tokens[len(handle.prompt):], reason, handle.stats)
 

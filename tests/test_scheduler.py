@@ -171,6 +171,18 @@ def test_a_lone_draft_in_a_batch_is_cut_when_it_cannot_pay_for_the_whole_padded_
     assert budget.trimmed_size(8, [(SequenceRecord([], []), 6)] + [(SequenceRecord([], []), 0)] * 7) == 0
 
 
+def test_the_budget_learns_its_prior_from_finished_sequences():
+    """A newcomer has no history: its prior comes from what finished sequences achieved, so a
+    population that rarely accepts stops newcomers' drafts from widening the batch."""
+    budget = DraftBudget(lambda batch_size: CostModel(node_cost=0.3))
+    newcomer = SequenceRecord([], [])
+    assert budget.trimmed_size(4, [(newcomer, 4)] * 4) > 0  # the optimistic start: 0.6 ** depth
+    for _ in range(10):
+        budget.retire(SequenceRecord([40, 40, 40, 40], [4, 1, 0, 0]))
+    assert budget.priors(2) == pytest.approx([(40 + 8 * 0.6) / (400 + 8), (10 + 8 * 0.36) / (400 + 8)])
+    assert budget.trimmed_size(4, [(newcomer, 4)] * 4) == 0
+
+
 def test_budget_prefers_plain_decoding_when_verification_is_expensive():
     record = SequenceRecord(drafted_at_depth=[50, 50, 50], accepted_at_depth=[10, 2, 0])
     cheap = DraftBudget(lambda batch_size: CostModel(node_cost=0.02))
