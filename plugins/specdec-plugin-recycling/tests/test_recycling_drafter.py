@@ -4,9 +4,9 @@ and exact rows included), and pruning to what pays."""
 import pytest
 import torch
 
-from specdec import CostModel, Draft, DraftContext, SamplingParams, StepOutcome, TorchRandom
+from specdec import CostModel, Draft, DraftContext, SamplingParams, StepOutcome, TorchRandom, path_probabilities
 
-from specdec_plugin_recycling.drafter import TokenRecyclingDrafter, path_probabilities
+from specdec_plugin_recycling.drafter import MAX_SIBLING_SUM, TokenRecyclingDrafter
 
 V = 16
 TREE = [[0], [1], [0, 0], [0, 1], [1, 0], [0, 0, 0]]
@@ -91,7 +91,7 @@ def test_a_per_request_table_starts_empty_and_a_shared_one_keeps_its_rows():
 
 
 def test_siblings_share_at_most_one_chance_and_paths_multiply():
-    chances = path_probabilities((-1, -1, 0), [0.9, 0.6, 0.5])
+    chances = path_probabilities((-1, -1, 0), [0.9, 0.6, 0.5], max_sibling_sum=MAX_SIBLING_SUM)
     assert chances[0] + chances[1] == pytest.approx(0.99)
     assert chances[2] == pytest.approx(chances[0] * 0.5)
 

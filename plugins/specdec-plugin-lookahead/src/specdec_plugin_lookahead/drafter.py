@@ -28,8 +28,8 @@ from typing import Sequence
 import torch
 
 from specdec import (AcceptanceTracker, AuxTokens, BaseDrafter, CostModel, Draft, DraftContext, SamplingParams,
-                     SlotAcceptance, StepOutcome, breadth_first, merge_sequences, select_nodes, subtree_parents,
-                     tree_depths)
+                     SlotAcceptance, StepOutcome, breadth_first, merge_sequences, path_probabilities, select_nodes,
+                     subtree_parents, tree_depths)
 
 from specdec_plugin_lookahead.auto import OnTopOf, WindowGain, choose_window
 from specdec_plugin_lookahead.pool import TEXT, WINDOW, NGramPool
@@ -158,7 +158,8 @@ class LookaheadDrafter(BaseDrafter):
             if limit is not None:
                 order = order[:limit]
             return trie.subtree(order)
-        chances = _path_probabilities(parents, [self.acceptance.probability(slot) for slot in slots])
+        chances = path_probabilities(parents, [self.acceptance.probability(slot) for slot in slots],
+                                     max_sibling_sum=MAX_SIBLING_SUM)
         cost = OnTopOf(self.cost, rows) if rows else self.cost
         nodes = select_nodes(chances, parents, cost, min_gain=self.min_gain, max_nodes=limit)
         if not nodes:
@@ -187,22 +188,6 @@ class LookaheadDrafter(BaseDrafter):
             return  # not our draft (inside a composite), or no window this step: it stays as it is
         outputs = outcome.aux_logits.argmax(dim=-1).tolist()
         self.window.advance(self._last_root, outputs, self.pool)
-
-
-def _path_probabilities(parents: Sequence[int], conditional: Sequence[float]) -> list[float]:
-    """Each node's chance of being accepted with its whole path, from its chance given the
-    parent; siblings exclude each other, so their conditionals are scaled to sum to at most
-    `MAX_SIBLING_SUM`."""
-    scaled = list(conditional)
-    totals: dict[int, float] = {}
-    for node, parent in enumerate(parents):
-        totals[parent] = totals.get(parent, 0.0) + scaled[node]
-    result: list[float] = []
-    for node, parent in enumerate(parents):
-        if totals[parent] > MAX_SIBLING_SUM:
-            scaled[node] *= MAX_SIBLING_SUM / totals[parent]
-        result.append(scaled[node] * (1.0 if parent < 0 else result[parent]))
-    return result
 
 
 class JacobiDrafter(BaseDrafter):

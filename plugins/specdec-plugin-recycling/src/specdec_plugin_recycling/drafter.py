@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from specdec import (AcceptanceTracker, BaseDrafter, CostModel, Draft, DraftContext, SamplingParams, SlotAcceptance,
-                     StepOutcome, select_nodes, subtree_parents)
+                     StepOutcome, path_probabilities, select_nodes, subtree_parents)
 from specdec_plugin_recycling.table import AdjacencyTable, top_candidates
 from specdec_plugin_recycling.templates import PAPER_TREE, TreeTemplate
 
@@ -165,7 +165,7 @@ class TokenRecyclingDrafter(BaseDrafter):
         if not found.tokens:
             return _EMPTY
         self.tracker.add(len(tokens), found.tokens, found.parents, found.cells)  # learn from all of it
-        chances = path_probabilities(found.parents, found.conditional)
+        chances = path_probabilities(found.parents, found.conditional, max_sibling_sum=MAX_SIBLING_SUM)
         limit = self.max_nodes if context.max_nodes is None else min(self.max_nodes, context.max_nodes)
         nodes = select_nodes(chances, found.parents, self.cost, min_gain=self.min_gain, adaptive=self.adaptive,
                              max_nodes=limit, max_depth=context.max_depth)
@@ -188,20 +188,3 @@ class TokenRecyclingDrafter(BaseDrafter):
         order += [0] + [node + 1 for node in path]
         ids, shares = top_candidates(outcome.logits, self.table.top_k)  # every row; reordered below, small
         self.table.write([root if row == 0 else node_tokens[row - 1] for row in order], ids[order], shares[order])
-
-
-def path_probabilities(parents: Sequence[int], conditional: Sequence[float]) -> list[float]:
-    """Each node's chance of being accepted with its whole path, from the chances given the
-    parent; siblings exclude each other, so their conditionals are scaled to sum to at most
-    `MAX_SIBLING_SUM`."""
-    scaled = list(conditional)
-    totals: dict[int, float] = {}
-    for node, parent in enumerate(parents):
-        totals[parent] = totals.get(parent, 0.0) + scaled[node]
-    for node, parent in enumerate(parents):
-        if totals[parent] > MAX_SIBLING_SUM:
-            scaled[node] *= MAX_SIBLING_SUM / totals[parent]
-    result: list[float] = []
-    for node, parent in enumerate(parents):
-        result.append(scaled[node] * (1.0 if parent < 0 else result[parent]))
-    return result
