@@ -296,15 +296,15 @@ def test_the_load_script_measures_both_modes_at_each_concurrency(spec_server, tm
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     rows = {(row["concurrency"], row["mode"]): row for row in results["rows"]}
     assert sorted(rows) == [(1, "off"), (1, "on"), (3, "off"), (3, "on")]
-    assert [row["requests"] for row in results["rows"]] == [3, 3, 6, 6]  # 3 tasks; at least 2C requests
+    assert [row["requests"] for row in results["rows"]] == [4, 4, 12, 12]  # 3 tasks; at least 4C requests
     sent = sorted((record["sent"], record["mode"]) for record in results["records"] if record["concurrency"] == 1)
-    assert [mode for _, mode in sent] == ["on", "on", "off", "off", "off", "on"]  # blocks of 2C, alternating
+    assert [mode for _, mode in sent] == ["on", "on", "off", "off", "off", "off", "on", "on"]  # blocks of 2C
     assert all(row["errors"] == 0 and row["tokens"] > 0 and row["ttft_p50"] > 0 for row in rows.values())
     assert rows[1, "off"]["mean_accepted_tokens"] == 1.0 and rows[1, "on"]["mean_accepted_tokens"] > 1.0
     assert 0 <= rows[1, "off"]["draft_ms_per_token"] < rows[1, "on"]["draft_ms_per_token"]  # off: start() only
     assert all(0 < row["server_share"] < 1 for row in rows.values())
-    assert results["differ"] == {"1": [0, 3], "3": [0, 6]}
-    assert "| 3 | on | 6 |" in (tmp_path / "out" / "report.md").read_text()
+    assert results["differ"] == {"1": [0, 4], "3": [0, 12]}
+    assert "| 3 | on | 12 |" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_the_load_script_compares_the_server_with_the_same_pipeline_offline(spec_server, models, tmp_path, capsys):

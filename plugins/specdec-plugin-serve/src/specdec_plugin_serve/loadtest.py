@@ -4,11 +4,13 @@
         --questions ../shared/data/spec_bench/dev.jsonl --limit 10 --concurrency 1 4 16 64 \\
         --max-tokens 128 --output loadtest-results
 
-For each concurrency C, the first turns of the selected questions (repeated to at least 2C
+For each concurrency C, the first turns of the selected questions (repeated to at least 4C
 requests) are sent as streamed chat completions by C client tasks, with speculation on (the
 pipeline's drafter) and off (`{"enabled": false}`) on the same server. The modes alternate in
 blocks of 2C requests (on, off, off, on, ...: at concurrency 1 every second request), so that a
-machine whose load drifts (other jobs) slows both alike. Per mode and concurrency it reports:
+machine whose load drifts (other jobs) slows both alike; at least two blocks per mode, so that
+each mode runs first once (the first long block after the warm-up pays one-off costs: at
+concurrency 64 a single block per mode measured 0.85x for a server that drafted nothing). Per mode and concurrency it reports:
 
 - throughput: generated tokens (from `usage`) / the round's wall time, and requests/s;
 - TTFT: from sending the request to its first text, p50/p90/p99;
@@ -289,7 +291,7 @@ async def run(args: argparse.Namespace) -> dict:
           f"{' '.join(map(str, args.concurrency))}, {args.max_tokens} new tokens", file=sys.stderr)
     rounds: list[Round] = []
     for concurrency in args.concurrency:
-        requests = [prompts[i % len(prompts)] for i in range(max(len(prompts), 2 * concurrency))]
+        requests = [prompts[i % len(prompts)] for i in range(max(len(prompts), 4 * concurrency))]
         if args.warmup:  # the first batch of a new size measures its draft costs: not in the timing
             for mode in args.modes:
                 await run_round(url, model, requests[:concurrency], mode, concurrency, 8, args.timeout)
