@@ -9,6 +9,7 @@ identical pipeline. The shutdown tests run `specdec serve` itself in a subproces
 from __future__ import annotations
 
 import concurrent.futures
+import importlib
 import json
 import os
 import re
@@ -56,7 +57,14 @@ class Running:
         while not self.server.started:
             assert self.thread.is_alive() and time.monotonic() < deadline, "the server did not start"
             time.sleep(0.01)
-        self.client = openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, timeout=60)
+        # no retries (a failure must show) and no pooled connections: uvicorn closes a keep-alive
+        # connection idle for 5 s, and one reused at that moment fails with "Server disconnected
+        # without sending a response" (real clients retry it). The client's HTTP library is httpx
+        # or, in newer openai releases, httpx2: take its Limits from the class openai builds on.
+        http = importlib.import_module(openai.DefaultHttpxClient.__mro__[1].__module__.partition(".")[0])
+        self.client = openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, timeout=60,
+                                    http_client=openai.DefaultHttpxClient(
+                                        limits=http.Limits(max_connections=64, max_keepalive_connections=0)))
         self.model = self.app.state.service.model_name
 
     def close(self) -> None:
