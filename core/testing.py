@@ -848,6 +848,19 @@ class AlwaysAccept:
         return Acceptance(tuple(path), rng.categorical(warp_logits(logits[row], params)))
 
 
+class AcceptsEverythingWhenSampling(RejectionSampling):
+    """A broken policy that is exact at temperature 0 (plain rejection sampling there) and accepts
+    every draft when sampling: only the sampling checks can catch it, so a drafter's tests use it to
+    show that their distribution check has teeth."""
+
+    lossless = False
+
+    def accept(self, logits, draft, params, rng):
+        if params.greedy:
+            return super().accept(logits, draft, params, rng)
+        return AlwaysAccept().accept(logits, draft, params, rng)
+
+
 class ModelTreeDrafter(BaseDrafter):
     """A tree drafter for tests: a small model proposes `widths[d]` children per node at depth d
     (see `sample_tree` for the modes). It recomputes the draft model from scratch for every node,

@@ -7,7 +7,7 @@ import pytest
 from specdec import RejectionSampling
 from specdec.drafters.draft_model import DraftModelDrafter
 from specdec.drafters.none import NoDrafter
-from specdec.testing import AlwaysAccept, assert_lossless, perturbed_copy
+from specdec.testing import AcceptsEverythingWhenSampling, assert_lossless, perturbed_copy
 
 
 def test_a_drafter_that_never_drafts_cannot_pass_as_lossless():
@@ -15,13 +15,6 @@ def test_a_drafter_that_never_drafts_cannot_pass_as_lossless():
         assert_lossless(lambda target: NoDrafter(), quick=True)
 
 
-class AcceptsEverythingWhenSampling(RejectionSampling):
-    """Exact at temperature 0, so only the sampling checks can catch it."""
-
-    def accept(self, logits, draft, params, rng):
-        if params.greedy:
-            return super().accept(logits, draft, params, rng)
-        return AlwaysAccept().accept(logits, draft, params, rng)
 
 
 def test_the_quick_preset_passes_a_lossless_drafter_and_fails_a_broken_policy():

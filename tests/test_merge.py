@@ -8,7 +8,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from specdec import (AuxTokens, CostModel, Draft, DraftContext, DraftError, RejectionSampling, SamplingParams,
+from specdec import (AuxTokens, CostModel, Draft, DraftContext, DraftError, SamplingParams,
                      StepOutcome)
 from specdec.config import load_yaml, validate_pipeline
 from specdec.cost import path_probabilities
@@ -18,7 +18,8 @@ from specdec.drafters.merge import MergeDrafter, node_slots
 from specdec.errors import ConfigError
 from specdec.plugins import load_plugins
 from specdec.protocols import BaseDrafter
-from specdec.testing import AlwaysAccept, ModelTreeDrafter, SAMPLING_CASES, assert_lossless, perturbed_copy
+from specdec.testing import (AcceptsEverythingWhenSampling, ModelTreeDrafter, SAMPLING_CASES,
+                             assert_lossless, perturbed_copy)
 
 VOCAB = 16
 
@@ -374,13 +375,6 @@ def test_merge_is_lossless_full_check():
     assert_lossless(merged_drafters)
 
 
-class AcceptsEverythingWhenSampling(RejectionSampling):
-    """A broken policy, exact at temperature 0, so only the sampling checks can catch it."""
-
-    def accept(self, logits, draft, params, rng):
-        if params.greedy:
-            return super().accept(logits, draft, params, rng)
-        return AlwaysAccept().accept(logits, draft, params, rng)
 
 
 def test_the_harness_fails_merge_under_a_broken_policy():

@@ -8,8 +8,9 @@ drafter that never proposes, or a window whose aux logits are never used, fails 
 
 import pytest
 
-from specdec import CostModel, GreedyAcceptance, RejectionSampling
-from specdec.testing import AlwaysAccept, SAMPLING_CASES, assert_lossless, check_greedy_identity, tiny_llama
+from specdec import CostModel, GreedyAcceptance
+from specdec.testing import (AcceptsEverythingWhenSampling, SAMPLING_CASES, assert_lossless,
+                             check_greedy_identity, tiny_llama)
 
 from specdec_plugin_lookahead.drafter import JacobiDrafter, LookaheadDrafter
 from specdec_plugin_lookahead.pool import WINDOW
@@ -87,13 +88,6 @@ def test_lookahead_defaults_pass_the_full_check():
     assert counts["nodes"] > 0
 
 
-class AcceptsEverythingWhenSampling(RejectionSampling):
-    """A broken policy, exact at temperature 0, so only the sampling checks can catch it."""
-
-    def accept(self, logits, draft, params, rng):
-        if params.greedy:
-            return super().accept(logits, draft, params, rng)
-        return AlwaysAccept().accept(logits, draft, params, rng)
 
 
 @pytest.mark.parametrize("kind, kwargs", [(LookaheadDrafter, {"window": 3, "ngram": 3, "guesses": 3}),

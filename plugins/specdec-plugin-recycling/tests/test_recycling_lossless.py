@@ -9,8 +9,8 @@ trivially) or drafts no tree fails here.
 import pytest
 import torch
 
-from specdec import CostModel, GreedyAcceptance, RejectionSampling, SamplingParams
-from specdec.testing import (AlwaysAccept, SAMPLING_CASES, assert_lossless, check_greedy_identity,
+from specdec import CostModel, GreedyAcceptance, SamplingParams
+from specdec.testing import (AcceptsEverythingWhenSampling, SAMPLING_CASES, assert_lossless, check_greedy_identity,
                              check_sampling_distribution, tiny_llama)
 
 from specdec_plugin_recycling.drafter import TokenRecyclingDrafter
@@ -62,13 +62,6 @@ def test_greedy_acceptance_and_per_request_tables_give_plain_greedy_output():
         assert counts["nodes"] > 0
 
 
-class AcceptsEverythingWhenSampling(RejectionSampling):
-    """A broken policy, exact at temperature 0, so only the sampling checks can catch it."""
-
-    def accept(self, logits, draft, params, rng):
-        if params.greedy:
-            return super().accept(logits, draft, params, rng)
-        return AlwaysAccept().accept(logits, draft, params, rng)
 
 
 def test_the_harness_fails_token_recycling_under_a_broken_policy():

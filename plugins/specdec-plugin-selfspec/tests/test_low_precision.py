@@ -7,7 +7,7 @@ import torch
 from specdec import Draft, HFVerifier, NoDrafter, RejectionSampling, SamplingParams, SpeculativeDecoder
 from specdec.errors import GenerationError
 from specdec.testing import (
-    AlwaysAccept,
+    AcceptsEverythingWhenSampling,
     assert_lossless,
     check_batched_greedy_identity,
     check_greedy_identity,
@@ -172,11 +172,6 @@ def test_a_q_that_is_not_the_truncated_distribution_fails_the_sampling_check():
         check_sampling_distribution(make, target, SamplingParams(temperature=1.0), num_samples=600)
 
 
-class AcceptsEverythingWhenSampling(RejectionSampling):
-    def accept(self, logits, draft, params, rng):
-        if params.greedy:
-            return super().accept(logits, draft, params, rng)
-        return AlwaysAccept().accept(logits, draft, params, rng)
 
 
 def test_the_harness_fails_a_broken_policy_with_this_drafter():
