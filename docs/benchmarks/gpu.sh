@@ -1,36 +1,92 @@
 #!/usr/bin/env bash
-# The GPU checks of docs/benchmarks.md in one go: CUDA tests, then the engine benchmark (batch-1
-# plain decoding against generate(), CUDA-graph step overhead, throughput by batch size), then
-# `specdec bench --batch-size` with prompt lookup when the default model's weights are present.
+# The GPU checks of docs/benchmarks.md in one go, each stage with its own time limit and log in
+# OUT_DIR (a failing stage does not stop the next):
 #
-#   bash docs/benchmarks/gpu.sh OUT_DIR [--random-weights]
+#   bash docs/benchmarks/gpu.sh OUT_DIR [STAGE ...]
+#
+# Stages (default: cuda-tests enginebench throughput):
+#   cuda-tests     tests/test_cuda.py
+#   enginebench    batch-1 plain decoding against generate(), CUDA-graph step overhead, throughput
+#                  by batch size (add --random-weights as a stage to use random weights instead)
+#   throughput     `specdec bench --batch-size 1 8 32` with prompt lookup
+#   training-free  `specdec bench` at batch 1: prompt lookup (n-gram index, suffix automaton),
+#                  Token Recycling, lookahead auto, merge, against plain decoding
+#   serve          `specdec serve` with prompt lookup under the load test, speculation on/off
+#   selfspec       `specdec bench` with low_precision and layer_skip (few questions: their draft
+#                  forwards run eagerly)
 #
 # Expects specdec and its plugins installed (`.ci/setup` with SPECDEC_TORCH set to a CUDA build,
-# or `pip install -e . plugins/*`). Each stage has its own time limit and log in OUT_DIR; a
-# failing stage does not stop the next.
+# or `pip install -e . plugins/*`). SPECDEC_QUESTIONS names the question file, SPECDEC_DEADLINE
+# the seconds the whole script may take (a stage is cut to what is left, and skipped under 30 s);
+# SPECDEC_LIMIT (questions per task, default 10) and SPECDEC_TOKENS (new tokens, default 128)
+# shrink a dry run.
 set -uo pipefail
-out=${1:?usage: gpu.sh OUT_DIR [--random-weights]}
-random=${2:-}
+out=${1:?usage: gpu.sh OUT_DIR [STAGE ...]}
+shift
+stages=("$@")
+[ ${#stages[@]} -gt 0 ] || stages=(cuda-tests enginebench throughput)
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 questions=${SPECDEC_QUESTIONS:-../shared/data/spec_bench/dev.jsonl}
+limit=${SPECDEC_LIMIT:-10}
+tokens=${SPECDEC_TOKENS:-128}
+deadline=$((SECONDS + ${SPECDEC_DEADLINE:-3600}))
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$out/gpu.txt"
 
 stage() {  # stage NAME SECONDS COMMAND...
   local name=$1 seconds=$2; shift 2
-  echo "== $name"; local start=$SECONDS
+  local left=$((deadline - SECONDS))
+  [ "$seconds" -le "$left" ] || seconds=$left
+  if [ "$seconds" -lt 30 ]; then echo "== $name: skipped, ${left} s left"; return; fi
+  echo "== $name (limit $seconds s)"; local start=$SECONDS
   timeout "$seconds" "$@" > "$out/$name.log" 2>&1; local rc=$?
-  tail -n 40 "$out/$name.log"; echo "== $name: exit $rc, $((SECONDS - start)) s"
+  tail -n 30 "$out/$name.log"; echo "== $name: exit $rc, $((SECONDS - start)) s"
 }
 
-stage cuda-tests 240 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
-if [ "$random" = "--random-weights" ]; then
-  stage enginebench 400 python3 -m specdec_plugin_bench.enginebench --random-weights --device cuda \
-    --dtype bfloat16 --prompts 10 --max-new-tokens 128 --repeats 1 --hf-static --batch-sizes 1 8 32
-else
-  stage enginebench 400 python3 -m specdec_plugin_bench.enginebench --questions "$questions" --device cuda \
-    --dtype bfloat16 --prompts 10 --max-new-tokens 128 --repeats 1 --hf-static --batch-sizes 1 8 32
-  stage throughput 400 specdec bench -q "$questions" -p docs/benchmarks/prompt_lookup_cuda.yaml \
-    --batch-size 1 8 32 --limit 10 -n 128 --no-progress -o "$out/throughput"
-fi
+serve_under_load() {  # the load test against a server started here, stopped at the end
+  local port=8123
+  specdec serve docs/benchmarks/prompt_lookup_cuda.yaml --port "$port" --max-batch 64 > "$out/server.log" 2>&1 &
+  local server=$!
+  for _ in $(seq 240); do
+    python3 -c "import httpx; httpx.get('http://127.0.0.1:$port/health').raise_for_status()" 2> /dev/null && break
+    kill -0 "$server" 2> /dev/null || { echo "server died:"; tail -n 30 "$out/server.log"; return 1; }
+    sleep 1
+  done
+  local rc=0 concurrency
+  for concurrency in 1 4 16 64; do  # one run each, so that a cut-off stage keeps what finished
+    python3 -m specdec_plugin_serve.loadtest --url "http://127.0.0.1:$port" --questions "$questions" \
+      --limit "$limit" --concurrency "$concurrency" --max-tokens "$tokens" --output "$out/loadtest-c$concurrency" || rc=$?
+  done
+  python3 -m specdec_plugin_serve.loadtest --url "http://127.0.0.1:$port" --questions "$questions" \
+    --limit "$limit" --max-tokens "$tokens" --offline docs/benchmarks/prompt_lookup_cuda.yaml \
+    --output "$out/loadtest-offline" || rc=$?
+  kill -INT "$server"; wait "$server"
+  return $rc
+}
+
+bench=(specdec bench -q "$questions" --limit "$limit" -n "$tokens" --no-progress)
+for name in "${stages[@]}"; do
+  case $name in
+    cuda-tests) stage cuda-tests 120 python3 -m pytest -q -p no:cacheprovider --durations=15 tests/test_cuda.py ;;
+    enginebench) stage enginebench 400 python3 -m specdec_plugin_bench.enginebench --questions "$questions" \
+        --device cuda --dtype bfloat16 --prompts "$limit" --max-new-tokens "$tokens" --repeats 1 --hf-static --batch-sizes 1 8 32 ;;
+    --random-weights) stage enginebench 400 python3 -m specdec_plugin_bench.enginebench --random-weights \
+        --device cuda --dtype bfloat16 --prompts "$limit" --max-new-tokens "$tokens" --repeats 1 --hf-static \
+        --batch-sizes 1 8 32 ;;
+    throughput) stage throughput 400 "${bench[@]}" -p docs/benchmarks/prompt_lookup_cuda.yaml \
+        --batch-size 1 8 32 -o "$out/throughput" ;;
+    training-free) stage training-free 280 "${bench[@]}" --hf-baselines none -o "$out/training-free" \
+        -p plugins/specdec-plugin-retrieval/examples/prompt_lookup.yaml \
+           plugins/specdec-plugin-retrieval/examples/prompt_lookup_sam.yaml \
+           plugins/specdec-plugin-recycling/examples/token_recycling.yaml \
+           plugins/specdec-plugin-lookahead/examples/lookahead-auto.yaml \
+           docs/pipelines/merge-prompt-lookup-recycling.yaml ;;
+    serve) export -f serve_under_load; export out questions limit tokens
+        stage serve 300 bash -c serve_under_load; pkill -f "specdec serve" ;;
+    selfspec) stage selfspec 200 specdec bench -q "$questions" --limit 2 -n "$tokens" --no-progress \
+        --hf-baselines none -o "$out/selfspec" -p docs/benchmarks/low_precision_cuda.yaml \
+        docs/benchmarks/layer_skip_cuda.yaml ;;
+    *) echo "unknown stage $name"; exit 2 ;;
+  esac
+done

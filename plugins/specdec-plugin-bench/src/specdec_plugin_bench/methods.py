@@ -231,6 +231,11 @@ class SpecdecMethod:
     def encode(self, messages: list[dict]) -> list[int]:
         return self.pipeline.encode(messages)
 
+    def prepare(self, max_tokens: int) -> None:
+        """Build the drafter, and on CUDA the static cache and every CUDA graph, for one sequence
+        of up to `max_tokens` tokens, so that no timed generation pays for a capture."""
+        self.pipeline.scheduler.prepare(1, max_tokens)
+
     def decode(self, token_ids: Sequence[int]) -> str:
         return self.pipeline.tokenizer.decode(list(token_ids), skip_special_tokens=True)
 

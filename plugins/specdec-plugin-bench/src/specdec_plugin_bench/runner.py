@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 RECORDS_FILE = "records.jsonl"
 CONFIG_FILE = "config.json"
+ANSWER_SLACK_TOKENS = 16  # per earlier answer: chat-template tokens and re-encoding drift
 WARMUP_TOKENS = 32  # the untimed warm-up generation per method is capped at this many tokens
 
 
@@ -177,6 +178,18 @@ def make_record(method, question: Question, turn: int, run: int, seed: int | Non
     }
 
 
+def longest_conversation(encoder, questions: Sequence[Question], max_new_tokens: int) -> int:
+    """An upper bound on the tokens (prompt + answer) of any turn of any question: the last turn's
+    prompt with empty earlier answers, plus every turn's answer with room for the chat template
+    and for an answer that re-encodes to a few more tokens than were generated."""
+    longest = 0
+    for question in questions:
+        turns = len(question.turns)
+        prompt = encoder.encode(build_messages(question.turns, [""] * (turns - 1), turns))
+        longest = max(longest, len(prompt) + turns * (max_new_tokens + ANSWER_SLACK_TOKENS))
+    return longest
+
+
 def measure(methods: Sequence, questions: Sequence[Question], settings: BenchSettings, store: RecordStore,
             baseline: str, progress: bool = True) -> int:
     """Measure every (method, question, turn, run) the store lacks; returns how many were measured.
@@ -190,9 +203,12 @@ def measure(methods: Sequence, questions: Sequence[Question], settings: BenchSet
     if todo == 0:
         return 0
     encoder = methods[0]
+    longest = longest_conversation(encoder, questions, settings.max_new_tokens)
     warmup_prompt = encoder.encode(build_messages(questions[0].turns, [], 1))
     warmup = settings.params().replace(max_new_tokens=min(settings.max_new_tokens, WARMUP_TOKENS))
     for method in methods:
+        if hasattr(method, "prepare"):
+            method.prepare(longest)
         method.generate(warmup_prompt, warmup)
 
     measured = mismatched = 0

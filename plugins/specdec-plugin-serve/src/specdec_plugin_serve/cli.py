@@ -25,7 +25,15 @@ speculation off or tune the drafter's params with a `speculation` object. See do
 
 
 #: Prompt + completion tokens the server prepares the cache and CUDA graphs for at start.
-_PREPARED_TOKENS = 4096
+PREPARED_TOKENS = 4096
+
+
+def prepare(pipeline, num_sequences: int) -> None:
+    """Build `num_sequences` drafters now, and on CUDA the static cache and every CUDA graph for
+    requests of up to PREPARED_TOKENS tokens (a longer one grows the cache and captures again,
+    once), so that no request pays for them."""
+    verifier = pipeline.scheduler.verifier
+    pipeline.scheduler.prepare(num_sequences, min(getattr(verifier, "max_positions", PREPARED_TOKENS), PREPARED_TOKENS))
 
 
 def add_serve_parser(subparsers) -> argparse.ArgumentParser:
@@ -69,9 +77,6 @@ def run_command(args: argparse.Namespace) -> int:
     pipeline = Pipeline(validated, plugins)
     if args.max_batch is not None:
         pipeline.scheduler.max_batch_size = args.max_batch
-    # drafters now; on CUDA also the static cache and every CUDA graph, for requests of up to
-    # _PREPARED_TOKENS tokens (a longer one grows the cache and captures again, once)
-    pipeline.scheduler.prepare(pipeline.scheduler.max_batch_size,
-                               min(getattr(pipeline.scheduler.verifier, "max_positions", _PREPARED_TOKENS), _PREPARED_TOKENS))
+    prepare(pipeline, pipeline.scheduler.max_batch_size)
     return serve(pipeline, listener, model_name=args.model_name, shutdown_timeout=args.shutdown_timeout,
                  log_level=args.log_level, access_log=args.access_log)
