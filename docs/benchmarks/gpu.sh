@@ -9,11 +9,11 @@
 #   enginebench    batch-1 plain decoding against generate(), CUDA-graph step overhead, throughput
 #                  by batch size (add --random-weights as a stage to use random weights instead)
 #   throughput     `specdec bench --batch-size 1 8 32` with prompt lookup
-#   training-free  `specdec bench` at batch 1: prompt lookup (n-gram index, suffix automaton),
+#   training-free  `specdec bench` at batch 1 in bfloat16: prompt lookup (n-gram index, suffix automaton),
 #                  Token Recycling, lookahead auto, merge, against plain decoding
 #   serve          `specdec serve` with prompt lookup under the load test, speculation on/off
-#   selfspec       `specdec bench` with low_precision and layer_skip (few questions: their draft
-#                  forwards run eagerly)
+#   selfspec       `specdec bench` with low_precision (a bfloat16 copy of a float32 target) and
+#                  layer_skip (few questions: their draft forwards run eagerly)
 #
 # Expects specdec and its plugins installed (`.ci/setup` with SPECDEC_TORCH set to a CUDA build,
 # or `pip install -e . plugins/*`). SPECDEC_QUESTIONS names the question file, SPECDEC_DEADLINE
@@ -76,7 +76,8 @@ for name in "${stages[@]}"; do
         --batch-sizes 1 8 32 ;;
     throughput) stage throughput 400 "${bench[@]}" -p docs/benchmarks/prompt_lookup_cuda.yaml \
         --batch-size 1 8 32 -o "$out/throughput" ;;
-    training-free) stage training-free 280 "${bench[@]}" --hf-baselines none -o "$out/training-free" \
+    training-free) stage training-free 280 "${bench[@]}" --device cuda --dtype bfloat16 --hf-baselines none \
+        -o "$out/training-free" \
         -p plugins/specdec-plugin-retrieval/examples/prompt_lookup.yaml \
            plugins/specdec-plugin-retrieval/examples/prompt_lookup_sam.yaml \
            plugins/specdec-plugin-recycling/examples/token_recycling.yaml \
@@ -85,8 +86,9 @@ for name in "${stages[@]}"; do
     serve) export -f serve_under_load; export out questions limit tokens
         stage serve 300 bash -c serve_under_load; pkill -f "specdec serve" ;;
     selfspec) stage selfspec 200 specdec bench -q "$questions" --limit 2 -n "$tokens" --no-progress \
-        --hf-baselines none -o "$out/selfspec" -p docs/benchmarks/low_precision_cuda.yaml \
-        docs/benchmarks/layer_skip_cuda.yaml ;;
+        --device cuda --dtype float32 --hf-baselines none -o "$out/selfspec" \
+        -p plugins/specdec-plugin-selfspec/examples/low-precision.yaml \
+           plugins/specdec-plugin-selfspec/examples/layer-skip-auto.yaml ;;
     *) echo "unknown stage $name"; exit 2 ;;
   esac
 done

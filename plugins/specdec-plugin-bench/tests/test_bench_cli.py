@@ -190,3 +190,25 @@ def test_batch_size_measures_throughput_of_every_pipeline_at_every_size(files, t
     assert rows[("AR", 1)]["mean_accepted_tokens"] == 1.0 and rows[("draft", 3)]["mean_accepted_tokens"] > 1.0
     assert "| AR | 3 |" in (out / "throughput.md").read_text()
     assert "tok/s" in capsys.readouterr().out
+
+
+def test_device_and_dtype_replace_every_pipelines_target(files, bench_registered):
+    """`--device`/`--dtype` run one set of pipeline files on a CPU or a GPU alike (the files'
+    default target is the CPU in float32)."""
+    from specdec_plugin_bench.cli import validated_pipelines
+
+    paths = [str(files["ar"]), str(files["draft"])]
+    plain = validated_pipelines(paths, bench_registered)
+    assert {(item.spec.target.device, item.spec.target.dtype) for item in plain} == {("cpu", "float32")}
+    moved = validated_pipelines(paths, bench_registered, {"device": "auto", "dtype": "bfloat16"})
+    assert {(item.spec.target.device, item.spec.target.dtype) for item in moved} == {("auto", "bfloat16")}
+    assert {item.spec.target.model for item in moved} == {str(files["model"])}  # the rest is kept
+    only_dtype = validated_pipelines(paths, bench_registered, {"device": None, "dtype": "bfloat16"})
+    assert {(item.spec.target.device, item.spec.target.dtype) for item in only_dtype} == {("cpu", "bfloat16")}
+    [ar] = validated_pipelines([], bench_registered, {"device": "auto", "dtype": None})
+    assert ar.spec.drafter.type == "none" and ar.spec.target.device == "auto"
+
+
+def test_an_unknown_device_is_a_configuration_error(files, tmp_path, capsys):
+    assert bench(files, tmp_path / "out", "--device", "tpu") == 2
+    assert "device" in capsys.readouterr().err

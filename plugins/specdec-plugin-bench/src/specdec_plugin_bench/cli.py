@@ -54,6 +54,11 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
                         help="continue an earlier run in DIR, skipping the generations it has")
     parser.add_argument("--report", metavar="DIR", help="only rewrite DIR's report from its records")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--device", metavar="DEVICE",
+                        help="run every pipeline's target on DEVICE (cpu, cuda, cuda:N, auto), replacing the "
+                             "files' target.device (default: each file's own, cpu when it names none)")
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"),
+                        help="the target's dtype for every pipeline, replacing the files' target.dtype")
     parser.add_argument("--batch-size", nargs="+", type=_positive, metavar="N",
                         help="measure throughput instead: every pipeline (AR included) at each batch size N, "
                              "first turns only (throughput.md, throughput.json, throughput.png)")
@@ -119,7 +124,7 @@ def run_command(args: argparse.Namespace) -> int:
     questions = select_questions(load_questions(args.questions), args.tasks, args.limit)
 
     plugins = default_plugins()
-    validated = validated_pipelines(args.pipelines, plugins)
+    validated = validated_pipelines(args.pipelines, plugins, {"device": args.device, "dtype": args.dtype})
     names = list(dict.fromkeys(args.hf_baselines or []))
     if "none" in names and names != ["none"]:
         raise ConfigError("--hf-baselines: 'none' cannot be combined with other baselines")
@@ -182,13 +187,24 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def validated_pipelines(paths, plugins) -> list:
-    """Every pipeline file of --pipelines, validated (no model loads)."""
+def validated_pipelines(paths, plugins, target: dict | None = None) -> list:
+    """Every pipeline file of --pipelines, validated (no model loads).
+
+    :param target: `target` fields that replace the files' own (--device, --dtype): one set of
+        pipeline files then benchmarks on a CPU or a GPU alike. With no files, the AR baseline on
+        the default model gets them.
+    """
     from specdec import load_yaml, validate_pipeline
 
+    target = {key: value for key, value in (target or {}).items() if value is not None}
+    if not paths and target:
+        return [validate_pipeline({"name": "ar", "target": target, "drafter": {"type": "none"}},
+                                  plugins.registry, "<automatic AR baseline>")]
     validated = []
     for path in paths:
         data, text = load_yaml(path)
+        if target and isinstance(data, dict):
+            data = {**data, "target": {**(data.get("target") or {}), **target}}
         validated.append(validate_pipeline(data, plugins.registry, path, text))
     return validated
 
@@ -205,7 +221,7 @@ def _throughput(args: argparse.Namespace) -> int:
                             max_new_tokens=args.max_new_tokens)
     questions = select_questions(load_questions(args.questions), args.tasks, args.limit)
     plugins = default_plugins()
-    validated = validated_pipelines(args.pipelines, plugins)
+    validated = validated_pipelines(args.pipelines, plugins, {"device": args.device, "dtype": args.dtype})
     target = validated[0].spec.target.model_dump() if validated else {}
     if not any(item.spec.drafter.type == "none" for item in validated):
         validated.insert(0, validate_pipeline({"name": "AR", "target": target, "drafter": {"type": "none"}},
