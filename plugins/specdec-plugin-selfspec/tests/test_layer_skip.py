@@ -14,7 +14,7 @@ from specdec.testing import (
     tiny_llama,
 )
 
-from specdec_plugin_selfspec.layer_skip import LayerSkipDrafter
+from specdec_plugin_selfspec.layer_skip import MIN_REALIZED_STEPS, Candidate, LayerSearch, LayerSkipDrafter
 from specdec_plugin_selfspec.testing import build, factory
 
 PROMPTS = [[1, 2, 3], [5], [4, 4, 4, 4, 7, 2], list(range(11)) * 2]
@@ -112,6 +112,44 @@ def test_auto_decodes_plainly_when_no_set_pays():
     plain = SpeculativeDecoder(HFVerifier(target, eos_token_ids=()), NoDrafter(), RejectionSampling())
     assert result.tokens == plain.generate(list(range(11)) * 2, SamplingParams(max_new_tokens=40)).tokens
     assert drafter.search.log.scored and result.stats.draft_tokens == 0
+
+
+def test_a_set_that_does_not_deliver_what_it_promised_stops_drafting_until_rescored():
+    """The score predicts from depth-1 acceptance and estimated costs; after a few drafting steps
+    what the set achieved (committed tokens per plain step's time, measured) decides."""
+    search = LayerSearch(6)
+    run = (0, 1, 4, 5)
+    search.record(1, Candidate(run, acceptance=0.8, value=1.5))
+    assert search.current(1.0) == run  # the promise alone
+    for _ in range(MIN_REALIZED_STEPS - 1):
+        search.achieved(run, 0.7)
+    assert search.current(1.0) == run  # too few steps to overrule the promise
+    search.achieved(run, 0.7)
+    assert search.current(1.0) is None  # measured: slower than plain decoding
+    search.achieved((0, 5), 3.0)  # another set's step does not count for this one
+    assert search.current(1.0) is None
+    search.record(40, Candidate(run, acceptance=0.8, value=1.5))  # a recheck rescores it
+    assert search.current(1.0) == run
+    for _ in range(MIN_REALIZED_STEPS):
+        search.achieved(run, 1.3)
+    assert search.current(1.0) == run  # delivered: drafting goes on
+
+
+def test_the_search_goes_on_across_generations_instead_of_starting_over():
+    """Each scoring forward costs about a plain step: a drafter that serves many requests searches
+    over its first steps only, then rechecks now and then."""
+    target = six_layers()
+    verifier = HFVerifier(target, eos_token_ids=())
+    drafter = build("layer_skip", target, verifier, **AUTO)
+    decoder = SpeculativeDecoder(verifier, drafter, RejectionSampling())
+    decoder.generate(list(range(11)) * 2, SamplingParams(max_new_tokens=60))
+    search = drafter.search
+    assert len(search.log.scored) >= AUTO["search_steps"]
+    before = len(search.log.scored)
+    result = decoder.generate([3, 1, 4, 1, 5, 9, 2, 6] * 2, SamplingParams(max_new_tokens=40))
+    rechecks = len(search.log.scored) - before
+    assert rechecks <= 2 * (result.stats.steps // AUTO["recheck_every"] + 1)  # a recheck scores two sets
+    assert result.stats.draft_tokens > 0
 
 
 def test_auto_is_lossless_greedy_alone_and_in_batches_and_under_sampling():

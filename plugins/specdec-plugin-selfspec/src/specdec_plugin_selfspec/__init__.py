@@ -77,8 +77,9 @@ class LayerSkipParams(DraftingParams):
     max_skip: float = Field(0.5, gt=0.0, lt=1.0, description="with auto: skip at most this share of the layers")
     window: int = Field(24, ge=4, le=256, description="with auto: recent generated tokens each candidate "
                                                       "set is scored on")
-    search_steps: int = Field(16, ge=1, le=1000, description="with auto: candidate sets scored at the start "
-                                                             "of each generation (one per step)")
+    search_steps: int = Field(16, ge=1, le=1000, description="with auto: candidate sets scored, one per step, "
+                                                             "over the drafter's first drafting steps (all "
+                                                             "generations together)")
     recheck_every: int = Field(32, ge=1, description="with auto: after the search, rescore the chosen set "
                                                      "and try one neighbour every this many steps")
     seed: int = Field(0, description="with auto: seed of the search's random moves")

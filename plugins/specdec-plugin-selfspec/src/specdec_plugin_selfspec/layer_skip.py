@@ -8,12 +8,16 @@ verification forward writes every layer at those positions and only `commit` mov
 length, so a draft entry can never pass for a committed one (the test suite compares the cache
 with a fresh forward after every step). There is no second cache to prefill or roll back.
 
-Which layers to skip: given in YAML, or `auto` (SWIFT, Xia et al. 2025, in spirit): at the start
-of each generation `LayerSearch` scores one candidate set per step on the last `window` generated
-tokens (each token drafted from the target's exact cache of the tokens before it: the depth-1
-acceptance rate, in one forward over the window) and keeps the set that promises the most
-committed tokens per unit of draft plus verification time; later it rescores the chosen set and
-one neighbour every `recheck_every` steps. Candidates start from a ladder of sets that skip the
+Which layers to skip: given in YAML, or `auto` (SWIFT, Xia et al. 2025, in spirit): for its first
+`search_steps` drafting steps (over the drafter's lifetime, not per generation: a scoring forward
+over the window costs about a plain step, and a drafter serves many requests) `LayerSearch`
+scores one candidate set per step on the last `window` generated tokens (each token drafted from
+the target's exact cache of the tokens before it: the depth-1 acceptance rate, in one forward
+over the window) and keeps the set that promises the most committed tokens per unit of draft
+plus verification time; after that it rescores the chosen set and one neighbour every
+`recheck_every` steps. A promise is checked against what drafting with the chosen set delivers:
+after `MIN_REALIZED_STEPS` drafting steps, the committed tokens per plain step's time actually
+achieved (draft forwards and verification timed) replace the promise, until the set is rescored. Candidates start from a ladder of sets that skip the
 layers which change the hidden state least (1 - cosine similarity of a layer's input and output
 on the first prompt, ShortGPT's block influence), then move locally (skip one more, one fewer,
 swap one) with an occasional random set. When no set beats plain decoding, the drafter drafts
@@ -37,6 +41,10 @@ from specdec_plugin_selfspec.stack import DecoderStack
 
 #: Fewest generated tokens a candidate set is scored on.
 MIN_WINDOW = 4
+#: Drafting steps with the chosen set before what they achieved replaces what its score promised.
+MIN_REALIZED_STEPS = 4
+#: Weight of a new step in the achieved value's moving average (after MIN_REALIZED_STEPS).
+REALIZED_WEIGHT = 0.1
 
 
 @dataclass
@@ -72,6 +80,8 @@ class LayerSearch:
         self._queue: list[tuple[int, ...]] = []
         self._searched = 0
         self._since_check = 0
+        self.realized: float | None = None  # committed tokens per plain step's time drafting with best.run
+        self._realized_steps = 0
 
     @property
     def middle(self) -> list[int]:
@@ -79,9 +89,10 @@ class LayerSearch:
         return list(range(1, self.num_layers - 1))
 
     def start(self) -> None:
-        self._searched = 0
-        self._since_check = 0
-        self._queue = self._ladder()
+        """A new generation: the search goes on where it was (its steps count over the drafter's
+        lifetime); an unfinished search starts again from the ladder."""
+        if self._searched < self.search_steps:
+            self._queue = self._ladder()
 
     def learn_influence(self, states: dict[int, torch.Tensor]) -> None:
         """`states[i]`: `[n, H]` inputs of layer i (Hugging Face hidden_states index i), i < L."""
@@ -149,15 +160,30 @@ class LayerSearch:
         if self.best is None or candidate.run == self.best.run or candidate.value > self.best.value:
             changed = self.best is None or self.best.run != candidate.run
             self.best = candidate
+            self.realized, self._realized_steps = None, 0  # a new or rescored promise gets its chance
             if changed:
                 self.log.chosen.append((step, tuple(layer for layer in range(self.num_layers)
                                                     if layer not in candidate.run)))
 
+    def achieved(self, run: tuple[int, ...], value: float) -> None:
+        """A drafting step with `run` committed `value` tokens per plain step's time."""
+        if self.best is None or run != self.best.run:
+            return
+        self._realized_steps += 1
+        if self.realized is None:
+            self.realized = value
+        elif self._realized_steps <= MIN_REALIZED_STEPS:  # the mean of the first steps
+            self.realized += (value - self.realized) / self._realized_steps
+        else:
+            self.realized += REALIZED_WEIGHT * (value - self.realized)
+
     def current(self, min_value: float) -> tuple[int, ...] | None:
-        """The layers to draft with, or None while no set is expected to beat plain decoding."""
-        if self.best is None or self.best.value <= min_value:
+        """The layers to draft with, or None while no set is expected (or, once measured, seen)
+        to beat plain decoding."""
+        if self.best is None:
             return None
-        return self.best.run
+        value = self.realized if self._realized_steps >= MIN_REALIZED_STEPS else self.best.value
+        return self.best.run if value > min_value else None
 
 
 class LayerSkipDrafter(BaseDrafter):
@@ -190,6 +216,7 @@ class LayerSkipDrafter(BaseDrafter):
         self.head_units = rows * model.get_output_embeddings().weight.shape[1] / layer_params + 0.5
         self.unit_seconds: float | None = None  # one layer-equivalent's time, measured
         self._last: Draft | None = None
+        self._step: tuple[tuple[int, ...], float, float] | None = None  # (run, draft seconds, handed over at)
 
     @property
     def hidden_state_layers(self) -> tuple[int, ...]:
@@ -265,6 +292,7 @@ class LayerSkipDrafter(BaseDrafter):
 
     def propose(self, context: DraftContext) -> Draft:
         self._last = None
+        self._step = None
         cache, slot = self.verifier.cache, context.slot
         committed = cache.lengths[slot]
         if cache.buffer is None or committed != len(context.tokens) - 1:
@@ -287,6 +315,7 @@ class LayerSkipDrafter(BaseDrafter):
         sample = not context.params.greedy and not self.greedy_draft
         picks, chances = [], []
         token, position = context.tokens[-1], committed
+        started = time.perf_counter()
         while True:
             tic = time.perf_counter()
             logits = self._forward(store, [token], position, run)[-1]
@@ -304,6 +333,8 @@ class LayerSkipDrafter(BaseDrafter):
         self.sizer.proposed(len(context.tokens), [p.token for p in picks], [p.confidence for p in picks])
         kept = self.sizer.keep(chances, len(picks))
         self.sizer.handed_over(kept)
+        now = time.perf_counter()
+        self._step = (run, now - started, now)
         if kept == 0:
             return Draft.empty()
         self._last = Draft.chain([p.token for p in picks[:kept]],
@@ -311,6 +342,13 @@ class LayerSkipDrafter(BaseDrafter):
         return self._last
 
     def observe(self, outcome: StepOutcome) -> None:
+        if self._step is not None and self.search is not None:
+            run, drafting, handed_over = self._step
+            plain = self.sizer.step_seconds.value
+            if plain:
+                seconds = drafting + time.perf_counter() - handed_over
+                self.search.achieved(run, (len(outcome.accepted_tokens) + 1) * plain / seconds)
+        self._step = None
         self.sizer.observed(outcome.tokens)
         if self.search is not None and self.search.influence is None and outcome.hidden_states:
             self.search.learn_influence(outcome.hidden_states)
