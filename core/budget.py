@@ -18,7 +18,11 @@ NVIDIA H100"). `DraftBudget` decides twice per step, with each sequence's own ac
 where `r_b(d)` is the fraction of b's steps that drafted at least d tokens and accepted at least
 d (blended with a prior while b has few steps) and `cost_B(m)` the measured cost of a forward
 with m draft tokens per sequence at batch size B, in batched plain steps
-(`specdec.cost.measure_batch_cost_model`). Every sequence of a padded batch pays for the longest
+(`specdec.cost.measure_batch_cost_model`). Before drafting, the drafting itself is counted too:
+drafters run one after another on the host, so each sequence's mean `propose` time, over the
+measured seconds of a batched plain step, adds to the cost of every k > 0. On a GPU, where a
+batched step takes milliseconds, a large batch's drafting can take longer than its forward
+(the serving benchmark on an H100, docs/benchmarks.md). Every sequence of a padded batch pays for the longest
 row, so one k serves the whole step; a request's own `max_draft_tokens` can only lower it. k = 0,
 no speculation, wins whenever nothing beats batched plain decoding. Deciding before drafting
 alone would have to guess who drafts: averaged over sequences, that guess let a few sequences'
@@ -38,10 +42,16 @@ BUDGET_SIZES = (1, 2, 3, 4, 6, 8, 12, 16)
 
 @dataclass
 class SequenceRecord:
-    """What the budget knows of one sequence: its acceptance counts by depth."""
+    """What the budget knows of one sequence: its acceptance counts by depth, and what its
+    drafter's `propose` calls took."""
 
     drafted_at_depth: Sequence[int]  # [d-1] = steps whose draft reached depth d
     accepted_at_depth: Sequence[int]  # [d-1] = steps that accepted >= d draft tokens
+    propose_seconds: float = 0.0  # in all its drafter's propose calls so far
+    proposals: int = 0  # how many calls
+
+    def seconds_per_proposal(self) -> float | None:
+        return self.propose_seconds / self.proposals if self.proposals else None
 
 
 class DraftBudget:
@@ -71,8 +81,21 @@ class DraftBudget:
             size = max(len(left), len(right))
             return [(left[i] if i < len(left) else 0) + (right[i] if i < len(right) else 0) for i in range(size)]
 
-        self._retired = SequenceRecord(added(self._retired.drafted_at_depth, record.drafted_at_depth),
-                                       added(self._retired.accepted_at_depth, record.accepted_at_depth))
+        retired = self._retired
+        self._retired = SequenceRecord(added(retired.drafted_at_depth, record.drafted_at_depth),
+                                       added(retired.accepted_at_depth, record.accepted_at_depth),
+                                       retired.propose_seconds + record.propose_seconds,
+                                       retired.proposals + record.proposals)
+
+    def drafting_cost(self, records: Sequence[SequenceRecord], cost: CostModel) -> float:
+        """What the sequences' drafting costs per step, in batched plain steps: the sum of their
+        mean `propose` seconds (a newcomer's: finished sequences' mean) over the plain step's
+        measured seconds; 0 when the plain step was not measured."""
+        if cost.plain_seconds <= 0:
+            return 0.0
+        population = self._retired.seconds_per_proposal() or 0.0
+        seconds = sum(population if (own := record.seconds_per_proposal()) is None else own for record in records)
+        return seconds / cost.plain_seconds
 
     def priors(self, depth: int) -> list[float]:
         """The prior acceptance rate at depths 1..depth: finished sequences' rate, blended with
@@ -100,7 +123,8 @@ class DraftBudget:
         :param records: the sequences that may draft; the other `batch_size - len(records)`
             sequences of the step (speculation off) commit one token and pay the padded forward.
         """
-        return self._best(batch_size, [(record, max(self.sizes)) for record in records])
+        return self._best(batch_size, [(record, max(self.sizes)) for record in records],
+                          self.drafting_cost(records, self.cost_at(batch_size)))
 
     def trimmed_size(self, batch_size: int, drafted: Sequence[tuple[SequenceRecord, int]]) -> int:
         """After drafting: the size every draft of the step is cut to; 0 = verify no draft.
@@ -110,7 +134,9 @@ class DraftBudget:
         """
         return self._best(batch_size, [(record, nodes) for record, nodes in drafted if nodes > 0])
 
-    def _best(self, batch_size: int, drafts: Sequence[tuple[SequenceRecord, int]]) -> int:
+    def _best(self, batch_size: int, drafts: Sequence[tuple[SequenceRecord, int]], drafting: float = 0.0) -> int:
+        """The size with the most committed tokens per unit of cost; `drafting` (in batched plain
+        steps) is added to the cost of every size but 0."""
         longest = max((nodes for _, nodes in drafts), default=0)
         if not longest:
             return 0
@@ -119,7 +145,7 @@ class DraftBudget:
         best_size, best_gain = 0, float(batch_size)
         for size in sorted({min(size, longest) for size in self.sizes} | {longest}):
             tokens = batch_size + sum(self.accepted_tokens(record, min(size, nodes), priors) for record, nodes in drafts)
-            gain = tokens / cost.step_cost(size)
+            gain = tokens / (cost.step_cost(size) + drafting)
             if gain > best_gain:
                 best_size, best_gain = size, gain
         return best_size

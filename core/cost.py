@@ -41,11 +41,14 @@ class CostModel:
     :param node_cost: extra cost of each draft node (linear model).
     :param draft_overhead: extra fixed cost of a step that verifies any draft (linear model).
     :param curve: measured `(draft nodes, cost)` points, sizes increasing; replaces the linear model.
+    :param plain_seconds: the measured seconds of the plain step the costs are relative to (0:
+        not measured); lets host-side work such as drafting be counted in plain steps too.
     """
 
     node_cost: float = 0.08
     draft_overhead: float = 0.0
     curve: tuple[tuple[int, float], ...] = ()
+    plain_seconds: float = 0.0
 
     def __post_init__(self):
         sizes = [size for size, _ in self.curve]
@@ -258,7 +261,7 @@ _measured: "weakref.WeakKeyDictionary[torch.nn.Module, CostModel]" = weakref.Wea
 def measure_cost_model(model: torch.nn.Module) -> CostModel:
     """The target's verification cost curve (see the module docstring), cached per model."""
     if model not in _measured:
-        _measured[model] = CostModel(curve=_measure(model))
+        _measured[model] = _measure(model)
     return _measured[model]
 
 
@@ -324,7 +327,7 @@ def time_verification(model: torch.nn.Module, sizes: Sequence[int], context: int
 
 
 def _measure(model: torch.nn.Module, sizes: Sequence[int] = DRAFT_SIZES, batch_size: int = 1,
-             context: int = CONTEXT_TOKENS) -> tuple[tuple[int, float], ...]:
+             context: int = CONTEXT_TOKENS) -> CostModel:
     """The cost curve: each size's median time over the plain step's, never decreasing."""
     times = time_verification(model, (0,) + tuple(sizes), context, batch_size=batch_size)
     plain = statistics.median(times[0])
@@ -332,7 +335,7 @@ def _measure(model: torch.nn.Module, sizes: Sequence[int] = DRAFT_SIZES, batch_s
     for size in sizes:  # a larger draft never costs less: smooth out timing noise
         floor = max(floor, statistics.median(times[size]) / plain)
         curve.append((size, round(floor, 4)))
-    return tuple(curve)
+    return CostModel(curve=tuple(curve), plain_seconds=plain)
 
 
 #: Draft sizes (tokens per sequence) the batched cost is measured at.
@@ -360,5 +363,5 @@ def measure_batch_cost_model(model: torch.nn.Module, batch_size: int) -> CostMod
         return measure_cost_model(model)
     per_model = _measured_batch.setdefault(model, {})
     if bucket not in per_model:
-        per_model[bucket] = CostModel(curve=_measure(model, BATCH_DRAFT_SIZES, bucket, BATCH_CONTEXT_TOKENS))
+        per_model[bucket] = _measure(model, BATCH_DRAFT_SIZES, bucket, BATCH_CONTEXT_TOKENS)
     return per_model[bucket]

@@ -98,6 +98,8 @@ class SequenceHandle:
     stop_ids: frozenset = frozenset()
     rng: TorchRandom | None = None
     cancelled: bool = False
+    propose_seconds: float = 0.0  # in the drafter's propose calls (the budget weighs drafting by it)
+    proposals: int = 0
     own_drafter: bool = False  # the request brought its drafter (submit(drafter=...)): not pooled
 
     @property
@@ -343,8 +345,11 @@ class StepScheduler:
                 groups.setdefault(type(handle.drafter), []).append((handle, context))
             else:
                 try:
+                    tic = time.perf_counter()
                     with handle.stats.clock.drafting():
                         draft = handle.drafter.propose(context)
+                    handle.propose_seconds += time.perf_counter() - tic
+                    handle.proposals += 1
                     drafts[handle.request_id] = self._check_draft(handle.drafter, draft, context)
                 except Exception as error:  # noqa: BLE001 - the drafter's fault fails its own sequence only
                     self._fail(handle, error)
@@ -363,6 +368,8 @@ class StepScheduler:
             share = (time.perf_counter() - tic) / len(members)
             for (handle, context), draft in zip(members, proposed):
                 handle.stats.clock.draft_seconds += share
+                handle.propose_seconds += share
+                handle.proposals += 1
                 try:
                     drafts[handle.request_id] = self._check_draft(handle.drafter, draft, context)
                 except DraftError as error:
@@ -582,7 +589,8 @@ class Generation:
 
 
 def _record(handle: SequenceHandle) -> SequenceRecord:
-    return SequenceRecord(handle.stats.drafted_at_depth, handle.stats.accepted_at_depth)
+    return SequenceRecord(handle.stats.drafted_at_depth, handle.stats.accepted_at_depth,
+                          handle.propose_seconds, handle.proposals)
 
 
 def _token_id(token) -> int:

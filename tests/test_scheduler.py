@@ -193,6 +193,41 @@ def test_budget_prefers_plain_decoding_when_verification_is_expensive():
     assert DraftBudget(lambda batch_size: CostModel(node_cost=0.2)).max_nodes(8, [accepting] * 8) >= 3
 
 
+def test_the_budget_counts_drafting_time_before_drafting():
+    """Drafters run one after another on the host: when a batch's drafting takes longer than its
+    forward gains, the budget drafts nothing (a GPU step of milliseconds at batch 64); the same
+    acceptance with cheap drafting drafts."""
+    accepting = dict(drafted_at_depth=[50] * 4, accepted_at_depth=[40, 30, 20, 10])
+    cost = CostModel(node_cost=0.05, plain_seconds=0.004)
+    budget = DraftBudget(lambda batch_size: cost)
+    cheap = SequenceRecord(**accepting, propose_seconds=0.001, proposals=100)  # 10 us per call
+    dear = SequenceRecord(**accepting, propose_seconds=0.05, proposals=100)  # 0.5 ms per call
+    assert budget.max_nodes(16, [cheap] * 16) >= 3
+    assert budget.max_nodes(16, [dear] * 16) == 0  # 8 ms of drafting on a 4 ms step
+    assert budget.max_nodes(2, [dear] * 2) >= 3  # 1 ms of drafting on a small batch still pays
+    # once drafted, drafting is paid for: the cut after drafting weighs verification only
+    assert budget.trimmed_size(16, [(dear, 4)] * 16) >= 3
+    # a newcomer's drafting time is what finished sequences' took
+    newcomer = SequenceRecord(**accepting)
+    assert budget.max_nodes(16, [newcomer] * 16) >= 3
+    budget.retire(dear)
+    assert budget.max_nodes(16, [newcomer] * 16) == 0
+    # an unmeasured plain step counts no drafting time
+    assert DraftBudget(lambda batch_size: CostModel(node_cost=0.05)).max_nodes(16, [dear] * 16) >= 3
+
+
+def test_the_scheduler_times_each_sequences_proposals():
+    budget = DraftBudget(lambda batch_size: CostModel(node_cost=0.01))
+    runner = scheduler(2, factory=FixedChain, budget=budget)
+    params = SamplingParams(max_new_tokens=6, stop_token_ids=())
+    handles = [runner.submit([1 + index, 2, 3], params) for index in range(2)]
+    runner.run()
+    for handle in handles:
+        assert handle.proposals == handle.stats.steps - 1  # the last step has no room for a draft
+        assert handle.propose_seconds > 0
+    assert budget._retired.proposals == sum(handle.proposals for handle in handles)
+
+
 def test_a_drafter_that_raises_fails_its_own_sequence_only():
     kinds = itertools.cycle([Raising, NoDrafter])
     runner = scheduler(4, factory=lambda: next(kinds)())
@@ -292,7 +327,9 @@ def test_generate_batch_equals_one_by_one_on_a_pipeline(tmp_path):
     path = save_tiny_model(tmp_path / "tiny", seed=4)
     pipeline = Pipeline.from_dict({"target": {"model": path},
                                    "drafter": {"type": "draft_model", "params": {"model": path, "num_tokens": 3}},
-                                   "scheduler": {"max_batch_size": 2}})
+                                   # budget off: a draft model as costly as the target does not pay in a
+                                   # batch, and this test is about batched drafts
+                                   "scheduler": {"max_batch_size": 2, "draft_budget": "off"}})
     prompts = ["abc", "hello world", "z"]
     one_by_one = [pipeline.generate(prompt, max_new_tokens=12).token_ids for prompt in prompts]
     batched = pipeline.generate_batch(prompts, max_new_tokens=12)
