@@ -212,3 +212,17 @@ def test_device_and_dtype_replace_every_pipelines_target(files, bench_registered
 def test_an_unknown_device_is_a_configuration_error(files, tmp_path, capsys):
     assert bench(files, tmp_path / "out", "--device", "tpu") == 2
     assert "device" in capsys.readouterr().err
+
+
+def test_the_report_says_what_a_drafter_was_built_as(files, tmp_path, monkeypatch):
+    """A drafter whose class defines `__repr__` (what its `auto` settings resolved to) is named
+    under "Methods"; one without says nothing more than its pipeline's description."""
+    from specdec.drafters.draft_model import DraftModelDrafter
+
+    monkeypatch.setattr(DraftModelDrafter, "__repr__", lambda self: "DraftModelDrafter(k=3, resolved)",
+                        raising=False)
+    output = tmp_path / "out"
+    assert bench(files, output, "--limit", "1", "--hf-baselines", "none", "--tasks", "qa") == 0
+    methods = {info["label"]: info for info in json.loads((output / "config.json").read_text())["methods"]}
+    assert methods["draft"]["built"] == "DraftModelDrafter(k=3, resolved)" and "built" not in methods["ar"]
+    assert "built as `DraftModelDrafter(k=3, resolved)`" in (output / "report.md").read_text()

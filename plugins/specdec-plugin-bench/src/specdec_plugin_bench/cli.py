@@ -162,6 +162,9 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         methods = build_methods(plans, plugins)
         meta["environment"] = _environment(methods[0].pipeline)
+        for info, method in zip(infos, methods):
+            if getattr(method, "built", None):
+                info["built"] = method.built
         (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
         print(f"specdec bench: {len(questions)} questions, methods {', '.join(plan.label for plan in plans)}; "
               f"writing to {directory}", file=sys.stderr)

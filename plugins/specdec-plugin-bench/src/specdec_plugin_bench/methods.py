@@ -231,6 +231,13 @@ class SpecdecMethod:
     def encode(self, messages: list[dict]) -> list[int]:
         return self.pipeline.encode(messages)
 
+    @property
+    def built(self) -> str | None:
+        """The drafter as built, when its class says more than its name (`__repr__`): what `auto`
+        settings resolved to on this machine (lookahead's window, say), for the report."""
+        drafter = self.pipeline.drafter
+        return repr(drafter) if type(drafter).__repr__ is not object.__repr__ else None
+
     def prepare(self, max_tokens: int) -> None:
         """Build the drafter, and on CUDA the static cache and every CUDA graph, for one sequence
         of up to `max_tokens` tokens, so that no timed generation pays for a capture."""

@@ -203,7 +203,8 @@ def _markdown(meta: dict, summary: dict, tasks: list[str], found: list[dict], re
 
     lines += ["## Methods", ""]
     for info in meta["methods"]:
-        lines.append(f"- {name(info['label'])}: {info['description']}")
+        built = f"; built as `{info['built']}`" if info.get("built") else ""
+        lines.append(f"- {name(info['label'])}: {info['description']}{built}")
     lines.append("")
     if left_out:
         lines += [f"Records of other methods in this folder are kept but not reported: "
