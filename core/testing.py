@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import math
+import textwrap
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Hashable, Sequence
@@ -826,6 +827,29 @@ def check_plugin(name: str, components: Sequence[tuple[str, str]] = (), *, distr
     if commands and name not in [impl.plugin_name for impl in loaded.manager.hook.register_commands.get_hookimpls()]:
         raise AssertionError(f"plugin '{name}' adds no CLI command (no register_commands hook)")
     return loaded
+
+
+def config_problems(text: str, registry=None, source: str = "pipeline.yaml") -> list[str]:
+    """The problems `specdec validate` reports for a pipeline file's text, one a line.
+
+    A test of a component's params model states the messages a user sees (with the file's line
+    numbers) rather than pydantic's exception; the text must not validate. It is dedented first,
+    so that a test can indent it.
+
+    :param registry: the components to validate against (default: the built-ins only).
+    :param source: the file name the messages use.
+    """
+    from specdec.config import parse_yaml, validate_pipeline
+    from specdec.errors import ConfigError
+    from specdec.plugins import load_plugins
+
+    registry = registry if registry is not None else load_plugins(entry_points=False).registry
+    text = textwrap.dedent(text)
+    try:
+        validate_pipeline(parse_yaml(text, source), registry, source, text)
+    except ConfigError as error:
+        return str(error).splitlines()
+    raise AssertionError(f"the pipeline validates; expected problems:\n{text}")
 
 
 # -- reference drafters and policies used by the tests ----------------------------------------------
