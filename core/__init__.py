@@ -81,6 +81,7 @@ _EXPORTS = {
     "time_verification": "specdec.cost",
     "DEFAULT_MODEL": "specdec.models",
     "checkpoint_source": "specdec.models",
+    "eos_token_ids": "specdec.models",
     "file_sha256": "specdec.models",
     "load_model": "specdec.models",
     "DraftModelDrafter": "specdec.drafters.draft_model",
@@ -91,6 +92,7 @@ _EXPORTS = {
     "load_plugins": "specdec.plugins",
     "validated_pipeline": "specdec.cli",
     "json_lines": "specdec.jsonl",
+    "read_chat_prompts": "specdec.jsonl",
     "read_json_lines": "specdec.jsonl",
 }
 

@@ -66,6 +66,22 @@ def resolve_device(value: str | torch.device = "auto") -> torch.device:
     return device
 
 
+def eos_token_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase | None = None) -> tuple[int, ...]:
+    """The tokens that end a generation: the model's generation config's (else its config's), then
+    the tokenizer's end-of-sequence token if they lack it (a chat tokenizer may end a turn with a
+    token that a converted checkpoint's configs do not list)."""
+    ids: list[int] = []
+    for config in (getattr(model, "generation_config", None), getattr(model, "config", None)):
+        eos = getattr(config, "eos_token_id", None)
+        if eos is not None:
+            ids = [int(token) for token in (eos if isinstance(eos, (list, tuple)) else [eos]) if token is not None]
+            break
+    extra = getattr(tokenizer, "eos_token_id", None)
+    if extra is not None and int(extra) not in ids:
+        ids.append(int(extra))
+    return tuple(ids)
+
+
 def resolve_dtype(value: str | torch.dtype = "float32", device: str | torch.device | None = None) -> torch.dtype:
     """Parse a dtype request into one of the floating dtypes specdec runs models in.
 

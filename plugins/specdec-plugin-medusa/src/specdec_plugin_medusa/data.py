@@ -24,7 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from specdec import InputError, json_lines
+from specdec import InputError, eos_token_ids, json_lines, read_chat_prompts
 
 #: The shipped self-distillation prompt set: generic chat instructions written for this plugin.
 PROMPTS_FILE = "prompts.jsonl"
@@ -43,30 +43,8 @@ def shipped_prompts_path() -> Path:
 
 
 def load_prompts(path: str | Path | None = None) -> list[list[dict]]:
-    """Chat conversations to answer: each line `{"prompt": "..."}` or `{"messages": [...]}`.
-
-    A plain-text file (not `.jsonl`) holds one prompt per non-empty line.
-    """
-    path = Path(path) if path is not None else shipped_prompts_path()
-    conversations = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as error:
-        raise InputError(f"cannot read the prompt file {path}: {error.strerror or error}") from None
-    if path.suffix != ".jsonl":
-        conversations.extend([{"role": "user", "content": line.strip()}] for line in lines if line.strip())
-    else:
-        for number, item in json_lines(lines, path):
-            _check_object(item, path, number)
-            if "messages" in item:
-                conversations.append(_messages(item["messages"], path, number))
-            elif isinstance(item.get("prompt"), str):
-                conversations.append([{"role": "user", "content": item["prompt"]}])
-            else:
-                raise InputError(f"{path}:{number}: a prompt line needs a 'prompt' string or a 'messages' list")
-    if not conversations:
-        raise InputError(f"the prompt file {path} holds no prompts")
-    return conversations
+    """Chat conversations to answer (`specdec.jsonl.read_chat_prompts`); the shipped set by default."""
+    return read_chat_prompts(path if path is not None else shipped_prompts_path())
 
 
 def chat_ids(tokenizer, messages: Sequence[dict], add_generation_prompt: bool) -> list[int]:
@@ -95,7 +73,7 @@ def distill(model, tokenizer, conversations: Sequence[Sequence[dict]], *, max_ne
     import torch
     from tqdm import tqdm
 
-    eos = _eos_ids(model, tokenizer)
+    eos = eos_token_ids(model, tokenizer)
     pad = eos[0] if eos else 0
     prompts = [chat_ids(tokenizer, conversation, add_generation_prompt=True) for conversation in conversations]
     # longest first, so that similar lengths share a batch and the progress bar's estimate is pessimistic
@@ -132,15 +110,6 @@ def distill(model, tokenizer, conversations: Sequence[Sequence[dict]], *, max_ne
             }
     for index in range(len(prompts)):
         yield results[index]
-
-
-def _eos_ids(model, tokenizer) -> tuple[int, ...]:
-    eos = getattr(model.generation_config, "eos_token_id", None)
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    if eos is None:
-        return ()
-    return tuple(int(token) for token in (eos if isinstance(eos, (list, tuple)) else [eos]))
 
 
 def write_jsonl(records: Iterable[dict], path: str | Path) -> int:

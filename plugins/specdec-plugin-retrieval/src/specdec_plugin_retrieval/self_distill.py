@@ -17,37 +17,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from specdec import InputError, json_lines
+from specdec import InputError, json_lines, read_chat_prompts
 
 Messages = list[dict[str, str]]
 
 
 def default_prompts_path() -> Path:
     return Path(str(resources.files("specdec_plugin_retrieval") / "data" / "self_distill_prompts.jsonl"))
-
-
-def read_prompts(path: str | os.PathLike) -> list[Messages]:
-    """Prompts as chat messages: JSONL records with `prompt` (a user message) or `messages`
-    (a conversation ending with a user turn), or a text file with one prompt per line."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as error:
-        raise InputError(f"cannot read the prompt file {path}: {error.strerror or error}") from None
-    prompts: list[Messages] = []
-    if path.suffix.lower() != ".jsonl":
-        prompts.extend([{"role": "user", "content": line.strip()}] for line in lines if line.strip())
-        lines = []
-    for number, record in json_lines(lines, path):
-        if isinstance(record, dict) and isinstance(record.get("prompt"), str):
-            prompts.append([{"role": "user", "content": record["prompt"]}])
-        elif isinstance(record, dict) and isinstance(record.get("messages"), list) and record["messages"]:
-            prompts.append([{"role": str(m["role"]), "content": str(m["content"])} for m in record["messages"]])
-        else:
-            raise InputError(f"{path}:{number}: expected an object with 'prompt' (a string) or 'messages'")
-    if not prompts:
-        raise InputError(f"the prompt file {path} holds no prompts")
-    return prompts
 
 
 def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[Messages], *, max_new_tokens: int,
@@ -91,7 +67,7 @@ def self_distill(output: str | os.PathLike, *, prompts_path: str | os.PathLike |
     output = Path(output)
     if output.exists() and not overwrite:
         raise InputError(f"{output} already exists; choose another output folder or overwrite it")
-    prompts = read_prompts(prompts_path or default_prompts_path())[:limit]
+    prompts = read_chat_prompts(prompts_path or default_prompts_path())[:limit]
     corpus = Path(corpus_path) if corpus_path else output.with_name(output.name + ".corpus.jsonl")
     done = _answered(corpus)
     todo = [messages for messages in prompts if _key(messages) not in done]

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import torch
 
-from specdec import InputError, ModelMismatchError, json_lines
+from specdec import InputError, ModelMismatchError, eos_token_ids, read_chat_prompts
 
 TABLE_FORMAT = "specdec-selfspec-token-frequencies"
 TABLE_VERSION = 1
@@ -142,28 +142,6 @@ def load_vocab(path: str | os.PathLike, size: int, vocab_size: int, tokenizer=No
     return DraftVocab(torch.tensor(chosen, dtype=torch.long), vocab_size)
 
 
-def read_prompts(path: str | os.PathLike) -> list[list[dict[str, str]]]:
-    """Chat prompts: JSONL records with `prompt` or `messages`, or a text file of one prompt a line."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as error:
-        raise InputError(f"cannot read the prompt file {path}: {error.strerror or error}") from None
-    if path.suffix.lower() != ".jsonl":
-        return [[{"role": "user", "content": line.strip()}] for line in lines if line.strip()]
-    prompts = []
-    for number, record in json_lines(lines, path):
-        if isinstance(record, dict) and isinstance(record.get("prompt"), str):
-            prompts.append([{"role": "user", "content": record["prompt"]}])
-        elif isinstance(record, dict) and isinstance(record.get("messages"), list) and record["messages"]:
-            prompts.append([{"role": str(m["role"]), "content": str(m["content"])} for m in record["messages"]])
-        else:
-            raise InputError(f"{path}:{number}: expected an object with 'prompt' (a string) or 'messages'")
-    if not prompts:
-        raise InputError(f"the prompt file {path} holds no prompts")
-    return prompts
-
-
 def count_answers(model, tokenizer, prompts: Sequence[list[dict[str, str]]], *, max_new_tokens: int,
                   batch_size: int, progress: bool = False) -> tuple[Counter, int]:
     """Greedy answers to the prompts (left-padded batches of similar length); counts of the
@@ -177,7 +155,7 @@ def count_answers(model, tokenizer, prompts: Sequence[list[dict[str, str]]], *, 
                 for messages in prompts]
     lengths = [len(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]]
     order = sorted(range(len(prompts)), key=lambda index: lengths[index])
-    eos = set(_eos_ids(model, tokenizer))
+    eos = set(eos_token_ids(model, tokenizer))
     counts: Counter = Counter()
     total = 0
     batches = range(0, len(order), batch_size)
@@ -200,14 +178,6 @@ def count_answers(model, tokenizer, prompts: Sequence[list[dict[str, str]]], *, 
     return counts, total
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
-    config = getattr(model, "generation_config", None)
-    eos = getattr(config, "eos_token_id", None)
-    ids = eos if isinstance(eos, (list, tuple)) else [eos]
-    return [int(token) for token in ids if token is not None] + (
-        [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
-
-
 def build_table(out: str | os.PathLike, *, model_name: str | None = None, prompts_path=None,
                 max_new_tokens: int = 192, batch_size: int = 16, limit: int | None = None,
                 progress: bool = True) -> dict[str, Any]:
@@ -215,7 +185,7 @@ def build_table(out: str | os.PathLike, *, model_name: str | None = None, prompt
     from specdec import load_model
 
     out = Path(out)
-    prompts = read_prompts(prompts_path or default_prompts_path())[:limit]
+    prompts = read_chat_prompts(prompts_path or default_prompts_path())[:limit]
     model, tokenizer = load_model(model_name)
     counts, total = count_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                                   batch_size=batch_size, progress=progress)
