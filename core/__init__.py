@@ -87,6 +87,7 @@ _EXPORTS = {
     "DraftModelDrafter": "specdec.drafters.draft_model",
     "ValidatedPipeline": "specdec.config",
     "load_yaml": "specdec.config",
+    "read_text_file": "specdec.config",
     "validate_pipeline": "specdec.config",
     "default_plugins": "specdec.plugins",
     "load_plugins": "specdec.plugins",
