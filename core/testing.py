@@ -852,6 +852,26 @@ def config_problems(text: str, registry=None, source: str = "pipeline.yaml") -> 
     raise AssertionError(f"the pipeline validates; expected problems:\n{text}")
 
 
+def damage_bytes(path, kind: str, how) -> None:
+    """Damage a stored file the way a disk or an interrupted copy does, for fuzz tests of readers.
+
+    :param kind: "truncate" (`how`: the fraction of the file kept) or "flip" (`how`: pairs of
+        (position as a fraction of the length, XOR mask of the byte there)).
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    raw = bytearray(path.read_bytes())
+    if kind == "truncate":
+        path.write_bytes(raw[: int(len(raw) * how)])
+    elif kind == "flip":
+        for where, mask in how:
+            raw[min(int(len(raw) * where), len(raw) - 1)] ^= mask
+        path.write_bytes(raw)
+    else:
+        raise ValueError(f"unknown damage {kind!r}; use 'truncate' or 'flip'")
+
+
 # -- reference drafters and policies used by the tests ----------------------------------------------
 
 
