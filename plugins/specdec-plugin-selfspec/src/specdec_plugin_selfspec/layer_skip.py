@@ -301,14 +301,10 @@ class LayerSkipDrafter(BaseDrafter):
             if not self.sizer.keep_drafting(chances, len(picks), limit):
                 break
             token, position = chosen.token, position + 1
-        self.sizer.proposed(len(context.tokens), [p.token for p in picks], [p.confidence for p in picks])
-        kept = self.sizer.keep(chances, len(picks))
-        self.sizer.handed_over(kept)
-        if kept == 0:
-            return Draft.empty()
-        self._last = Draft.chain([p.token for p in picks[:kept]],
-                                 torch.stack([p.q for p in picks[:kept]]) if sample else None)
-        return self._last
+        draft = self.sizer.hand_over(len(context.tokens), picks, chances, sample)
+        if draft.num_nodes:
+            self._last = draft
+        return draft
 
     def observe(self, outcome: StepOutcome) -> None:
         self.sizer.observed(outcome.tokens)
