@@ -81,6 +81,8 @@ _EXPORTS = {
     "time_verification": "specdec.cost",
     "DEFAULT_MODEL": "specdec.models",
     "checkpoint_source": "specdec.models",
+    "answer_chats": "specdec.models",
+    "chat_token_ids": "specdec.models",
     "eos_token_ids": "specdec.models",
     "file_sha256": "specdec.models",
     "load_model": "specdec.models",

@@ -15,44 +15,14 @@ import json
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator, Sequence
 
-from specdec import InputError, json_lines, read_chat_prompts
+from specdec import InputError, answer_chats, json_lines, read_chat_prompts
 
 Messages = list[dict[str, str]]
 
 
 def default_prompts_path() -> Path:
     return Path(str(resources.files("specdec_plugin_retrieval") / "data" / "self_distill_prompts.jsonl"))
-
-
-def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[Messages], *, max_new_tokens: int,
-                     batch_size: int) -> Iterator[tuple[Messages, str]]:
-    """Greedy answers, in batches of prompts of similar length (left padding)."""
-    import torch
-
-    if not getattr(tokenizer, "chat_template", None):
-        raise InputError("the model's tokenizer has no chat template; self-distillation needs a chat model")
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise InputError("the tokenizer has neither a padding nor an end-of-sequence token to pad batches with")
-        tokenizer.pad_token = tokenizer.eos_token  # padding is masked out; any token will do
-    pad = tokenizer.pad_token_id
-    rendered = [tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-                for messages in prompts]
-    lengths = [len(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]]
-    order = sorted(range(len(prompts)), key=lambda index: lengths[index])
-    for first in range(0, len(order), batch_size):
-        batch = order[first:first + batch_size]
-        encoded = tokenizer([rendered[index] for index in batch], add_special_tokens=False,
-                            return_tensors="pt", padding=True).to(model.device)
-        with torch.inference_mode():
-            output = model.generate(**encoded, do_sample=False, max_new_tokens=max_new_tokens,
-                                    pad_token_id=pad, temperature=None, top_p=None, top_k=None)
-        answers = tokenizer.batch_decode(output[:, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
-        for index, answer in zip(batch, answers):
-            yield prompts[index], answer.strip()
 
 
 def self_distill(output: str | os.PathLike, *, prompts_path: str | os.PathLike | None = None,
@@ -73,15 +43,13 @@ def self_distill(output: str | os.PathLike, *, prompts_path: str | os.PathLike |
     todo = [messages for messages in prompts if _key(messages) not in done]
     model, tokenizer = load_model(model_name)
     if todo:
-        answers = generate_answers(model, tokenizer, todo, max_new_tokens=max_new_tokens, batch_size=batch_size)
-        if progress:
-            from tqdm import tqdm
-
-            answers = tqdm(answers, total=len(todo), desc="answering", unit=" prompts")
+        answers = answer_chats(model, tokenizer, todo, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                               progress=progress)
         corpus.parent.mkdir(parents=True, exist_ok=True)
         with corpus.open("a", encoding="utf-8") as file:
-            for messages, answer in answers:
-                record = {"messages": messages + [{"role": "assistant", "content": answer}]}
+            for index, _, answer in answers:
+                text = tokenizer.decode(answer, skip_special_tokens=True).strip()
+                record = {"messages": todo[index] + [{"role": "assistant", "content": text}]}
                 file.write(json.dumps(record, ensure_ascii=False) + "\n")
                 file.flush()
     return build_from_corpus([corpus], tokenizer, output, overwrite=overwrite, progress=progress)

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import torch
 
-from specdec import InputError, ModelMismatchError, eos_token_ids, read_chat_prompts
+from specdec import InputError, ModelMismatchError, answer_chats, read_chat_prompts
 
 TABLE_FORMAT = "specdec-selfspec-token-frequencies"
 TABLE_VERSION = 1
@@ -144,38 +144,13 @@ def load_vocab(path: str | os.PathLike, size: int, vocab_size: int, tokenizer=No
 
 def count_answers(model, tokenizer, prompts: Sequence[list[dict[str, str]]], *, max_new_tokens: int,
                   batch_size: int, progress: bool = False) -> tuple[Counter, int]:
-    """Greedy answers to the prompts (left-padded batches of similar length); counts of the
-    answer tokens (end-of-sequence included, padding not) and how many were counted."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise InputError("the model's tokenizer has no chat template; counting answers needs a chat model")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token  # masked out; any token will do
-    tokenizer.padding_side = "left"
-    rendered = [tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-                for messages in prompts]
-    lengths = [len(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]]
-    order = sorted(range(len(prompts)), key=lambda index: lengths[index])
-    eos = set(eos_token_ids(model, tokenizer))
+    """Counts of the tokens of the model's greedy answers to the prompts (`specdec.answer_chats`;
+    end-of-sequence included, padding not) and how many were counted."""
     counts: Counter = Counter()
-    total = 0
-    batches = range(0, len(order), batch_size)
-    if progress:
-        from tqdm import tqdm
-
-        batches = tqdm(batches, desc="answering", unit=" batches")
-    for first in batches:
-        batch = [rendered[index] for index in order[first:first + batch_size]]
-        encoded = tokenizer(batch, add_special_tokens=False, return_tensors="pt", padding=True).to(model.device)
-        with torch.inference_mode():
-            output = model.generate(**encoded, do_sample=False, max_new_tokens=max_new_tokens,
-                                    pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None)
-        for row in output[:, encoded["input_ids"].shape[1]:].tolist():
-            for token in row:
-                counts[token] += 1
-                total += 1
-                if token in eos:
-                    break  # what follows is padding
-    return counts, total
+    for _, _, answer in answer_chats(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                     batch_size=batch_size, progress=progress):
+        counts.update(answer)
+    return counts, sum(counts.values())
 
 
 def build_table(out: str | os.PathLike, *, model_name: str | None = None, prompts_path=None,

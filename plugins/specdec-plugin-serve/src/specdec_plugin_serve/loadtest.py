@@ -42,7 +42,6 @@ import asyncio
 import json
 import math
 import platform
-import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
