@@ -364,8 +364,6 @@ def test_merge_is_lossless_full_check():
     assert_lossless(merged_drafters)
 
 
-
-
 def test_the_harness_fails_merge_under_a_broken_policy():
     with pytest.raises(AssertionError, match="AcceptsEverythingWhenSampling does not match plain sampling"):
         assert_lossless(functools.partial(merged_drafters, adaptive=False),
