@@ -16,9 +16,9 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-Messages = list[dict[str, str]]
-
 from specdec.errors import InputError
+
+Messages = list[dict[str, str]]  # a chat conversation: {"role": ..., "content": ...} in order
 
 
 def json_lines(lines: Iterable[str], source: str | os.PathLike, *,
