@@ -174,19 +174,29 @@ def parse_yaml(text: str, source: str = "<yaml>") -> Any:
             loader.dispose()
 
 
-def load_yaml(path: str | Path) -> tuple[Any, str]:
-    """Read a pipeline file (UTF-8) and parse it with `parse_yaml`; returns the data and the text."""
+def read_text_file(path: str | Path, what: str) -> str:
+    """The text of a UTF-8 input file (a pipeline, a question set), for readers that report
+    problems as `ConfigError`s: a file that cannot be read or decoded is named, with the line of
+    the first bad byte.
+
+    :param what: what the file is, for the message ("pipeline file").
+    """
     path = Path(path)
     try:
         raw = path.read_bytes()
     except OSError as error:
-        raise ConfigError(f"cannot read pipeline file {path}: {error.strerror or error}") from None
+        raise ConfigError(f"cannot read {what} {path}: {error.strerror or error}") from None
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as error:
         line = raw.count(b"\n", 0, error.start) + 1
         raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[error.start]:02x} at offset "
                           f"{error.start}); save the file as UTF-8") from None
+
+
+def load_yaml(path: str | Path) -> tuple[Any, str]:
+    """Read a pipeline file (UTF-8) and parse it with `parse_yaml`; returns the data and the text."""
+    text = read_text_file(path, "pipeline file")
     return parse_yaml(text, str(path)), text
 
 

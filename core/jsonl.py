@@ -1,5 +1,8 @@
 """JSON Lines: the one reader for question, prompt, corpus, training and record files.
 
+`read_chat_prompts` reads the prompt sets that plugins answer with the target (self-distillation,
+token counts): one format for all of them, so a prompt file made for one serves the others.
+
 Every caller wants the same things: blank lines skipped, the line number of each value, and a
 message naming `file:line` for a line that is not JSON. Strict readers let the `InputError`
 propagate; lenient ones (a record file cut short by a killed run, a question file whose every
@@ -14,6 +17,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from specdec.errors import InputError
+
+Messages = list[dict[str, str]]  # a chat conversation: {"role": ..., "content": ...} in order
 
 
 def json_lines(lines: Iterable[str], source: str | os.PathLike, *,
@@ -55,3 +60,41 @@ def _decoded(raw: bytes, path: Path, number: int) -> str:
     except UnicodeDecodeError as error:
         raise InputError(f"{path}:{number}: not UTF-8 text (byte {error.start} of the line): save the "
                          f"file as UTF-8") from None
+
+
+def read_chat_prompts(path: str | os.PathLike) -> list[Messages]:
+    """Chat conversations to answer, from a prompt file.
+
+    A `.jsonl` file holds one conversation a line: `{"prompt": "..."}` (one user message) or
+    `{"messages": [{"role": ..., "content": ...}, ...]}`; any other file holds one prompt per
+    non-empty line. Every problem is an `InputError` naming the file (and line).
+    """
+    path = Path(path)
+    conversations: list[Messages] = []
+    try:
+        if path.suffix.lower() == ".jsonl":
+            for number, item in read_json_lines(path):
+                conversations.append(_conversation(item, path, number))
+        else:
+            with path.open("rb") as file:
+                for number, raw in enumerate(file, 1):
+                    line = _decoded(raw, path, number).strip()
+                    if line:
+                        conversations.append([{"role": "user", "content": line}])
+    except OSError as error:
+        raise InputError(f"cannot read the prompt file {path}: {error.strerror or error}") from None
+    if not conversations:
+        raise InputError(f"the prompt file {path} holds no prompts")
+    return conversations
+
+
+def _conversation(item: Any, path: Path, number: int) -> Messages:
+    if isinstance(item, dict) and isinstance(item.get("prompt"), str):
+        return [{"role": "user", "content": item["prompt"]}]
+    messages = item.get("messages") if isinstance(item, dict) else None
+    if not (isinstance(messages, list) and messages and all(
+            isinstance(message, dict) and isinstance(message.get("role"), str)
+            and isinstance(message.get("content"), str) for message in messages)):
+        raise InputError(f"{path}:{number}: expected an object with 'prompt' (a string) or 'messages' (a "
+                         f"non-empty list of {{'role': str, 'content': str}} objects)")
+    return [{"role": message["role"], "content": message["content"]} for message in messages]

@@ -21,7 +21,7 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, Sequence
 
 import torch
 import transformers
@@ -64,6 +64,22 @@ def resolve_device(value: str | torch.device = "auto") -> torch.device:
             raise InputError(f"Device {value!r} was requested but only {count} CUDA device(s) are visible; "
                              f"use one of cuda:0 .. cuda:{count - 1}.")
     return device
+
+
+def eos_token_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase | None = None) -> tuple[int, ...]:
+    """The tokens that end a generation: the model's generation config's (else its config's), then
+    the tokenizer's end-of-sequence token if they lack it (a chat tokenizer may end a turn with a
+    token that a converted checkpoint's configs do not list)."""
+    ids: list[int] = []
+    for config in (getattr(model, "generation_config", None), getattr(model, "config", None)):
+        eos = getattr(config, "eos_token_id", None)
+        if eos is not None:
+            ids = [int(token) for token in (eos if isinstance(eos, (list, tuple)) else [eos]) if token is not None]
+            break
+    extra = getattr(tokenizer, "eos_token_id", None)
+    if extra is not None and int(extra) not in ids:
+        ids.append(int(extra))
+    return tuple(ids)
 
 
 def resolve_dtype(value: str | torch.dtype = "float32", device: str | torch.device | None = None) -> torch.dtype:
@@ -394,3 +410,65 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, device: str | t
                          "and specdec does not download; pass a local folder or .gguf file, or download it first "
                          f"(`hf download {source}`). Details: {error}") from error
     return model.to(target).eval(), tokenizer
+
+
+# -- the model's own answers ---------------------------------------------------------------------
+
+
+def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict],
+                   add_generation_prompt: bool = True) -> list[int]:
+    """Token ids of a conversation through the tokenizer's chat template (`InputError` without one)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise InputError("this model's tokenizer has no chat template; use plain text instead")
+    encoded = tokenizer.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt,
+                                            tokenize=True)
+    if isinstance(encoded, dict) or hasattr(encoded, "input_ids"):
+        encoded = encoded["input_ids"]
+    return [int(token) for token in encoded]
+
+
+def answer_chats(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Sequence[dict]],
+                 *, max_new_tokens: int, batch_size: int, temperature: float = 0.0, seed: int = 0,
+                 progress: bool = False) -> Iterator[tuple[int, list[int], list[int]]]:
+    """The model's own answers to chat conversations, for self-distillation and token counts.
+
+    Conversations of similar length share a batch of a left-padded `model.generate` (longest
+    first, so that a progress bar's estimate is pessimistic). Temperature 0 answers greedily;
+    otherwise answers are sampled, seeded per batch so that a rerun gives the same answers.
+
+    :returns: per conversation, in batch order: its index, its prompt ids, and the answer ids up
+        to and including the first end token (`eos_token_ids`); padding never appears.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise InputError("this model's tokenizer has no chat template; answering chats needs a chat model")
+    eos = eos_token_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else None)
+    if pad is None:
+        raise InputError("the tokenizer has neither a padding nor an end-of-sequence token to pad batches with")
+    prompts = [chat_token_ids(tokenizer, conversation) for conversation in conversations]
+    order = sorted(range(len(prompts)), key=lambda index: -len(prompts[index]))
+    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, desc="answering", unit=" batches")
+    # greedy: the sampling knobs a checkpoint's generation config may set are switched off
+    sampling = ({"do_sample": False, "temperature": None, "top_k": None, "top_p": None} if temperature == 0
+                else {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0})
+    for number, batch in enumerate(batches):
+        width = max(len(prompts[index]) for index in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)  # [B, width], left-padded
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, index in enumerate(batch):
+            ids[row, width - len(prompts[index]):] = torch.tensor(prompts[index])
+            mask[row, width - len(prompts[index]):] = 1
+        if temperature > 0:
+            torch.manual_seed(seed * 100_003 + number)
+        with torch.inference_mode():
+            output = model.generate(ids.to(model.device), attention_mask=mask.to(model.device),
+                                    max_new_tokens=max_new_tokens, eos_token_id=list(eos) or None,
+                                    pad_token_id=pad, **sampling)
+        for row, index in enumerate(batch):
+            answer = output[row, width:].tolist()
+            ends = [position for position, token in enumerate(answer) if token in eos]
+            yield index, prompts[index], answer[: ends[0] + 1] if ends else answer

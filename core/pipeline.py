@@ -228,10 +228,9 @@ class Pipeline:
                 if not isinstance(message.get("role"), str) or not isinstance(message.get("content"), str):
                     raise InputError(f"chat message {index} needs 'role' and 'content' keys with string values")
                 check_text(message["content"], f"chat message {index}")
-            encoded = self.tokenizer.apply_chat_template(items, add_generation_prompt=True, tokenize=True)
-            if isinstance(encoded, dict) or hasattr(encoded, "input_ids"):
-                encoded = encoded["input_ids"]
-            return [int(token) for token in encoded]
+            from specdec.models import chat_token_ids
+
+            return chat_token_ids(self.tokenizer, items)
         for index, item in enumerate(items):
             if not isinstance(item, numbers.Integral) or isinstance(item, bool):
                 raise InputError(f"prompt item {index} is {type(item).__name__} {item!r:.40}; {_PROMPT_KINDS}")

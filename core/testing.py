@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import math
+import textwrap
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Hashable, Sequence
@@ -826,6 +827,49 @@ def check_plugin(name: str, components: Sequence[tuple[str, str]] = (), *, distr
     if commands and name not in [impl.plugin_name for impl in loaded.manager.hook.register_commands.get_hookimpls()]:
         raise AssertionError(f"plugin '{name}' adds no CLI command (no register_commands hook)")
     return loaded
+
+
+def config_problems(text: str, registry=None, source: str = "pipeline.yaml") -> list[str]:
+    """The problems `specdec validate` reports for a pipeline file's text, one a line.
+
+    A test of a component's params model states the messages a user sees (with the file's line
+    numbers) rather than pydantic's exception; the text must not validate. It is dedented first,
+    so that a test can indent it.
+
+    :param registry: the components to validate against (default: the built-ins only).
+    :param source: the file name the messages use.
+    """
+    from specdec.config import parse_yaml, validate_pipeline
+    from specdec.errors import ConfigError
+    from specdec.plugins import load_plugins
+
+    registry = registry if registry is not None else load_plugins(entry_points=False).registry
+    text = textwrap.dedent(text)
+    try:
+        validate_pipeline(parse_yaml(text, source), registry, source, text)
+    except ConfigError as error:
+        return str(error).splitlines()
+    raise AssertionError(f"the pipeline validates; expected problems:\n{text}")
+
+
+def damage_bytes(path, kind: str, how) -> None:
+    """Damage a stored file the way a disk or an interrupted copy does, for fuzz tests of readers.
+
+    :param kind: "truncate" (`how`: the fraction of the file kept) or "flip" (`how`: pairs of
+        (position as a fraction of the length, XOR mask of the byte there)).
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    raw = bytearray(path.read_bytes())
+    if kind == "truncate":
+        path.write_bytes(raw[: int(len(raw) * how)])
+    elif kind == "flip":
+        for where, mask in how:
+            raw[min(int(len(raw) * where), len(raw) - 1)] ^= mask
+        path.write_bytes(raw)
+    else:
+        raise ValueError(f"unknown damage {kind!r}; use 'truncate' or 'flip'")
 
 
 # -- reference drafters and policies used by the tests ----------------------------------------------

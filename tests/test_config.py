@@ -1,27 +1,17 @@
 """Pipeline files: every problem reported at once, each with its file, line and dotted place."""
 
-import textwrap
-
 import pytest
 
 from specdec.config import load_yaml, validate_pipeline
 from specdec.errors import ConfigError
 from specdec.plugins import load_plugins
+from specdec.testing import config_problems
 
 REGISTRY = load_plugins(entry_points=False).registry
 
 
-def problems(tmp_path, text):
-    path = tmp_path / "pipeline.yaml"
-    path.write_text(textwrap.dedent(text))
-    data, raw = load_yaml(path)
-    with pytest.raises(ConfigError) as error:
-        validate_pipeline(data, REGISTRY, str(path), raw)
-    return [line.replace(str(path), "pipeline.yaml") for line in str(error.value).splitlines()]
-
-
-def test_component_params_errors_name_their_place(tmp_path):
-    assert problems(tmp_path, """\
+def test_component_params_errors_name_their_place():
+    assert config_problems("""\
         drafter:
           type: draft_model
           params:
@@ -30,8 +20,8 @@ def test_component_params_errors_name_their_place(tmp_path):
         """) == ["pipeline.yaml:5: drafter.params.num_tokens: must be >= 1"]
 
 
-def test_every_problem_is_reported_at_once(tmp_path):
-    found = problems(tmp_path, """\
+def test_every_problem_is_reported_at_once():
+    found = config_problems("""\
         target:
           device: gpu
         drafter:
@@ -56,8 +46,8 @@ def test_every_problem_is_reported_at_once(tmp_path):
                for line in found)
 
 
-def test_missing_required_params_and_unknown_fields(tmp_path):
-    found = problems(tmp_path, """\
+def test_missing_required_params_and_unknown_fields():
+    found = config_problems("""\
         drafter:
           type: draft_model
           params: {modle: x}
@@ -68,7 +58,7 @@ def test_missing_required_params_and_unknown_fields(tmp_path):
 
 
 def test_not_a_mapping_and_bad_yaml(tmp_path):
-    assert "must be a mapping" in problems(tmp_path, "- a\n- b\n")[0]
+    assert "must be a mapping" in config_problems("- a\n- b\n")[0]
     path = tmp_path / "broken.yaml"
     path.write_text("drafter: [\n")
     with pytest.raises(ConfigError, match="broken.yaml:2: not valid YAML"):
@@ -91,8 +81,8 @@ def test_defaults_fill_an_empty_file():
     assert spec.target.model is None and spec.sampling.temperature == 0.0
 
 
-def test_nested_drafters_of_a_fallback_are_validated(tmp_path):
-    found = problems(tmp_path, """\
+def test_nested_drafters_of_a_fallback_are_validated():
+    found = config_problems("""\
         drafter:
           type: fallback
           params:
@@ -154,8 +144,8 @@ def test_merge_keys_may_still_override_what_they_merge(tmp_path):
     assert data["sampling"] == {"seed": 5, "top_k": 2}
 
 
-def test_greedy_acceptance_with_a_temperature_is_refused_when_validated(tmp_path):
-    assert problems(tmp_path, """\
+def test_greedy_acceptance_with_a_temperature_is_refused_when_validated():
+    assert config_problems("""\
         acceptance: {type: greedy}
         sampling:
           temperature: 0.7
@@ -165,12 +155,12 @@ def test_greedy_acceptance_with_a_temperature_is_refused_when_validated(tmp_path
     assert validate_pipeline({"acceptance": {"type": "greedy"}}, REGISTRY).spec.sampling.greedy
 
 
-def test_many_problems_are_located_in_linear_time_and_listed_up_to_a_cap(tmp_path):
+def test_many_problems_are_located_in_linear_time_and_listed_up_to_a_cap():
     import time
 
     text = "".join(f"key{index}: 1\n" for index in range(20_000))
     started = time.perf_counter()
-    found = problems(tmp_path, text)
+    found = config_problems(text)
     elapsed = time.perf_counter() - started
     assert len(found) == 21 and found[-1] == "... and 19980 more problems"
     assert found[19].startswith("pipeline.yaml:20: key19: unknown section")

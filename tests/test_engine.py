@@ -267,8 +267,6 @@ def test_aux_rows_do_not_change_the_output_and_return_their_logits():
 def test_long_prompts_are_prefilled_causally_and_hidden_states_match_a_fresh_forward():
     """Prompts above the causal-prefill threshold take their own forward; drafters asking for
     hidden states still get the states of every committed position, in order."""
-    from specdec import BaseDrafter
-
     target = tiny_llama(8, vocab_size=VOCAB, max_positions=512)
     collected = []
 

@@ -8,7 +8,6 @@ the committed tokens. `check_greedy_identity` checks all three.
 import functools
 
 import pytest
-import torch
 from hypothesis import given
 from hypothesis import strategies as st
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from specdec import InputError, json_lines, read_json_lines
+from specdec import InputError, json_lines, read_chat_prompts, read_json_lines
 
 
 def test_values_come_with_their_line_numbers_and_blank_lines_are_skipped(tmp_path):
@@ -18,3 +18,32 @@ def test_a_bad_line_names_its_file_and_line_or_goes_to_on_error():
     problems = []
     assert list(json_lines(lines, "q.jsonl", on_error=problems.append)) == [(1, {"a": 1}), (3, 7)]
     assert len(problems) == 1 and problems[0].startswith("q.jsonl:2: not valid JSON")
+
+
+def test_chat_prompt_files_hold_prompts_or_conversations_and_plain_files_one_prompt_a_line(tmp_path):
+    jsonl = tmp_path / "prompts.jsonl"
+    jsonl.write_text('{"prompt": "Hi"}\n\n{"messages": [{"role": "system", "content": "Be brief."}, '
+                     '{"role": "user", "content": "Why?"}]}\n', encoding="utf-8")
+    assert read_chat_prompts(jsonl) == [[{"role": "user", "content": "Hi"}],
+                                        [{"role": "system", "content": "Be brief."},
+                                         {"role": "user", "content": "Why?"}]]
+    text = tmp_path / "prompts.txt"
+    text.write_text("  first  \n\nsecond\n", encoding="utf-8")
+    assert read_chat_prompts(text) == [[{"role": "user", "content": "first"}], [{"role": "user", "content": "second"}]]
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("p.jsonl", '{"prompt": "ok"}\n{"messages": [{"role": "user"}]}\n', r"p\.jsonl:2: expected an object with 'prompt'"),
+    ("p.jsonl", '"just a string"\n', r"p\.jsonl:1: expected an object"),
+    ("p.txt", "\n  \n", "holds no prompts"),
+    ("p.txt", b"ok\ncaf\xe9\n", r"p\.txt:2: not UTF-8"),
+    ("absent.jsonl", None, "cannot read the prompt file"),
+])
+def test_a_bad_prompt_file_is_an_input_error_naming_its_place(tmp_path, name, content, message):
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content, encoding="utf-8")
+    with pytest.raises(InputError, match=message):
+        read_chat_prompts(path)

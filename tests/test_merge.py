@@ -1,7 +1,6 @@
 """The `merge` drafter: the trie merge, pruning, what members hear, refusals, config, losslessness."""
 
 import functools
-import textwrap
 
 import pytest
 import torch
@@ -10,16 +9,15 @@ from hypothesis import strategies as st
 
 from specdec import (AuxTokens, CostModel, Draft, DraftContext, DraftError, SamplingParams,
                      StepOutcome)
-from specdec.config import load_yaml, validate_pipeline
+from specdec.config import validate_pipeline
 from specdec.cost import path_probabilities
 from specdec.draft import merge_trees
 from specdec.drafters.draft_model import DraftModelDrafter
 from specdec.drafters.merge import MergeDrafter, node_slots
-from specdec.errors import ConfigError
 from specdec.plugins import load_plugins
 from specdec.protocols import BaseDrafter
 from specdec.testing import (AcceptsEverythingWhenSampling, ModelTreeDrafter, SAMPLING_CASES,
-                             assert_lossless, perturbed_copy)
+                             assert_lossless, config_problems, perturbed_copy)
 
 VOCAB = 16
 
@@ -294,17 +292,8 @@ def test_two_members_with_aux_rows_are_refused():
 REGISTRY = load_plugins(entry_points=False).registry
 
 
-def problems(tmp_path, text):
-    path = tmp_path / "pipeline.yaml"
-    path.write_text(textwrap.dedent(text))
-    data, raw = load_yaml(path)
-    with pytest.raises(ConfigError) as error:
-        validate_pipeline(data, REGISTRY, str(path), raw)
-    return [line.replace(str(path), "pipeline.yaml") for line in str(error.value).splitlines()]
-
-
-def test_config_errors_name_the_field(tmp_path):
-    found = problems(tmp_path, """\
+def test_config_errors_name_the_field():
+    found = config_problems("""\
         drafter:
           type: merge
           params:
@@ -320,7 +309,7 @@ def test_config_errors_name_the_field(tmp_path):
     assert found[0] == "pipeline.yaml:10: drafter.params.max_nodes: must be 'auto' or a number of nodes from 1 to 512"
     assert any(line.startswith("pipeline.yaml:11: drafter.params.combine:") for line in found)
     assert len(found) == 2  # the params block fails first; its members are checked once it validates
-    found = problems(tmp_path, """\
+    found = config_problems("""\
         drafter:
           type: fallback
           params:
@@ -336,7 +325,7 @@ def test_config_errors_name_the_field(tmp_path):
     assert found == ["pipeline.yaml:9: drafter.params.drafters[0].params.drafters[0].params.greedy_draft: merge "
                      "verifies deterministic drafts only, and this drafter samples its drafts when the temperature "
                      "is above 0: set greedy_draft: true"]
-    assert problems(tmp_path, "drafter: {type: merge, params: {drafters: []}}\n")[0].startswith(
+    assert config_problems("drafter: {type: merge, params: {drafters: []}}\n")[0].startswith(
         "pipeline.yaml:1: drafter.params.drafters: ")
     validate_pipeline({"drafter": {"type": "merge", "params": {"drafters": [{"type": "none"}], "max_nodes": 8,
                                                                "node_cost": "auto"}}}, REGISTRY)
@@ -373,8 +362,6 @@ def test_merge_is_lossless():
 @pytest.mark.slow
 def test_merge_is_lossless_full_check():
     assert_lossless(merged_drafters)
-
-
 
 
 def test_the_harness_fails_merge_under_a_broken_policy():

@@ -103,6 +103,20 @@ def test_resolve_device_rejects_unknown(value):
         models.resolve_device(value)
 
 
+def test_eos_tokens_come_from_the_generation_config_then_the_config_then_the_tokenizer():
+    from types import SimpleNamespace as Namespace
+
+    def model(generation, config):
+        return Namespace(generation_config=Namespace(eos_token_id=generation), config=Namespace(eos_token_id=config))
+
+    assert models.eos_token_ids(model([2, 7], 3)) == (2, 7)
+    assert models.eos_token_ids(model(None, 3)) == (3,)
+    assert models.eos_token_ids(model(None, None)) == ()
+    # a tokenizer's own end token is added when the configs lack it, never twice
+    assert models.eos_token_ids(model(2, None), Namespace(eos_token_id=9)) == (2, 9)
+    assert models.eos_token_ids(model([2, 9], None), Namespace(eos_token_id=9)) == (2, 9)
+
+
 def test_cache_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("SPECDEC_CACHE_DIR", str(tmp_path / "explicit"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))

@@ -11,7 +11,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from specdec import Acceptance, Draft, GreedyAcceptance, InputError, RejectionSampling, SamplingParams
-from specdec.sampling import warp_logits
 from specdec.testing import (
     AlwaysAccept,
     check_policy_exact,

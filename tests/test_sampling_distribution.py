@@ -58,9 +58,13 @@ CASES = {
 }
 
 
-#: The costliest cases whose property another fast test also covers (deterministic drafts:
-#: "tree deterministic top-k"; draws without replacement: the exact check in test_policy_exact).
-SLOW_CASES = {"chain greedy drafts T=1", "tree without replacement top-p"}
+#: Cases whose property a faster test also covers, run in the slow tier: each warp (temperature,
+#: top-k, top-p) is checked exactly for rejection sampling in test_policy_exact and through the
+#: engine by "chain T=1" and the drafters' own distribution tests; deterministic drafts (greedy
+#: chains, top trees) by the Medusa, lookahead and Token Recycling tests; draws without
+#: replacement by the exact check.
+SLOW_CASES = {"chain T=0.7", "chain top-k", "chain top-p", "chain greedy drafts T=1",
+              "tree without replacement top-p", "tree deterministic top-k"}
 
 
 @pytest.mark.parametrize("case", [pytest.param(case, marks=pytest.mark.slow) if case in SLOW_CASES else case

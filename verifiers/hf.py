@@ -9,6 +9,7 @@ import torch
 from specdec.batch import DraftBatch
 from specdec.draft import Draft
 from specdec.model_runner import CausalLMRunner, check_tree_attention
+from specdec.models import eos_token_ids as model_eos_token_ids
 from specdec.protocols import VerifyOutput
 
 # Extra cache room reserved beyond prompt + max_new_tokens for draft nodes; the cache grows past
@@ -21,16 +22,6 @@ _CAUSAL_PREFILL_ABOVE = 256
 # Most cells (prompts x longest prompt^2) of one grouped prefill on CUDA: its padded mask and
 # packed inputs stay within tens of MB.
 _PREFILL_GROUP_CELLS = 1 << 22
-
-
-def _eos_ids(model) -> tuple[int, ...]:
-    config = getattr(model, "generation_config", None)
-    eos = getattr(config, "eos_token_id", None)
-    if eos is None:
-        eos = getattr(model.config, "eos_token_id", None)
-    if eos is None:
-        return ()
-    return tuple(int(token) for token in (eos if isinstance(eos, (list, tuple)) else [eos]))
 
 
 class HFVerifier:
@@ -57,7 +48,7 @@ class HFVerifier:
         self.vocab_size = self.runner.vocab_size
         self.max_positions = self.runner.max_positions
         self.device = self.runner.device
-        self.eos_token_ids = tuple(eos_token_ids) if eos_token_ids is not None else _eos_ids(model)
+        self.eos_token_ids = tuple(eos_token_ids) if eos_token_ids is not None else model_eos_token_ids(model)
         self.group_prefills = self.device.type == "cuda"  # see `_prefill_groups`
         self._prefilled: dict[int, int] = {}  # slot -> pending tokens committed by a separate causal prefill
 

@@ -44,9 +44,12 @@ def counted(kind, **kwargs):
 
 @pytest.mark.parametrize("kwargs, sampling_cases, min_nodes", [
     ({"window": 3, "ngram": 3, "guesses": 3}, SAMPLING_CASES[:2], 1000),
-    # every candidate from the window: none before its levels fill (N - 2 steps)
-    ({"window": 2, "ngram": 4, "guesses": 4, "pool_from_prompt": False}, SAMPLING_CASES[2:], 300),
-    ({"cost": CostModel(node_cost=0.02)}, SAMPLING_CASES[1:3], 300),  # everything auto, as on a GPU
+    # every candidate from the window: none before its levels fill (N - 2 steps); the fast tier
+    # checks the window-only pool's greedy identity (test_the_window_alone_fills_the_pool_that_drafts)
+    pytest.param({"window": 2, "ngram": 4, "guesses": 4, "pool_from_prompt": False}, SAMPLING_CASES[2:], 300,
+                 marks=pytest.mark.slow),
+    # everything auto, as on a GPU; the fast tier sizes a Jacobi window automatically (test_jacobi_is_lossless[auto])
+    pytest.param({"cost": CostModel(node_cost=0.02)}, SAMPLING_CASES[1:3], 300, marks=pytest.mark.slow),
 ], ids=["W3-N3-G3", "W2-N4-G4-window-only", "auto"])
 def test_lookahead_is_lossless(kwargs, sampling_cases, min_nodes):
     make, counts = counted(LookaheadDrafter, **kwargs)
@@ -86,8 +89,6 @@ def test_lookahead_defaults_pass_the_full_check():
     make, counts = counted(LookaheadDrafter)
     assert_lossless(make)
     assert counts["nodes"] > 0
-
-
 
 
 @pytest.mark.parametrize("kind, kwargs", [(LookaheadDrafter, {"window": 3, "ngram": 3, "guesses": 3}),

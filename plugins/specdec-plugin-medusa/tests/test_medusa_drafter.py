@@ -115,7 +115,12 @@ SAMPLING_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(SAMPLING_CASES))
+#: The warps are checked exactly for rejection sampling in the core tests; these run in the slow tier.
+SLOW_CASES = {"tree top-k", "chain T=0.8"}
+
+
+@pytest.mark.parametrize("case", [pytest.param(case, marks=pytest.mark.slow) if case in SLOW_CASES else case
+                                  for case in SAMPLING_CASES])
 def test_rejection_sampling_with_medusa_drafts_matches_plain_sampling(case):
     paths, params = SAMPLING_CASES[case]
     results = check_sampling_distribution(medusa_drafter_factory(sampling_heads(), paths), sampling_target(),

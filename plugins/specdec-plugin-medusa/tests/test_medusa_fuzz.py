@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from specdec import Pipeline
 from specdec.errors import SpecdecError
-from specdec.testing import TINY_TOKENIZER_VOCAB, tiny_llama, tiny_tokenizer
+from specdec.testing import TINY_TOKENIZER_VOCAB, damage_bytes, tiny_llama, tiny_tokenizer
 
 from specdec_plugin_medusa.heads import (CONFIG_FILE, WEIGHTS_FILE, HeadsConfig, MedusaHeads, save_heads,
                                          target_signature)
@@ -74,16 +74,11 @@ def corrupt(folder: Path, kind: str, name: str, how) -> None:
     from safetensors.torch import load_file, save_file
 
     file = folder / name
-    raw = bytearray(file.read_bytes())
-    if kind == "truncate":
-        file.write_bytes(raw[: int(len(raw) * how)])
-    elif kind == "flip":
-        for where, mask in how:
-            raw[min(int(len(raw) * where), len(raw) - 1)] ^= mask
-        file.write_bytes(raw)
+    if kind in ("truncate", "flip"):
+        damage_bytes(file, kind, how)
     elif kind == "json":
         path, value = how
-        config = json.loads(raw)
+        config = json.loads(file.read_bytes())
         if path is None:
             config = value
         else:

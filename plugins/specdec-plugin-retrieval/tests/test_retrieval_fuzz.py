@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from specdec import Pipeline
 from specdec.errors import SpecdecError
-from specdec.testing import TINY_TOKENIZER_VOCAB, tiny_llama, tiny_tokenizer
+from specdec.testing import TINY_TOKENIZER_VOCAB, damage_bytes, tiny_llama, tiny_tokenizer
 from specdec_plugin_retrieval.store import META, SUFFIXES, TOKENS, open_store
 
 FUZZ = settings(max_examples=int(os.environ.get("SPECDEC_FUZZ_EXAMPLES", 40)), deadline=None,
@@ -78,16 +78,11 @@ def corruptions(draw):
 
 def corrupt(folder: Path, kind: str, name: str, how) -> None:
     file = folder / name
-    raw = bytearray(file.read_bytes())
-    if kind == "truncate":
-        file.write_bytes(raw[: int(len(raw) * how)])
-    elif kind == "flip":
-        for where, mask in how:
-            raw[min(int(len(raw) * where), len(raw) - 1)] ^= mask
-        file.write_bytes(raw)
+    if kind in ("truncate", "flip"):
+        damage_bytes(file, kind, how)
     elif kind == "json":
         data, value = how
-        meta, path = _meta_path(json.loads(raw), data)
+        meta, path = _meta_path(json.loads(file.read_bytes()), data)
         node = meta
         for key in path[:-1]:
             node = node[key]

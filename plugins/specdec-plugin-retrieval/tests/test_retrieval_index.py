@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from specdec_plugin_retrieval.adaptive import (
-    AcceptanceModel, CostModel, OutcomeTracker, prior_table, score)
+    AcceptanceModel, OutcomeTracker, prior_table, score)
 from specdec_plugin_retrieval.candidates import CandidateTree, trie_from_sequences
 from specdec_plugin_retrieval.ngram_index import NgramIndex
 

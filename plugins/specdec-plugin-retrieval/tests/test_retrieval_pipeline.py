@@ -108,10 +108,11 @@ def test_self_distill_answers_prompts_builds_a_store_and_resumes(tmp_path, model
 
 
 def test_the_shipped_prompt_set_is_large_and_diverse():
-    from specdec_plugin_retrieval.self_distill import default_prompts_path, read_prompts
+    from specdec import read_chat_prompts
+    from specdec_plugin_retrieval.self_distill import default_prompts_path
 
     records = [json.loads(line) for line in default_prompts_path().read_text().splitlines()]
-    assert len(read_prompts(default_prompts_path())) == len(records) >= 300
+    assert len(read_chat_prompts(default_prompts_path())) == len(records) >= 300
     categories = {record["category"] for record in records}
     assert {"writing", "coding", "math", "explanation", "summary", "extraction"} <= categories
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from specdec import ConfigError, json_lines
+from specdec import ConfigError, json_lines, read_text_file
 
 MT_BENCH_CATEGORIES = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")
 #: Spec-Bench's column order; tasks it does not know follow in file order.
@@ -74,18 +74,7 @@ def parse_questions(text: str, source: str = "<questions>") -> list[Question]:
 
 
 def load_questions(path: str | Path) -> list[Question]:
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as error:
-        raise ConfigError(f"cannot read question file {path}: {error.strerror or error}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = raw.count(b"\n", 0, error.start) + 1
-        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[error.start]:02x}); JSON Lines files "
-                          f"are UTF-8: convert the file") from None
-    return parse_questions(text, str(path))
+    return parse_questions(read_text_file(path, "question file"), str(path))
 
 
 def tasks_in(questions: Sequence[Question]) -> list[str]:

@@ -24,7 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from specdec import InputError, json_lines
+from specdec import InputError, answer_chats, chat_token_ids, json_lines, read_chat_prompts
 
 #: The shipped self-distillation prompt set: generic chat instructions written for this plugin.
 PROMPTS_FILE = "prompts.jsonl"
@@ -43,41 +43,8 @@ def shipped_prompts_path() -> Path:
 
 
 def load_prompts(path: str | Path | None = None) -> list[list[dict]]:
-    """Chat conversations to answer: each line `{"prompt": "..."}` or `{"messages": [...]}`.
-
-    A plain-text file (not `.jsonl`) holds one prompt per non-empty line.
-    """
-    path = Path(path) if path is not None else shipped_prompts_path()
-    conversations = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as error:
-        raise InputError(f"cannot read the prompt file {path}: {error.strerror or error}") from None
-    if path.suffix != ".jsonl":
-        conversations.extend([{"role": "user", "content": line.strip()}] for line in lines if line.strip())
-    else:
-        for number, item in json_lines(lines, path):
-            _check_object(item, path, number)
-            if "messages" in item:
-                conversations.append(_messages(item["messages"], path, number))
-            elif isinstance(item.get("prompt"), str):
-                conversations.append([{"role": "user", "content": item["prompt"]}])
-            else:
-                raise InputError(f"{path}:{number}: a prompt line needs a 'prompt' string or a 'messages' list")
-    if not conversations:
-        raise InputError(f"the prompt file {path} holds no prompts")
-    return conversations
-
-
-def chat_ids(tokenizer, messages: Sequence[dict], add_generation_prompt: bool) -> list[int]:
-    """Token ids of a conversation through the tokenizer's chat template."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise InputError("the tokenizer has no chat template; train on plain text instead")
-    encoded = tokenizer.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt,
-                                            tokenize=True)
-    if isinstance(encoded, dict) or hasattr(encoded, "input_ids"):
-        encoded = encoded["input_ids"]
-    return [int(token) for token in encoded]
+    """Chat conversations to answer (`specdec.jsonl.read_chat_prompts`); the shipped set by default."""
+    return read_chat_prompts(path if path is not None else shipped_prompts_path())
 
 
 # -- self-distillation ----------------------------------------------------------------------------
@@ -86,61 +53,24 @@ def chat_ids(tokenizer, messages: Sequence[dict], add_generation_prompt: bool) -
 def distill(model, tokenizer, conversations: Sequence[Sequence[dict]], *, max_new_tokens: int = 256,
             batch_size: int = 16, temperature: float = 0.0, seed: int = 0,
             progress: bool = True) -> Iterator[dict]:
-    """Answer every conversation with the target itself, in batches (left-padded `generate`).
+    """Answer every conversation with the target itself (`specdec.answer_chats`).
 
     Yields one record per conversation, in order, as `read_corpus` reads them:
     `{"messages": [... + assistant answer], "token_ids": [...], "num_prompt_tokens": n}`.
     `temperature` 0 answers greedily; otherwise answers are sampled (seeded per batch).
     """
-    import torch
-    from tqdm import tqdm
-
-    eos = _eos_ids(model, tokenizer)
-    pad = eos[0] if eos else 0
-    prompts = [chat_ids(tokenizer, conversation, add_generation_prompt=True) for conversation in conversations]
-    # longest first, so that similar lengths share a batch and the progress bar's estimate is pessimistic
-    order = sorted(range(len(prompts)), key=lambda index: -len(prompts[index]))
     results: dict[int, dict] = {}
-    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
-    device = model.device
-    for number, batch in enumerate(tqdm(batches, desc="self-distillation", unit="batch", disable=not progress)):
-        width = max(len(prompts[index]) for index in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, index in enumerate(batch):
-            prompt = prompts[index]
-            ids[row, width - len(prompt):] = torch.tensor(prompt)
-            mask[row, width - len(prompt):] = 1
-        sampling = {"do_sample": False} if temperature == 0 else {
-            "do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
-        if temperature > 0:
-            torch.manual_seed(seed * 100_003 + number)
-        with torch.inference_mode():
-            output = model.generate(ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                                    eos_token_id=list(eos) or None, pad_token_id=pad, **sampling)
-        for row, index in enumerate(batch):
-            answer = output[row, width:].tolist()
-            for position, token in enumerate(answer):
-                if token in eos:
-                    answer = answer[: position + 1]
-                    break
-            text = tokenizer.decode(answer, skip_special_tokens=True)
-            results[index] = {
-                "messages": list(conversations[index]) + [{"role": "assistant", "content": text}],
-                "token_ids": prompts[index] + answer,
-                "num_prompt_tokens": len(prompts[index]),
-            }
-    for index in range(len(prompts)):
+    for index, prompt, answer in answer_chats(model, tokenizer, conversations, max_new_tokens=max_new_tokens,
+                                              batch_size=batch_size, temperature=temperature, seed=seed,
+                                              progress=progress):
+        text = tokenizer.decode(answer, skip_special_tokens=True)
+        results[index] = {
+            "messages": list(conversations[index]) + [{"role": "assistant", "content": text}],
+            "token_ids": prompt + answer,
+            "num_prompt_tokens": len(prompt),
+        }
+    for index in range(len(conversations)):
         yield results[index]
-
-
-def _eos_ids(model, tokenizer) -> tuple[int, ...]:
-    eos = getattr(model.generation_config, "eos_token_id", None)
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    if eos is None:
-        return ()
-    return tuple(int(token) for token in (eos if isinstance(eos, (list, tuple)) else [eos]))
 
 
 def write_jsonl(records: Iterable[dict], path: str | Path) -> int:
@@ -207,13 +137,13 @@ def _record(item: dict, tokenizer, path: Path, number: int) -> TokenSequence:
 
 def _chat_sequence(tokenizer, messages: list[dict]) -> TokenSequence:
     """Render a conversation; each assistant turn (its end-of-turn token included) is a span."""
-    ids = chat_ids(tokenizer, messages, add_generation_prompt=False)
+    ids = chat_token_ids(tokenizer, messages, add_generation_prompt=False)
     spans = []
     for turn, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        start = len(chat_ids(tokenizer, messages[:turn], add_generation_prompt=True)) if turn else 0
-        end = len(chat_ids(tokenizer, messages[: turn + 1], add_generation_prompt=False))
+        start = len(chat_token_ids(tokenizer, messages[:turn], add_generation_prompt=True)) if turn else 0
+        end = len(chat_token_ids(tokenizer, messages[: turn + 1], add_generation_prompt=False))
         # templates end a turn with a newline after the end-of-turn token: do not learn it
         while end > start and tokenizer.decode([ids[end - 1]]).strip() == "":
             end -= 1

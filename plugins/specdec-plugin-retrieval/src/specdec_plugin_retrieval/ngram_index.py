@@ -11,7 +11,29 @@ from __future__ import annotations
 from typing import Sequence
 
 
-class NgramIndex:
+class GrowingIndex:
+    """An index of `tokens` that a drafter keeps in step with its sequence: `extend` appends, and
+    `sync` catches up with a sequence that grew or, after a rollback, starts over."""
+
+    tokens: list[int]
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    def extend(self, new_tokens: Sequence[int]) -> None:
+        raise NotImplementedError
+
+    def sync(self, sequence: Sequence[int]) -> None:
+        """Catch up with `sequence`, which extends the indexed tokens (else re-index it)."""
+        indexed = len(self.tokens)
+        if len(sequence) < indexed or (indexed and sequence[indexed - 1] != self.tokens[-1]):
+            self.reset()
+            indexed = 0
+        if len(sequence) > indexed:
+            self.extend(sequence[indexed:])
+
+
+class NgramIndex(GrowingIndex):
     """Where each n-gram of `tokens` occurred, kept in step with a sequence that only grows."""
 
     def __init__(self, min_n: int, max_n: int):
@@ -42,15 +64,6 @@ class NgramIndex:
                     table[key] = [end]
                 else:
                     positions.append(end)
-
-    def sync(self, sequence: Sequence[int]) -> None:
-        """Catch up with `sequence`, which extends the indexed tokens (else re-index it)."""
-        indexed = len(self.tokens)
-        if len(sequence) < indexed or (indexed and sequence[indexed - 1] != self.tokens[-1]):
-            self.reset()
-            indexed = 0
-        if len(sequence) > indexed:
-            self.extend(sequence[indexed:])
 
     def occurrences(self, n: int, limit: int) -> list[int]:
         """Up to `limit` most recent earlier occurrences of the last n tokens, most recent first,

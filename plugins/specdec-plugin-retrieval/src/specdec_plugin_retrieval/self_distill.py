@@ -15,68 +15,14 @@ import json
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator, Sequence
 
-from specdec import InputError, json_lines
+from specdec import InputError, answer_chats, json_lines, read_chat_prompts
 
 Messages = list[dict[str, str]]
 
 
 def default_prompts_path() -> Path:
     return Path(str(resources.files("specdec_plugin_retrieval") / "data" / "self_distill_prompts.jsonl"))
-
-
-def read_prompts(path: str | os.PathLike) -> list[Messages]:
-    """Prompts as chat messages: JSONL records with `prompt` (a user message) or `messages`
-    (a conversation ending with a user turn), or a text file with one prompt per line."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as error:
-        raise InputError(f"cannot read the prompt file {path}: {error.strerror or error}") from None
-    prompts: list[Messages] = []
-    if path.suffix.lower() != ".jsonl":
-        prompts.extend([{"role": "user", "content": line.strip()}] for line in lines if line.strip())
-        lines = []
-    for number, record in json_lines(lines, path):
-        if isinstance(record, dict) and isinstance(record.get("prompt"), str):
-            prompts.append([{"role": "user", "content": record["prompt"]}])
-        elif isinstance(record, dict) and isinstance(record.get("messages"), list) and record["messages"]:
-            prompts.append([{"role": str(m["role"]), "content": str(m["content"])} for m in record["messages"]])
-        else:
-            raise InputError(f"{path}:{number}: expected an object with 'prompt' (a string) or 'messages'")
-    if not prompts:
-        raise InputError(f"the prompt file {path} holds no prompts")
-    return prompts
-
-
-def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[Messages], *, max_new_tokens: int,
-                     batch_size: int) -> Iterator[tuple[Messages, str]]:
-    """Greedy answers, in batches of prompts of similar length (left padding)."""
-    import torch
-
-    if not getattr(tokenizer, "chat_template", None):
-        raise InputError("the model's tokenizer has no chat template; self-distillation needs a chat model")
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise InputError("the tokenizer has neither a padding nor an end-of-sequence token to pad batches with")
-        tokenizer.pad_token = tokenizer.eos_token  # padding is masked out; any token will do
-    pad = tokenizer.pad_token_id
-    rendered = [tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-                for messages in prompts]
-    lengths = [len(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]]
-    order = sorted(range(len(prompts)), key=lambda index: lengths[index])
-    for first in range(0, len(order), batch_size):
-        batch = order[first:first + batch_size]
-        encoded = tokenizer([rendered[index] for index in batch], add_special_tokens=False,
-                            return_tensors="pt", padding=True).to(model.device)
-        with torch.inference_mode():
-            output = model.generate(**encoded, do_sample=False, max_new_tokens=max_new_tokens,
-                                    pad_token_id=pad, temperature=None, top_p=None, top_k=None)
-        answers = tokenizer.batch_decode(output[:, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
-        for index, answer in zip(batch, answers):
-            yield prompts[index], answer.strip()
 
 
 def self_distill(output: str | os.PathLike, *, prompts_path: str | os.PathLike | None = None,
@@ -91,21 +37,19 @@ def self_distill(output: str | os.PathLike, *, prompts_path: str | os.PathLike |
     output = Path(output)
     if output.exists() and not overwrite:
         raise InputError(f"{output} already exists; choose another output folder or overwrite it")
-    prompts = read_prompts(prompts_path or default_prompts_path())[:limit]
+    prompts = read_chat_prompts(prompts_path or default_prompts_path())[:limit]
     corpus = Path(corpus_path) if corpus_path else output.with_name(output.name + ".corpus.jsonl")
     done = _answered(corpus)
     todo = [messages for messages in prompts if _key(messages) not in done]
     model, tokenizer = load_model(model_name)
     if todo:
-        answers = generate_answers(model, tokenizer, todo, max_new_tokens=max_new_tokens, batch_size=batch_size)
-        if progress:
-            from tqdm import tqdm
-
-            answers = tqdm(answers, total=len(todo), desc="answering", unit=" prompts")
+        answers = answer_chats(model, tokenizer, todo, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                               progress=progress)
         corpus.parent.mkdir(parents=True, exist_ok=True)
         with corpus.open("a", encoding="utf-8") as file:
-            for messages, answer in answers:
-                record = {"messages": messages + [{"role": "assistant", "content": answer}]}
+            for index, _, answer in answers:
+                text = tokenizer.decode(answer, skip_special_tokens=True).strip()
+                record = {"messages": todo[index] + [{"role": "assistant", "content": text}]}
                 file.write(json.dumps(record, ensure_ascii=False) + "\n")
                 file.flush()
     return build_from_corpus([corpus], tokenizer, output, overwrite=overwrite, progress=progress)

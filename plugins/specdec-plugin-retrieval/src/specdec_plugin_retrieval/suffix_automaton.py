@@ -26,10 +26,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from specdec_plugin_retrieval.ngram_index import continuation, matched_length
+from specdec_plugin_retrieval.ngram_index import GrowingIndex, continuation, matched_length
 
 
-class SuffixAutomaton:
+class SuffixAutomaton(GrowingIndex):
     """Longest earlier match of the trailing tokens, kept in step with a sequence that only grows.
 
     The interface is the n-gram index's, so `PromptLookupDrafter` can use either.
@@ -68,15 +68,6 @@ class SuffixAutomaton:
             self._advance_match(token)
             self._append(token)
             self.tokens.append(token)
-
-    def sync(self, sequence: Sequence[int]) -> None:
-        """Catch up with `sequence`, which extends the indexed tokens (else re-index it)."""
-        indexed = len(self.tokens)
-        if len(sequence) < indexed or (indexed and sequence[indexed - 1] != self.tokens[-1]):
-            self.reset()
-            indexed = 0
-        if len(sequence) > indexed:
-            self.extend(sequence[indexed:])
 
     def _advance_match(self, token: int) -> None:
         """The match of the sequence plus `token`, in the automaton of the sequence alone."""

@@ -31,7 +31,7 @@ from typing import Sequence
 
 import torch
 
-from specdec import AcceptanceTracker, CostModel, DraftContext, SlotAcceptance, warp_logits
+from specdec import AcceptanceTracker, CostModel, Draft, DraftContext, SlotAcceptance, warp_logits
 
 #: Upper edges of the confidence buckets (the last bucket runs to 1).
 CONFIDENCE_EDGES = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
@@ -192,6 +192,22 @@ class ChainSizer:
         slots = [confidence_bucket(confidence) for confidence in confidences]
         self.tracker.add(start, list(tokens), list(range(-1, len(tokens) - 1)), slots)
         self._first = (start, tokens[0]) if tokens else None
+
+    def hand_over(self, start: int, picks: Sequence[Pick], chances: Sequence[float], sample: bool) -> Draft:
+        """The draft to verify out of a drafted chain: every pick teaches the calibration, the
+        prefix with the best ratio (`keep`) is handed over, and its clock starts.
+
+        :param start: committed tokens before the chain.
+        :param chances: the picks' path chances, as `keep_drafting` saw them.
+        :param sample: whether the picks were sampled (their `q` goes into the draft).
+        """
+        self.proposed(start, [p.token for p in picks], [p.confidence for p in picks])
+        kept = self.keep(chances, len(picks))
+        self.handed_over(kept)
+        if kept == 0:
+            return Draft.empty()
+        kept_picks = picks[:kept]
+        return Draft.chain([p.token for p in kept_picks], torch.stack([p.q for p in kept_picks]) if sample else None)
 
     def handed_over(self, num_nodes: int) -> None:
         self._handed_over, self._handed_nodes = time.perf_counter(), num_nodes

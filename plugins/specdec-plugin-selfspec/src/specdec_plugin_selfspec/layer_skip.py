@@ -330,16 +330,12 @@ class LayerSkipDrafter(BaseDrafter):
             if not self.sizer.keep_drafting(chances, len(picks), limit):
                 break
             token, position = chosen.token, position + 1
-        self.sizer.proposed(len(context.tokens), [p.token for p in picks], [p.confidence for p in picks])
-        kept = self.sizer.keep(chances, len(picks))
-        self.sizer.handed_over(kept)
+        draft = self.sizer.hand_over(len(context.tokens), picks, chances, sample)
         now = time.perf_counter()
         self._step = (run, now - started, now)
-        if kept == 0:
-            return Draft.empty()
-        self._last = Draft.chain([p.token for p in picks[:kept]],
-                                 torch.stack([p.q for p in picks[:kept]]) if sample else None)
-        return self._last
+        if draft.num_nodes:
+            self._last = draft
+        return draft
 
     def observe(self, outcome: StepOutcome) -> None:
         if self._step is not None and self.search is not None:

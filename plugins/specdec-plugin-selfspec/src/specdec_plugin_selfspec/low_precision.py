@@ -119,14 +119,10 @@ class LowPrecisionDrafter(BaseDrafter):
             start += count
             inputs = torch.tensor([chosen.token], dtype=torch.long)
         self._in_cache = len(picks) - 1  # the last draft token was never fed
-        self.sizer.proposed(len(tokens), [p.token for p in picks], [p.confidence for p in picks])
-        kept = self.sizer.keep(chances, len(picks))
-        self.sizer.handed_over(kept)
-        if kept == 0:
-            return Draft.empty()
-        self._last = Draft.chain([p.token for p in picks[:kept]],
-                                 torch.stack([p.q for p in picks[:kept]]) if sample else None)
-        return self._last
+        draft = self.sizer.hand_over(len(tokens), picks, chances, sample)
+        if draft.num_nodes:
+            self._last = draft
+        return draft
 
     def _copy_prompt(self, context: DraftContext) -> bool:
         """Copy the target's committed entries (the prompt, after the first step) into the store."""

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import torch
 
-from specdec import InputError, ModelMismatchError, json_lines
+from specdec import InputError, ModelMismatchError, answer_chats, read_chat_prompts
 
 TABLE_FORMAT = "specdec-selfspec-token-frequencies"
 TABLE_VERSION = 1
@@ -142,70 +142,15 @@ def load_vocab(path: str | os.PathLike, size: int, vocab_size: int, tokenizer=No
     return DraftVocab(torch.tensor(chosen, dtype=torch.long), vocab_size)
 
 
-def read_prompts(path: str | os.PathLike) -> list[list[dict[str, str]]]:
-    """Chat prompts: JSONL records with `prompt` or `messages`, or a text file of one prompt a line."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as error:
-        raise InputError(f"cannot read the prompt file {path}: {error.strerror or error}") from None
-    if path.suffix.lower() != ".jsonl":
-        return [[{"role": "user", "content": line.strip()}] for line in lines if line.strip()]
-    prompts = []
-    for number, record in json_lines(lines, path):
-        if isinstance(record, dict) and isinstance(record.get("prompt"), str):
-            prompts.append([{"role": "user", "content": record["prompt"]}])
-        elif isinstance(record, dict) and isinstance(record.get("messages"), list) and record["messages"]:
-            prompts.append([{"role": str(m["role"]), "content": str(m["content"])} for m in record["messages"]])
-        else:
-            raise InputError(f"{path}:{number}: expected an object with 'prompt' (a string) or 'messages'")
-    if not prompts:
-        raise InputError(f"the prompt file {path} holds no prompts")
-    return prompts
-
-
 def count_answers(model, tokenizer, prompts: Sequence[list[dict[str, str]]], *, max_new_tokens: int,
                   batch_size: int, progress: bool = False) -> tuple[Counter, int]:
-    """Greedy answers to the prompts (left-padded batches of similar length); counts of the
-    answer tokens (end-of-sequence included, padding not) and how many were counted."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise InputError("the model's tokenizer has no chat template; counting answers needs a chat model")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token  # masked out; any token will do
-    tokenizer.padding_side = "left"
-    rendered = [tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-                for messages in prompts]
-    lengths = [len(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]]
-    order = sorted(range(len(prompts)), key=lambda index: lengths[index])
-    eos = set(_eos_ids(model, tokenizer))
+    """Counts of the tokens of the model's greedy answers to the prompts (`specdec.answer_chats`;
+    end-of-sequence included, padding not) and how many were counted."""
     counts: Counter = Counter()
-    total = 0
-    batches = range(0, len(order), batch_size)
-    if progress:
-        from tqdm import tqdm
-
-        batches = tqdm(batches, desc="answering", unit=" batches")
-    for first in batches:
-        batch = [rendered[index] for index in order[first:first + batch_size]]
-        encoded = tokenizer(batch, add_special_tokens=False, return_tensors="pt", padding=True).to(model.device)
-        with torch.inference_mode():
-            output = model.generate(**encoded, do_sample=False, max_new_tokens=max_new_tokens,
-                                    pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None)
-        for row in output[:, encoded["input_ids"].shape[1]:].tolist():
-            for token in row:
-                counts[token] += 1
-                total += 1
-                if token in eos:
-                    break  # what follows is padding
-    return counts, total
-
-
-def _eos_ids(model, tokenizer) -> list[int]:
-    config = getattr(model, "generation_config", None)
-    eos = getattr(config, "eos_token_id", None)
-    ids = eos if isinstance(eos, (list, tuple)) else [eos]
-    return [int(token) for token in ids if token is not None] + (
-        [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
+    for _, _, answer in answer_chats(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                     batch_size=batch_size, progress=progress):
+        counts.update(answer)
+    return counts, sum(counts.values())
 
 
 def build_table(out: str | os.PathLike, *, model_name: str | None = None, prompts_path=None,
@@ -215,7 +160,7 @@ def build_table(out: str | os.PathLike, *, model_name: str | None = None, prompt
     from specdec import load_model
 
     out = Path(out)
-    prompts = read_prompts(prompts_path or default_prompts_path())[:limit]
+    prompts = read_chat_prompts(prompts_path or default_prompts_path())[:limit]
     model, tokenizer = load_model(model_name)
     counts, total = count_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                                   batch_size=batch_size, progress=progress)

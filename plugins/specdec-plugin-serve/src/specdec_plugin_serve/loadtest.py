@@ -9,8 +9,9 @@ requests) are sent as streamed chat completions by C client tasks, with speculat
 pipeline's drafter) and off (`{"enabled": false}`) on the same server. The modes alternate in
 blocks of 2C requests (on, off, off, on, ...: at concurrency 1 every second request), so that a
 machine whose load drifts (other jobs) slows both alike; at least two blocks per mode, so that
-each mode runs first once (the first long block after the warm-up pays one-off costs: at
-concurrency 64 a single block per mode measured 0.85x for a server that drafted nothing). Per mode and concurrency it reports:
+each mode runs first once (the first long block after the warm-up pays one-off costs, which
+biased a single-block run against "on": "Serving under load" in docs/benchmarks.md). Per mode and
+concurrency it reports:
 
 - throughput: generated tokens (from `usage`) / the round's wall time, and requests/s;
 - TTFT: from sending the request to its first text, p50/p90/p99;
@@ -41,7 +42,6 @@ import asyncio
 import json
 import math
 import platform
-import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
