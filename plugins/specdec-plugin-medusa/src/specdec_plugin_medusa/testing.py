@@ -11,7 +11,8 @@ import torch
 
 from specdec import HFVerifier, NoDrafter, RejectionSampling, SamplingParams, SpeculativeDecoder
 
-from specdec_plugin_medusa.data import TokenSequence
+from specdec.distill import TokenSequence
+
 from specdec_plugin_medusa.drafter import MedusaDrafter
 from specdec_plugin_medusa.features import compute_features
 from specdec_plugin_medusa.heads import MedusaHeads, target_signature
