@@ -12,10 +12,11 @@ import torch
 from specdec import HFVerifier, NoDrafter, RejectionSampling, SamplingParams, SpeculativeDecoder
 
 from specdec.distill import TokenSequence
+from specdec.fingerprint import target_signature
 
 from specdec_plugin_medusa.drafter import MedusaDrafter
 from specdec_plugin_medusa.features import compute_features
-from specdec_plugin_medusa.heads import MedusaHeads, target_signature
+from specdec_plugin_medusa.heads import MedusaHeads
 from specdec_plugin_medusa.train import Trainer, TrainConfig
 from specdec_plugin_medusa.trees import TreeLayout
 
