@@ -295,10 +295,13 @@ class Trainer:
         self.step, self.seconds = state["step"], state["seconds"]
         return True
 
-    def loss(self, batch: list[int]) -> torch.Tensor:
+    def loss(self, step: int) -> torch.Tensor:
         config = self.config
-        tokens, features, learned, real = self.batches.tensors(batch, self.device)
-        noisy = features + (torch.rand_like(features) - 0.5) * (2 * config.noise * self.spread)
+        tokens, features, learned, real = self.batches.tensors(self.batch(step), self.device)
+        # noise drawn from the step number: a resumed run adds the same noise
+        generator = torch.Generator(self.device).manual_seed(config.seed * 1_000_003 + step)
+        uniform = torch.rand(features.shape, generator=generator, device=self.device)
+        noisy = features + (uniform - 0.5) * (2 * config.noise * self.spread)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             outputs = unroll(self.model, tokens, noisy, config.levels)
         total = features.new_zeros(())
@@ -318,7 +321,7 @@ class Trainer:
                   disable=not progress) as bar:
             while self.step < stop:
                 started = time.perf_counter()
-                loss = self.loss(self.batch(self.step))
+                loss = self.loss(self.step)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), 0.5)
