@@ -154,6 +154,29 @@ def test_the_sampling_check_catches_a_drafter_that_claims_another_q():
                                     SamplingParams(temperature=1.0), num_samples=600)
 
 
+class PrunesWhatItDrew(EagleDrafter):
+    """Broken on purpose: drops drawn nodes whose token was unlikely under the draft (and their
+    subtrees), keeping the q they were drawn with: what remains is no longer distributed as q."""
+
+    def propose(self, context):
+        draft = super().propose(context)
+        if draft.q is None or draft.num_nodes == 0:
+            return draft
+        chances = draft.q[torch.arange(draft.num_nodes), draft.tokens]
+        kept = []
+        for node, parent in enumerate(draft.parents):
+            if chances[node] >= 0.2 and (parent < 0 or parent in kept):
+                kept.append(node)
+        return draft.subtree(kept)
+
+
+def test_the_sampling_check_catches_a_drafter_that_prunes_what_it_drew():
+    model = sampling_draft()
+    with pytest.raises(AssertionError):
+        check_sampling_distribution(lambda _target: PrunesWhatItDrew(model, CHAIN), sampling_target(),
+                                    SamplingParams(temperature=1.0), num_samples=600)
+
+
 def test_greedy_drafts_under_sampling_carry_no_q():
     model = sampling_draft()
     check_sampling_distribution(lambda _target: EagleDrafter(model, TREE, sample=False), sampling_target(),

@@ -30,6 +30,8 @@ def new_draft_model(target, *, style: str = "eagle1", feature_layers: Sequence[i
                     draft_ids: torch.Tensor | None = None, seed: int = 0) -> EagleDraftModel:
     """A freshly initialised draft model with the target's attention shapes and vocabulary.
 
+    `eagle1` models start with `fc` passing the feature through (identity on the feature half,
+    small weights on the embedding half), so the layer begins from the target's own feature;
     `eagle3` models start their norm and LM head from the target's final norm and LM head rows,
     so training begins from the target's own reading of a feature.
     """
@@ -51,6 +53,12 @@ def new_draft_model(target, *, style: str = "eagle1", feature_layers: Sequence[i
         max_position_embeddings=int(getattr(config, "max_position_embeddings", 8192)))
     torch.manual_seed(seed)
     model = EagleDraftModel(draft_config, embedding.float().cpu(), ids, lm_head.float().cpu() if style == "eagle1" else None)
+    if style == "eagle1":
+        with torch.no_grad():
+            model.fc.weight[:, hidden:].copy_(torch.eye(hidden))
+            model.fc.weight[:, :hidden].mul_(0.1)
+            if model.fc.bias is not None:
+                model.fc.bias.zero_()
     if style == "eagle3":
         with torch.no_grad():
             model.lm_head.weight.copy_(lm_head.float().cpu()[ids])

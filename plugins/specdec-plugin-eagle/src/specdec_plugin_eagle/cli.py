@@ -35,6 +35,8 @@ def add_commands(subparsers) -> None:
     train.add_argument("--draft-vocab", type=int,
                        help="draft over the N most frequent tokens of the training text (FR-Spec); default: all")
     train.add_argument("--levels", type=int, default=2, help="unrolled drafting levels trained (training-time test)")
+    train.add_argument("--token-weight", type=float, default=0.1,
+                       help="eagle1: weight of the token cross-entropy next to the feature regression")
     train.add_argument("--epochs", type=float, default=3.0)
     train.add_argument("--batch-tokens", type=int, default=2048, help="padded tokens per step")
     train.add_argument("--lr", type=float, default=1e-3)
@@ -60,7 +62,7 @@ def _train(args: argparse.Namespace) -> int:
     from specdec_plugin_eagle.recipe import run_training
     from specdec_plugin_eagle.train import TrainConfig
 
-    config = TrainConfig(levels=args.levels, epochs=args.epochs, batch_tokens=args.batch_tokens,
+    config = TrainConfig(levels=args.levels, epochs=args.epochs, token_weight=args.token_weight, batch_tokens=args.batch_tokens,
                          learning_rate=args.lr, eval_fraction=args.eval_fraction, seed=args.seed, dtype=args.dtype)
     report = run_training(args.out, model_name=args.model, data_files=args.data, prompts=args.prompts,
                           distill_temperatures=args.distill_temperatures, max_new_tokens=args.max_new_tokens,
