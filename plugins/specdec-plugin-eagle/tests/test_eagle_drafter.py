@@ -149,7 +149,7 @@ def test_the_sampling_check_catches_a_drafter_that_claims_another_q():
     model = sampling_draft()
     with pytest.raises(AssertionError):
         check_sampling_distribution(lambda _target: ClaimsAnotherQ(model, TREE), sampling_target(),
-                                    SamplingParams(temperature=1.0), num_samples=400)
+                                    SamplingParams(temperature=1.0), num_samples=600)
 
 
 class PrunesWhatItDrew(EagleDrafter):
