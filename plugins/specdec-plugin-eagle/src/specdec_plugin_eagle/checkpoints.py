@@ -279,14 +279,16 @@ def _load_state(model: EagleDraftModel, state: dict[str, torch.Tensor], folder: 
 
 
 def save_draft(model: EagleDraftModel, folder: str | Path, *, target, tokenizer=None, name: str | None = None,
-               accuracy: dict | None = None, training: dict | None = None) -> Path:
-    """A specdec folder: `config.json` + `model.safetensors` (shared target weights not stored)."""
+               accuracy: dict | None = None, training: dict | None = None,
+               dtype: torch.dtype = torch.float32) -> Path:
+    """A specdec folder: `config.json` + `model.safetensors` (shared target weights not stored;
+    floating-point weights in `dtype`, loaded back in the target's)."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.detach().to("cpu").contiguous() for key, value in model.state_dict().items()}
-    tensors = {key: value.float() if value.is_floating_point() else value for key, value in tensors.items()}
+    tensors = {key: value.to(dtype) if value.is_floating_point() else value for key, value in tensors.items()}
     save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": FORMAT})
     config = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": model.config.to_json(),
               "target": target_signature(target, name),
