@@ -91,6 +91,16 @@ _EXPORTS = {
     "load_plugins": "specdec.plugins",
     "validated_pipeline": "specdec.cli",
     "json_lines": "specdec.jsonl",
+    # trained drafters: their training text and the fingerprint of the target they were trained for
+    "TokenSequence": "specdec.training_data",
+    "chat_ids": "specdec.training_data",
+    "distill": "specdec.training_data",
+    "load_prompts": "specdec.training_data",
+    "read_corpus": "specdec.training_data",
+    "write_jsonl": "specdec.training_data",
+    "signature_differences": "specdec.fingerprint",
+    "target_signature": "specdec.fingerprint",
+    "tokenizer_fingerprint": "specdec.fingerprint",
     "read_json_lines": "specdec.jsonl",
 }
 

@@ -9,7 +9,7 @@ import torch
 from specdec.cli import main
 from specdec.errors import InputError
 from specdec.pipeline import Pipeline
-from specdec.distill import TokenSequence, read_corpus
+from specdec.training_data import TokenSequence, read_corpus
 from specdec.fingerprint import target_signature
 from specdec.testing import save_tiny_model, tiny_llama, tiny_tokenizer
 
@@ -56,7 +56,7 @@ def test_bad_corpus_lines_name_the_file_and_line(tmp_path):
 
 
 def test_long_sequences_are_cut_into_windows():
-    from specdec.distill import _windows
+    from specdec.training_data import _windows
 
     windows = _windows(TokenSequence(tuple(range(10)), ((3, 10),)), 4)
     assert [window.token_ids for window in windows] == [(0, 1, 2, 3), (4, 5, 6, 7), (8, 9)]

@@ -34,8 +34,9 @@ from typing import Any
 
 import torch
 
-from specdec import InputError, ModelMismatchError
-from specdec.fingerprint import signature_differences, target_signature, tokenizer_fingerprint
+from specdec import (
+    InputError, ModelMismatchError, signature_differences, target_signature, tokenizer_fingerprint
+)
 
 from specdec_plugin_eagle.build import FINAL_FEATURE, default_feature_layers, text_config
 from specdec_plugin_eagle.model import EagleConfig, EagleDraftModel

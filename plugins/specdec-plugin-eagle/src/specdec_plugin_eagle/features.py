@@ -17,7 +17,7 @@ from typing import Sequence
 
 import torch
 
-from specdec.distill import TokenSequence
+from specdec import TokenSequence
 
 
 @dataclass

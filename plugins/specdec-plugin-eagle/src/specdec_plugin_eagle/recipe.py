@@ -21,9 +21,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from specdec import InputError
-from specdec.distill import distill, load_prompts, read_corpus, write_jsonl
-from specdec.fingerprint import target_signature
+from specdec import InputError, distill, load_prompts, read_corpus, target_signature, write_jsonl
 
 from specdec_plugin_eagle.build import default_feature_layers, new_draft_model
 from specdec_plugin_eagle.checkpoints import save_draft

@@ -13,8 +13,9 @@ from typing import Sequence
 
 import torch
 
-from specdec import HFVerifier, NoDrafter, RejectionSampling, SamplingParams, SpeculativeDecoder
-from specdec.distill import TokenSequence
+from specdec import (
+    HFVerifier, NoDrafter, RejectionSampling, SamplingParams, SpeculativeDecoder, TokenSequence
+)
 
 from specdec_plugin_eagle.build import attach, new_draft_model
 from specdec_plugin_eagle.features import compute_features

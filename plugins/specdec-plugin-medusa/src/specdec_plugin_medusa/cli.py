@@ -103,7 +103,7 @@ def _train(args: argparse.Namespace) -> int:
 def _distill(args: argparse.Namespace) -> int:
     from specdec import load_model
 
-    from specdec.distill import distill, write_jsonl
+    from specdec import distill, write_jsonl
     from specdec_plugin_medusa.data import load_prompts
 
     conversations = load_prompts(args.prompts)

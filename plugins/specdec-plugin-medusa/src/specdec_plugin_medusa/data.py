@@ -1,12 +1,12 @@
 """The self-distillation prompt set shipped with this plugin (the text readers and the
-distillation itself live in `specdec.distill`, shared with other trained drafters)."""
+distillation itself live in `specdec.training_data`, shared with other trained drafters)."""
 
 from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
 
-from specdec.distill import load_prompts as _load_prompts
+import specdec
 
 #: The shipped self-distillation prompt set: generic chat instructions written for this plugin.
 PROMPTS_FILE = "prompts.jsonl"
@@ -17,5 +17,5 @@ def shipped_prompts_path() -> Path:
 
 
 def load_prompts(path: str | Path | None = None) -> list[list[dict]]:
-    """Conversations of a prompt file (formats: `specdec.distill.load_prompts`); the shipped set by default."""
-    return _load_prompts(shipped_prompts_path() if path is None else path)
+    """Conversations of a prompt file (formats: `specdec.load_prompts`); the shipped set by default."""
+    return specdec.load_prompts(shipped_prompts_path() if path is None else path)

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import torch
 
-from specdec.distill import TokenSequence
+from specdec import TokenSequence
 
 IGNORE = -100
 

@@ -23,8 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from specdec import InputError, ModelMismatchError
-from specdec.fingerprint import signature_differences, target_signature
+from specdec import InputError, ModelMismatchError, signature_differences, target_signature
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "heads.safetensors"

@@ -20,9 +20,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from specdec import InputError
-from specdec.distill import distill, read_corpus, write_jsonl
-from specdec.fingerprint import target_signature
+from specdec import InputError, distill, read_corpus, target_signature, write_jsonl
 
 from specdec_plugin_medusa import DEFAULT_TREE_NODES
 from specdec_plugin_medusa.data import load_prompts, shipped_prompts_path

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from specdec import HFVerifier, NoDrafter, RejectionSampling, SamplingParams, SpeculativeDecoder
+from specdec import (
+    HFVerifier, NoDrafter, RejectionSampling, SamplingParams, SpeculativeDecoder, TokenSequence,
+    target_signature
+)
 
-from specdec.distill import TokenSequence
-from specdec.fingerprint import target_signature
 
 from specdec_plugin_medusa.drafter import MedusaDrafter
 from specdec_plugin_medusa.features import compute_features

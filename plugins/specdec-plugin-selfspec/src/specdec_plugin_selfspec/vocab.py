@@ -26,8 +26,7 @@ from typing import Any, Sequence
 
 import torch
 
-from specdec import InputError, ModelMismatchError, json_lines
-from specdec.fingerprint import tokenizer_fingerprint
+from specdec import InputError, ModelMismatchError, json_lines, tokenizer_fingerprint
 
 TABLE_FORMAT = "specdec-selfspec-token-frequencies"
 TABLE_VERSION = 1
