@@ -181,6 +181,19 @@ def test_greedy_drafts_under_sampling_carry_no_q():
                                 SamplingParams(temperature=1.0), num_samples=400)
 
 
+def test_a_truncated_draft_vocabulary_stays_lossless_when_sampling():
+    """FR-Spec: drafts come from the most frequent tokens only; q is zero elsewhere, and tokens
+    outside can still be emitted by the target."""
+    target = sampling_target()
+    model = train_tiny_draft(target, draft_ids=torch.tensor([3, 0, 6, 1, 5, 2]), by_frequency=True,
+                             temperature=1.0, epochs=20).truncate_vocabulary(4)
+    assert model.draft_ids.tolist() == [3, 0, 6, 1]
+    check_sampling_distribution(lambda _target: EagleDrafter(model, TREE), target, SamplingParams(temperature=1.0),
+                                num_samples=400)
+    with pytest.raises(ValueError, match="not ordered by frequency"):
+        sampling_draft().truncate_vocabulary(4)
+
+
 def test_node_selection_follows_the_cost_of_verification():
     target, model = greedy_target(), greedy_draft("eagle1")
 

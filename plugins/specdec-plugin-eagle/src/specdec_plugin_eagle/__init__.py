@@ -34,6 +34,9 @@ class EagleParams(BaseModel):
     frontier: int | None = Field(None, ge=1, le=64, description="nodes of a level expanded to the next (dynamic "
                                                                 "trees; default: top_k)")
     max_nodes: int = Field(24, ge=1, le=512, description="most nodes a step verifies")
+    draft_vocab: int | None = Field(None, ge=1, description="draft over the first N rows of the draft vocabulary only "
+                                                          "(the N most frequent tokens of models trained by specdec "
+                                                          "with --draft-vocab); default: all of it")
     sample: bool = Field(True, description="when sampling, draw drafts from the draft distribution (with their q); "
                                            "false: draft the likeliest tokens at every temperature")
     node_cost: NodeCost = node_cost_field("auto")
@@ -59,6 +62,13 @@ def _build_eagle(context, params: EagleParams):
     # a shipped name as is; a folder relative to the pipeline file's directory
     weights = params.weights if params.weights in shipped_weights() else str(context.resolve_path(params.weights))
     model = load_draft(weights, context.target, context.tokenizer)
+    if params.draft_vocab is not None:
+        from specdec import ConfigError
+
+        try:
+            model.truncate_vocabulary(params.draft_vocab)
+        except ValueError as error:
+            raise ConfigError(f"drafter.params.draft_vocab: {error}") from None
     dtype = None if params.dtype == "auto" else getattr(torch, params.dtype)
     model = attach(model, context.target, dtype)
     if params.tree == "chain":

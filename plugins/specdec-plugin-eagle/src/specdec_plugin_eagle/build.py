@@ -27,7 +27,7 @@ def default_feature_layers(target, style: str) -> tuple[int, ...]:
 
 
 def new_draft_model(target, *, style: str = "eagle1", feature_layers: Sequence[int] | None = None,
-                    draft_ids: torch.Tensor | None = None, seed: int = 0) -> EagleDraftModel:
+                    draft_ids: torch.Tensor | None = None, by_frequency: bool = False, seed: int = 0) -> EagleDraftModel:
     """A freshly initialised draft model with the target's attention shapes and vocabulary.
 
     `eagle1` models start with `fc` passing the feature through (identity on the feature half,
@@ -50,7 +50,8 @@ def new_draft_model(target, *, style: str = "eagle1", feature_layers: Sequence[i
         draft_vocab_size=int(ids.numel()), rms_norm_eps=float(getattr(config, "rms_norm_eps", 1e-6)),
         rope_theta=float(getattr(config, "rope_theta", None) or 10000.0),
         rope_scaling=getattr(config, "rope_scaling", None),
-        max_position_embeddings=int(getattr(config, "max_position_embeddings", 8192)))
+        max_position_embeddings=int(getattr(config, "max_position_embeddings", 8192)),
+        vocab_by_frequency=by_frequency and draft_ids is not None)
     torch.manual_seed(seed)
     model = EagleDraftModel(draft_config, embedding.float().cpu(), ids, lm_head.float().cpu() if style == "eagle1" else None)
     if style == "eagle1":

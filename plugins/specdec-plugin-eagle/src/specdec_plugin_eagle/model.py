@@ -53,6 +53,7 @@ class EagleConfig:
     fc_bias: bool = True  # eagle1: the EAGLE authors' default
     attention_bias: bool = False
     norm_before_residual: bool = False  # eagle3: the residual is hidden_norm(feature) (a speculators option)
+    vocab_by_frequency: bool = False  # draft rows run from the most frequent token down (FR-Spec)
 
     def __post_init__(self):
         if self.style not in STYLES:
@@ -180,6 +181,27 @@ class EagleDraftModel(nn.Module):
                            head_dim=config.head_dim, rope_theta=config.rope_theta, rope_scaling=config.rope_scaling,
                            max_position_embeddings=config.max_position_embeddings)
         self.rotary = LlamaRotaryEmbedding(rope)
+
+    def truncate_vocabulary(self, size: int) -> "EagleDraftModel":
+        """Keep the first `size` rows of the draft vocabulary: its `size` most frequent tokens
+        when the rows are ordered by frequency (FR-Spec; the projection is most of a drafting
+        step's arithmetic). Verification still uses the full vocabulary."""
+        from dataclasses import replace
+
+        if not self.config.vocab_by_frequency:
+            raise ValueError("this draft model's vocabulary is not ordered by frequency, so its first rows are not "
+                             "its most useful ones; truncate it when training (`specdec eagle train --draft-vocab N`)")
+        if not 0 < size <= self.config.draft_vocab_size:
+            raise ValueError(f"draft_vocab must lie in [1, {self.config.draft_vocab_size}] for this draft model")
+        self.config = replace(self.config, draft_vocab_size=size)
+        self.draft_ids = self.draft_ids[:size].clone()
+        if self.config.style == "eagle1":
+            self.head_weight = self.head_weight[:size].clone()
+        else:
+            head = nn.Linear(self.config.hidden_size, size, bias=False).to(self.lm_head.weight)
+            head.weight.data.copy_(self.lm_head.weight.data[:size])
+            self.lm_head = head
+        return self
 
     # -- the pieces of one forward ------------------------------------------------------------------
 

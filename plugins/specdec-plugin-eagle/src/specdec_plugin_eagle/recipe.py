@@ -91,7 +91,8 @@ def run_training(out: str | Path, *, model_name: str | None = None, data_files: 
         eos = model.generation_config.eos_token_id
         eos = [] if eos is None else (list(eos) if isinstance(eos, (list, tuple)) else [eos])
         draft_ids = frequent_tokens(token_frequencies(sequences, vocab), draft_vocab, eos)
-    draft = new_draft_model(model, style=style, feature_layers=layers, draft_ids=draft_ids, seed=config.seed)
+    draft = new_draft_model(model, style=style, feature_layers=layers, draft_ids=draft_ids, by_frequency=True,
+                            seed=config.seed)
     trainer = Trainer(config, draft, data, out, model.device)
     if resume and trainer.resume():
         log(f"resuming at step {trainer.step} of {trainer.total_steps}")

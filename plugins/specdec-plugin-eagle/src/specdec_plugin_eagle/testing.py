@@ -40,11 +40,12 @@ def sample_sequences(model, *, count: int = 48, length: int = 40, temperature: f
 
 
 def train_tiny_draft(target, *, style: str = "eagle1", feature_layers: Sequence[int] | None = None,
-                     draft_ids: torch.Tensor | None = None, epochs: float = 40.0, levels: int = 2,
-                     seed: int = 0, **sample_options) -> EagleDraftModel:
+                     draft_ids: torch.Tensor | None = None, by_frequency: bool = False, epochs: float = 40.0,
+                     levels: int = 2, seed: int = 0, **sample_options) -> EagleDraftModel:
     """A draft model for `target` trained on its own samples (see `sample_sequences`), attached
     to the target (its device and dtype, frozen)."""
-    model = new_draft_model(target, style=style, feature_layers=feature_layers, draft_ids=draft_ids, seed=seed)
+    model = new_draft_model(target, style=style, feature_layers=feature_layers, draft_ids=draft_ids,
+                            by_frequency=by_frequency, seed=seed)
     sequences = sample_sequences(target, seed=seed, **sample_options)
     data = compute_features(target, sequences, model.config.feature_layers, progress=False)
     config = TrainConfig(levels=levels, epochs=epochs, batch_tokens=512, learning_rate=3e-3, eval_fraction=0.1,
