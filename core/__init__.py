@@ -96,6 +96,14 @@ _EXPORTS = {
     "validated_pipeline": "specdec.cli",
     "json_lines": "specdec.jsonl",
     "read_chat_prompts": "specdec.jsonl",
+    # trained drafters: their training text and the fingerprint of the target they were trained for
+    "TokenSequence": "specdec.training_data",
+    "distill": "specdec.training_data",
+    "read_corpus": "specdec.training_data",
+    "write_jsonl": "specdec.training_data",
+    "signature_differences": "specdec.fingerprint",
+    "target_signature": "specdec.fingerprint",
+    "tokenizer_fingerprint": "specdec.fingerprint",
     "read_json_lines": "specdec.jsonl",
 }
 

@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 
 from specdec import Pipeline
 from specdec.errors import SpecdecError
+from specdec.fingerprint import target_signature
 from specdec.testing import TINY_TOKENIZER_VOCAB, damage_bytes, tiny_llama, tiny_tokenizer
 
-from specdec_plugin_medusa.heads import (CONFIG_FILE, WEIGHTS_FILE, HeadsConfig, MedusaHeads, save_heads,
-                                         target_signature)
+from specdec_plugin_medusa.heads import CONFIG_FILE, WEIGHTS_FILE, HeadsConfig, MedusaHeads, save_heads
 
 FUZZ = settings(max_examples=int(os.environ.get("SPECDEC_FUZZ_EXAMPLES", 40)), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from specdec.errors import InputError, ModelMismatchError
+from specdec.fingerprint import target_signature
 from specdec.testing import tiny_llama
 
 from specdec_plugin_medusa.heads import (CONFIG_FILE, WEIGHTS_FILE, HeadsConfig, MedusaHeads, load_heads,
-                                         read_config, save_heads, target_signature)
+                                         read_config, save_heads)
 
 
 def config_for(model, **overrides):

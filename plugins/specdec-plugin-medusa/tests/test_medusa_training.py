@@ -9,11 +9,13 @@ import torch
 from specdec.cli import main
 from specdec.errors import InputError
 from specdec.pipeline import Pipeline
+from specdec.training_data import TokenSequence, read_corpus
+from specdec.fingerprint import target_signature
 from specdec.testing import save_tiny_model, tiny_llama, tiny_tokenizer
 
-from specdec_plugin_medusa.data import TokenSequence, load_prompts, read_corpus, shipped_prompts_path
+from specdec_plugin_medusa.data import load_prompts, shipped_prompts_path
 from specdec_plugin_medusa.features import IGNORE, compute_features, training_positions
-from specdec_plugin_medusa.heads import read_config, target_signature
+from specdec_plugin_medusa.heads import read_config
 from specdec_plugin_medusa.testing import sample_sequences
 from specdec_plugin_medusa.train import Trainer, TrainConfig
 
@@ -54,7 +56,7 @@ def test_bad_corpus_lines_name_the_file_and_line(tmp_path):
 
 
 def test_long_sequences_are_cut_into_windows():
-    from specdec_plugin_medusa.data import _windows
+    from specdec.training_data import _windows
 
     windows = _windows(TokenSequence(tuple(range(10)), ((3, 10),)), 4)
     assert [window.token_ids for window in windows] == [(0, 1, 2, 3), (4, 5, 6, 7), (8, 9)]

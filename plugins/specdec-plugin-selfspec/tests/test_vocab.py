@@ -7,6 +7,7 @@ import torch
 
 from specdec import InputError, ModelMismatchError
 from specdec.cli import main
+from specdec.fingerprint import tokenizer_fingerprint
 from specdec.testing import save_tiny_model, tiny_tokenizer
 
 from specdec_plugin_selfspec.vocab import (
@@ -15,7 +16,6 @@ from specdec_plugin_selfspec.vocab import (
     load_vocab,
     read_table,
     resolve_table,
-    tokenizer_fingerprint,
 )
 
 

@@ -103,7 +103,8 @@ def _train(args: argparse.Namespace) -> int:
 def _distill(args: argparse.Namespace) -> int:
     from specdec import load_model
 
-    from specdec_plugin_medusa.data import distill, load_prompts, write_jsonl
+    from specdec import distill, write_jsonl
+    from specdec_plugin_medusa.data import load_prompts
 
     conversations = load_prompts(args.prompts)
     model, tokenizer = load_model(args.model)

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import torch
 
-from specdec_plugin_medusa.data import TokenSequence
+from specdec import TokenSequence
 
 IGNORE = -100
 

@@ -23,16 +23,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from specdec import InputError, ModelMismatchError
+from specdec import InputError, ModelMismatchError, signature_differences, target_signature
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "heads.safetensors"
 FORMAT = "specdec-medusa-heads"
 FORMAT_VERSION = 1
-_PROBE_SIZE = 256
-# Probe values may differ by this fraction of the weights' spread: loose enough for the same
-# weights in float16/bfloat16, far tighter than the gap to another model or quantization.
-_PROBE_TOLERANCE = 0.02
 # Far beyond any trained set (Medusa uses 4-5 heads of 1 layer); a config asking for more is
 # damaged, and building it would allocate without bound.
 MAX_HEADS = 64
@@ -135,7 +131,7 @@ def _is_number(value: Any) -> bool:
 
 
 def _is_probe(probe: Any) -> bool:
-    """What `_same_probe` compares: {"values": [numbers], "spread": number}."""
+    """What `specdec.fingerprint.same_probe` compares: {"values": [numbers], "spread": number}."""
     return (isinstance(probe, dict) and isinstance(probe.get("values"), list)
             and all(map(_is_number, probe["values"])) and _is_number(probe.get("spread", 0.0)))
 
@@ -207,50 +203,11 @@ class MedusaHeads(nn.Module):
 # -- the target a set of heads belongs to -----------------------------------------------------------
 
 
-def target_signature(model, name: str | None = None) -> dict[str, Any]:
-    """What identifies the target model: architecture, sizes and probes of its LM head and
-    input embedding weights (256 values at fixed pseudo-random places, plus their spread)."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    lm_head = model.get_output_embeddings().weight
-    embedding = model.get_input_embeddings().weight
-    architectures = getattr(model.config, "architectures", None) or [type(model).__name__]
-    return {
-        "name": name or getattr(model.config, "_name_or_path", "") or "",
-        "architecture": architectures[0],
-        "model_type": getattr(config, "model_type", ""),
-        "hidden_size": int(lm_head.shape[1]),
-        "vocab_size": int(lm_head.shape[0]),
-        "num_hidden_layers": int(getattr(config, "num_hidden_layers", 0)),
-        "tied_embeddings": bool(lm_head.data_ptr() == embedding.data_ptr()),
-        "lm_head_probe": _probe(lm_head),
-        "embedding_probe": _probe(embedding),
-    }
-
-
-def _probe(weight: torch.Tensor) -> dict[str, Any]:
-    rows, columns = weight.shape
-    generator = torch.Generator().manual_seed(rows * 1_000_003 + columns)
-    row_index = torch.randint(rows, (_PROBE_SIZE,), generator=generator)
-    column_index = torch.randint(columns, (_PROBE_SIZE,), generator=generator)
-    with torch.no_grad():
-        values = weight.detach()[row_index.to(weight.device), column_index.to(weight.device)].float().cpu()
-        spread = float(weight.detach()[row_index.to(weight.device)].float().std())
-    return {"values": [round(value, 6) for value in values.tolist()], "spread": round(spread, 6)}
-
-
 def check_target(config: HeadsConfig, model, heads_name: str) -> None:
     """Refuse heads trained for another model, saying what differs and what to do."""
     expected = config.target
     actual = target_signature(model)
-    problems = []
-    for key, label in (("architecture", "architecture"), ("hidden_size", "hidden size"),
-                       ("vocab_size", "vocabulary size"), ("num_hidden_layers", "layers")):
-        if key in expected and expected[key] != actual[key]:
-            problems.append(f"{label} {expected[key]} vs {actual[key]}")
-    if not problems:
-        for key, label in (("lm_head_probe", "LM head"), ("embedding_probe", "input embedding")):
-            if key in expected and not _same_probe(expected[key], actual[key]):
-                problems.append(f"the {label} weights differ")
+    problems = signature_differences(expected, actual)
     if problems:
         trained_for = expected.get("name") or expected.get("architecture", "another model")
         raise ModelMismatchError(
@@ -264,14 +221,6 @@ def check_target(config: HeadsConfig, model, heads_name: str) -> None:
         raise ModelMismatchError(f"Medusa heads '{heads_name}' have hidden size {config.hidden_size} and "
                                  f"vocabulary {config.vocab_size}; the target has {actual['hidden_size']} "
                                  f"and {actual['vocab_size']}")
-
-
-def _same_probe(expected: dict, actual: dict) -> bool:
-    left, right = torch.tensor(expected["values"]), torch.tensor(actual["values"])
-    if left.shape != right.shape:
-        return False
-    scale = max(float(expected.get("spread", 0.0)), 1e-8)
-    return bool(((left - right).abs() <= _PROBE_TOLERANCE * scale + 1e-6).all())
 
 
 # -- files ------------------------------------------------------------------------------------------

@@ -20,12 +20,12 @@ from typing import Callable, Sequence
 
 import torch
 
-from specdec import InputError
+from specdec import InputError, distill, read_corpus, target_signature, write_jsonl
 
 from specdec_plugin_medusa import DEFAULT_TREE_NODES
-from specdec_plugin_medusa.data import distill, load_prompts, read_corpus, shipped_prompts_path, write_jsonl
+from specdec_plugin_medusa.data import load_prompts, shipped_prompts_path
 from specdec_plugin_medusa.features import Features, compute_features, features_key
-from specdec_plugin_medusa.heads import load_heads, save_heads, target_signature
+from specdec_plugin_medusa.heads import load_heads, save_heads
 from specdec_plugin_medusa.train import Trainer, TrainConfig, evaluate
 from specdec_plugin_medusa.trees import derive_tree, expected_accepted_tokens
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import torch
 
-from specdec import HFVerifier, NoDrafter, RejectionSampling, SamplingParams, SpeculativeDecoder
+from specdec import (
+    HFVerifier, NoDrafter, RejectionSampling, SamplingParams, SpeculativeDecoder, TokenSequence,
+    target_signature
+)
 
-from specdec_plugin_medusa.data import TokenSequence
+
 from specdec_plugin_medusa.drafter import MedusaDrafter
 from specdec_plugin_medusa.features import compute_features
-from specdec_plugin_medusa.heads import MedusaHeads, target_signature
+from specdec_plugin_medusa.heads import MedusaHeads
 from specdec_plugin_medusa.train import Trainer, TrainConfig
 from specdec_plugin_medusa.trees import TreeLayout
 

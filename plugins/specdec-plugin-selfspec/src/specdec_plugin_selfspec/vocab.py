@@ -16,7 +16,6 @@ fingerprint of the tokenizer's token-to-id map) and is refused for any other.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections import Counter
@@ -27,7 +26,7 @@ from typing import Any, Sequence
 
 import torch
 
-from specdec import InputError, ModelMismatchError, answer_chats, read_chat_prompts
+from specdec import InputError, ModelMismatchError, answer_chats, read_chat_prompts, tokenizer_fingerprint
 
 TABLE_FORMAT = "specdec-selfspec-token-frequencies"
 TABLE_VERSION = 1
@@ -44,13 +43,6 @@ def default_prompts_path() -> Path:
     facts, stories, plans over 30 topics, arithmetic word problems, code, summaries, extraction,
     translation; none from Spec-Bench)."""
     return data_path("prompts.jsonl")
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    """A short hash of the token-to-id map: two tokenizers with equal fingerprints number tokens alike."""
-    items = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
-    digest = hashlib.sha256(json.dumps(items, ensure_ascii=False).encode("utf-8")).hexdigest()
-    return digest[:16]
 
 
 @dataclass(frozen=True)
