@@ -170,7 +170,7 @@ def check_divisible(config, tp_size: int) -> None:
                           f"use one of: {', '.join(map(str, choices))}")
 
 
-def has_plan(model_class, config) -> bool:
+def has_plan(config) -> bool:
     """Whether transformers knows how to shard this model (a `base_model_tp_plan`)."""
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
     return bool(getattr(config, "base_model_tp_plan", None))

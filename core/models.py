@@ -410,17 +410,17 @@ def _load_sharded(source: str, tp, torch_dtype: torch.dtype) -> PreTrainedModel:
     from transformers import AutoConfig
     from transformers.distributed import DistributedConfig
 
-    from specdec.distributed import check_divisible, has_plan, megatron_parallelize
+    from specdec import distributed
 
     config = AutoConfig.from_pretrained(source, local_files_only=True)
-    check_divisible(config, tp.size)
-    if has_plan(None, config):
+    distributed.check_divisible(config, tp.size)
+    if distributed.has_plan(config):
         model = AutoModelForCausalLM.from_pretrained(
             source, local_files_only=True, dtype=torch_dtype, attn_implementation="sdpa",
             distributed_config=DistributedConfig(tp_size=tp.size, tp_plan="auto"))
     else:  # no plan in transformers: load whole on every rank, then shard the standard projections
         model = AutoModelForCausalLM.from_pretrained(source, local_files_only=True, dtype=torch_dtype,
                                                      attn_implementation="sdpa").to(tp.device)
-        model = megatron_parallelize(model, tp)
+        model = distributed.megatron_parallelize(model, tp)
     model.specdec_tp = tp  # the runner, cost timing and cache read it; absent on an unsharded model
     return model.eval()

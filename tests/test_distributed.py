@@ -56,13 +56,34 @@ def single_process(case: str, model: str) -> dict:
 def test_two_ranks_match_one_process_token_for_token(tiny_model, tmp_path):
     """Greedy with prompt lookup (chains) and token recycling (trees), one request and a batch of
     two, equal one process; seeded and unseeded sampling give the same tokens on both ranks."""
-    done = launch("prompt_lookup,tree,sampling,sampling_unseeded", tiny_model, tmp_path)
+    done = launch("prompt_lookup,tree,sampling,sampling_unseeded,megatron", tiny_model, tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
     first, second = ranks(tmp_path)
     assert first == second
-    for case in ("prompt_lookup", "tree"):
-        assert first[case] == single_process(case, tiny_model), case
+    assert {case: result.pop("q_rows") for case, result in first.items()} == dict.fromkeys(first, 16)  # of 32
+    reference = single_process("prompt_lookup", tiny_model)
+    assert first["prompt_lookup"] == reference
+    assert first["megatron"] == reference  # parallelize_module's split, as for a model without a plan
+    assert first["tree"] == single_process("tree", tiny_model)
     assert first["sampling"]["single"] != first["sampling_unseeded"]["single"]
+
+
+def test_a_model_without_plan_or_standard_projections_is_refused():
+    import torch
+
+    from specdec.distributed import TensorParallel, megatron_parallelize
+    from specdec.errors import ModelMismatchError
+
+    class Layer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = torch.nn.Linear(4, 4)
+
+    model = torch.nn.Module()
+    model.layers = torch.nn.ModuleList([Layer()])
+    with pytest.raises(ModelMismatchError, match=r"no tensor-parallel plan in transformers.*mlp.down_proj.*"
+                                                 r"run it with target.tp_size 1"):
+        megatron_parallelize(model, TensorParallel(0, 2, torch.device("cpu")))
 
 
 def test_a_failing_rank_takes_the_job_down(tiny_model, tmp_path):
