@@ -164,3 +164,33 @@ def test_one_rank_costs_nothing(tiny_model):
     assert not torch.distributed.is_initialized()
     assert not hasattr(pipeline.model, "specdec_tp")
     assert pipeline.verifier.runner.model is pipeline.model
+
+
+@pytest.mark.slow
+def test_generate_under_torchrun_prints_once_what_one_process_prints(tiny_model, tmp_path):
+    """`specdec generate --tp-size 2` under torchrun: rank 0 alone prints, the same text as one process."""
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(f"target: {{model: {tiny_model}}}\ndrafter: {{type: prompt_lookup}}\n"
+                        "sampling: {temperature: 0.0, max_new_tokens: 16}\n")
+    argv = ["generate", "--raw", "--json", "-p", str(pipeline), "one two one two one"]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "CUDA_VISIBLE_DEVICES": ""}
+    sharded = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                              "-m", "specdec.cli", *argv, "--tp-size", "2"],
+                             capture_output=True, text=True, timeout=240, env=environment)
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    single = subprocess.run([sys.executable, "-m", "specdec.cli", *argv], capture_output=True, text=True,
+                            timeout=120, env=environment)
+    assert single.returncode == 0, single.stderr[-3000:]
+    lines = sharded.stdout.splitlines()
+    assert len(lines) == 1
+    assert json.loads(lines[0])["token_ids"] == json.loads(single.stdout)["token_ids"]
+
+
+def test_generate_refuses_stdin_and_bad_tp_sizes(capsys, monkeypatch):
+    from specdec.cli import main
+
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO("a prompt"))
+    assert main(["generate", "--tp-size", "2"]) == 2
+    assert "pass the prompt as an argument or with --prompts-file" in capsys.readouterr().err
+    assert main(["generate", "--tp-size", "0", "hi"]) == 2
+    assert "--tp-size must be >= 1, got 0" in capsys.readouterr().err
