@@ -136,9 +136,11 @@ class Pipeline:
         if target.tp_size > 1:
             from specdec.distributed import start
 
-            if model is not None:
-                raise InputError("a pipeline with target.tp_size > 1 loads its own target (each rank its "
-                                 "shard); do not pass model=")
+            shard = getattr(model, "specdec_tp", None)
+            if model is not None and (shard is None or shard.size != target.tp_size):
+                raise InputError(f"a pipeline with target.tp_size {target.tp_size} loads its own target (each "
+                                 f"rank its shard) or shares one sharded over as many ranks by another "
+                                 f"pipeline; do not pass an unsharded model=")
             self.tp = start(target.tp_size, target.device)
             self.tp.check_same(validated.spec.model_dump(mode="json"), "the pipeline")
         self.device = self.tp.device if self.tp else resolve_device(target.device)
