@@ -28,7 +28,9 @@ WORKER = Path(__file__).parent / "tp_worker.py"
 def tiny_model(tmp_path_factory) -> str:
     from specdec.testing import save_tiny_model
 
-    return save_tiny_model(tmp_path_factory.mktemp("tiny"))
+    folder = tmp_path_factory.mktemp("tiny")
+    save_tiny_model(folder / "target-draft", seed=1)  # the draft model of tp_cases' "sampling_draft_model"
+    return save_tiny_model(folder / "target")
 
 
 def launch(cases: str, model: str, out: Path, timeout: float = 240, **env) -> subprocess.CompletedProcess:
@@ -55,8 +57,9 @@ def single_process(case: str, model: str) -> dict:
 
 def test_two_ranks_match_one_process_token_for_token(tiny_model, tmp_path):
     """Greedy with prompt lookup (chains) and token recycling (trees), one request and a batch of
-    two, equal one process; seeded and unseeded sampling give the same tokens on both ranks."""
-    done = launch("prompt_lookup,tree,sampling,sampling_unseeded,megatron", tiny_model, tmp_path)
+    two, equal one process; seeded and unseeded sampling, with prompt lookup and with a replicated
+    draft model sampling its drafts, give the same tokens on both ranks."""
+    done = launch("prompt_lookup,tree,sampling,sampling_unseeded,sampling_draft_model,megatron", tiny_model, tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
     first, second = ranks(tmp_path)
     assert first == second
