@@ -43,14 +43,22 @@ def main(argv: Sequence[str] | None = None, plugins=None) -> int:
     try:
         return int(args.handler(args) or 0)
     except ConfigError as error:
-        print(f"specdec: error: {error}", file=sys.stderr)
+        print(f"specdec: error: {_rank_prefix()}{error}", file=sys.stderr)
         return 2
     except SpecdecError as error:
-        print(f"specdec: error: {error}", file=sys.stderr)
+        print(f"specdec: error: {_rank_prefix()}{error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\nspecdec: interrupted", file=sys.stderr)
         return 130
+
+
+def _rank_prefix() -> str:
+    """"rank R: " in a process that torchrun started with other ranks (each may fail for its own reason)."""
+    import os
+
+    ranks, rank = os.environ.get("WORLD_SIZE", "1"), os.environ.get("RANK")
+    return f"rank {rank}: " if rank is not None and ranks != "1" else ""
 
 
 def _parser(plugins) -> argparse.ArgumentParser:
@@ -71,6 +79,7 @@ def _parser(plugins) -> argparse.ArgumentParser:
     generate.add_argument("--pipeline", "-p", help="pipeline YAML file (default: the embedded model "
                                                    "with prompt lookup)")
     generate.add_argument("--system", help="a system message to put before the prompt")
+    add_tp_size_flag(generate)
     generate.add_argument("--raw", action="store_true", help="feed the prompt as plain text, no chat template")
     _add_sampling_flags(generate)
     generate.add_argument("--no-stream", action="store_true", help="print the text only when done")
@@ -92,6 +101,25 @@ def _parser(plugins) -> argparse.ArgumentParser:
             print(f"specdec: warning: plugin '{implementation.plugin_name}' failed to add its "
                   f"commands: {type(error).__name__}: {error}", file=sys.stderr)
     return parser
+
+
+def add_tp_size_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tp-size", type=int, metavar="N",
+                        help="shard the target over N ranks (tensor parallel; launch with torchrun "
+                             "--nproc-per-node N, docs/scaling.md); overrides the pipeline's target.tp_size")
+
+
+def with_tp_size(validated, tp_size: int | None):
+    """The validated pipeline with `target.tp_size` set by --tp-size (unchanged when None)."""
+    import dataclasses
+
+    if tp_size is None:
+        return validated
+    if tp_size < 1:
+        raise ConfigError(f"--tp-size must be >= 1, got {tp_size}")
+    spec = validated.spec
+    target = spec.target.model_copy(update={"tp_size": tp_size})
+    return dataclasses.replace(validated, spec=spec.model_copy(update={"target": target}))
 
 
 def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
@@ -237,31 +265,36 @@ def _generate(args: argparse.Namespace, plugins) -> int:
     from specdec.pipeline import Pipeline
 
     # everything a user can get wrong is checked before the model loads (seconds to minutes)
-    prompts = read_prompts(args)
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
-    validated = validated_pipeline(args.pipeline, plugins)
+    validated = with_tp_size(validated_pipeline(args.pipeline, plugins), args.tp_size)
+    if validated.spec.target.tp_size > 1 and not args.prompt and not args.prompts_file:
+        raise ConfigError("under torchrun every rank reads the prompt, and stdin reaches them all at once: "
+                          "pass the prompt as an argument or with --prompts-file")
+    prompts = read_prompts(args)
     overrides = check_sampling_flags(validated, args)
     pipeline = Pipeline(validated, plugins)
+    # the other ranks of a tensor-parallel job compute the same text; rank 0 alone shows it
+    show = _silent if pipeline.tp is not None and not pipeline.tp.is_main else print
     if args.batch_size is not None:
         pipeline.scheduler.max_batch_size = args.batch_size
     requests = [_request(pipeline, prompt, args) for prompt in prompts]
     if len(requests) > 1 or args.prompts_file:
-        return _generate_batch(pipeline, requests, overrides, args)
+        return _generate_batch(pipeline, requests, overrides, args, show)
     stream = pipeline.stream(requests[0], **overrides)
     quiet = args.no_stream or args.json
     for piece in stream:
         if not quiet:
-            print(piece, end="", flush=True)
+            show(piece, end="", flush=True)
     result = stream.result
     if args.json:
-        print(json.dumps({"text": result.text, "token_ids": result.token_ids,
-                          "finish_reason": result.finish_reason, "stats": result.stats.to_dict()}))
+        show(json.dumps({"text": result.text, "token_ids": result.token_ids,
+                         "finish_reason": result.finish_reason, "stats": result.stats.to_dict()}))
         return 0
     if args.no_stream:
-        print(result.text, end="")
-    print()
-    print(f"[{pipeline.config.label}] {result.stats.summary()}", file=sys.stderr)
+        show(result.text, end="")
+    show()
+    show(f"[{pipeline.config.label}] {result.stats.summary()}", file=sys.stderr)
     return 0
 
 
@@ -273,7 +306,11 @@ def _request(pipeline, prompt: str, args: argparse.Namespace):
         [{"role": "user", "content": prompt}]
 
 
-def _generate_batch(pipeline, requests: list, overrides: dict, args: argparse.Namespace) -> int:
+def _silent(*args, **kwargs) -> None:
+    """`print` on the ranks of a tensor-parallel job other than rank 0."""
+
+
+def _generate_batch(pipeline, requests: list, overrides: dict, args: argparse.Namespace, show=print) -> int:
     """Several prompts, decoded together: one JSON line per prompt with --json, else each text."""
     import time
 
@@ -284,17 +321,17 @@ def _generate_batch(pipeline, requests: list, overrides: dict, args: argparse.Na
     elapsed = time.perf_counter() - started
     for index, result in enumerate(results):
         if args.json or args.prompts_file:
-            print(json.dumps({"index": index, "text": result.text, "token_ids": result.token_ids,
-                              "finish_reason": result.finish_reason, "stats": result.stats.to_dict()}))
+            show(json.dumps({"index": index, "text": result.text, "token_ids": result.token_ids,
+                             "finish_reason": result.finish_reason, "stats": result.stats.to_dict()}))
         else:
-            print(f"--- [{index}]\n{result.text}")
+            show(f"--- [{index}]\n{result.text}")
     total = GenerationStats()
     for result in results:
         total = total.merge(result.stats)
-    print(f"[{pipeline.config.label}] {len(results)} prompts, {total.new_tokens} tokens in {elapsed:.2f} s "
-          f"({tokens_per_second(total.new_tokens, elapsed):.1f} tok/s over all sequences, batches of up to "
-          f"{pipeline.scheduler.max_batch_size}), mean accepted tokens {total.mean_accepted_tokens:.2f}",
-          file=sys.stderr)
+    show(f"[{pipeline.config.label}] {len(results)} prompts, {total.new_tokens} tokens in {elapsed:.2f} s "
+         f"({tokens_per_second(total.new_tokens, elapsed):.1f} tok/s over all sequences, batches of up to "
+         f"{pipeline.scheduler.max_batch_size}), mean accepted tokens {total.mean_accepted_tokens:.2f}",
+         file=sys.stderr)
     return 0
 
 

@@ -44,6 +44,8 @@ class TargetSpec(BaseModel):
     model: str | None = Field(None, description="HF id or local path; omitted = the embedded default model")
     device: str = "cpu"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
+    tp_size: int = Field(1, ge=1, le=1024, description="ranks the target is sharded over (tensor parallel, under "
+                                                       "torchrun; docs/scaling.md); 1 = one device, no collectives")
 
     @field_validator("device")
     @classmethod

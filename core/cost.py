@@ -335,7 +335,11 @@ def _measure(model: torch.nn.Module, sizes: Sequence[int] = DRAFT_SIZES, batch_s
     for size in sizes:  # a larger draft never costs less: smooth out timing noise
         floor = max(floor, statistics.median(times[size]) / plain)
         curve.append((size, round(floor, 4)))
-    return CostModel(curve=tuple(curve), plain_seconds=plain)
+    measured = CostModel(curve=tuple(curve), plain_seconds=plain)
+    # every rank of a sharded target timed the same forwards; rank 0's curve is used by all, so
+    # that drafts sized from it stay the same on every rank (docs/scaling.md)
+    tp = getattr(model, "specdec_tp", None)
+    return tp.broadcast(measured) if tp is not None else measured
 
 
 #: Draft sizes (tokens per sequence) the batched cost is measured at.

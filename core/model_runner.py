@@ -18,6 +18,7 @@ import torch
 from specdec.attention import GROUPED_QUERY_SDPA, use_grouped_query_sdpa
 from specdec.cache import PositionalKVCache
 from specdec.cuda_graphs import CUDAGraphForwards, row_bucket, span_bucket, width_bucket
+from specdec.distributed import local_heads
 from specdec.errors import ModelMismatchError
 
 _MASKABLE_ATTENTION = ("sdpa", "eager", GROUPED_QUERY_SDPA)
@@ -144,8 +145,10 @@ class CausalLMRunner:
         self.cache = PositionalKVCache(self.num_layers, capacity=0, num_slots=num_slots)
         self._cache_argument = cache_argument(model)
         self._blocked = torch.finfo(self.dtype).min
+        # a sharded forward's collectives run through DTensor hooks, not captured: eager under TP
+        sharded = getattr(model, "specdec_tp", None) is not None
         self.graphs = CUDAGraphForwards(self._forward_packed) \
-            if cuda_graphs and self.device.type == "cuda" else None
+            if cuda_graphs and self.device.type == "cuda" and not sharded else None
 
     @property
     def length(self) -> int:
@@ -172,7 +175,7 @@ class CausalLMRunner:
             config = _text_config(self.model)
             heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
             dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-            cache.allocate(heads, dim, self.dtype, self.device)
+            cache.allocate(local_heads(self.model, heads), dim, self.dtype, self.device)
         spans, span = [], span_bucket(1, cache.capacity)
         while span not in spans:
             spans.append(span)
@@ -330,15 +333,21 @@ class CausalLMRunner:
     def _run(self, input_ids, positions, mask, logits_rows, hidden_state_layers):
         """The model forward over `[B, N]` inputs with specdec's cache; checks the model used it."""
         writes = self.cache.writes
-        output = self.model(
-            input_ids=input_ids,
-            position_ids=positions,
-            attention_mask=mask,
-            use_cache=True,
-            logits_to_keep=logits_rows,
-            output_hidden_states=list(hidden_state_layers) if hidden_state_layers else False,
-            **{self._cache_argument: self.cache},
-        )
+        try:
+            output = self.model(
+                input_ids=input_ids,
+                position_ids=positions,
+                attention_mask=mask,
+                use_cache=True,
+                logits_to_keep=logits_rows,
+                output_hidden_states=list(hidden_state_layers) if hidden_state_layers else False,
+                **{self._cache_argument: self.cache},
+            )
+        except RuntimeError as error:
+            tp = getattr(self.model, "specdec_tp", None)
+            if tp is None:
+                raise
+            raise tp.collective_failed(error) from error
         if self.cache.writes == writes:
             import transformers
 

@@ -27,7 +27,7 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from specdec.errors import InputError
+from specdec.errors import InputError, SpecdecError
 
 log = logging.getLogger(__name__)
 
@@ -389,21 +389,30 @@ def checkpoint_source(name_or_path: str | os.PathLike | None) -> str:
 
 
 def load_model(name_or_path: str | os.PathLike | None = None, *, device: str | torch.device = "cpu",
-               dtype: str | torch.dtype = "float32") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+               dtype: str | torch.dtype = "float32", tp=None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer, offline, in eval mode on `device` in `dtype`.
 
     `None` or DEFAULT_MODEL (any case) loads the embedded default through the conversion cache, as
     does a path ending in .gguf; anything else is a local folder or an already-downloaded Hugging
     Face id. Attention is always SDPA, which accepts the custom tree masks specdec verifies with.
+
+    :param tp: a `specdec.distributed.TensorParallel` of more than one rank: this rank loads its
+        shard of the model onto `tp.device` (transformers' plan, or the Megatron split for a
+        Llama-shaped model without one); `device` is then ignored.
     """
-    target = resolve_device(device)
+    sharded = tp is not None and tp.size > 1
+    target = tp.device if sharded else resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
     source = checkpoint_source(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+        if sharded:
+            return _load_sharded(source, tp, torch_dtype), tokenizer
         model = AutoModelForCausalLM.from_pretrained(source, local_files_only=True, dtype=torch_dtype,
                                                      attn_implementation="sdpa")
     except (OSError, ValueError) as error:
+        if isinstance(error, SpecdecError):
+            raise
         if os.path.exists(source):
             raise InputError(f"Cannot load a model from the local path {source}: {error}") from error
         raise InputError(f"Model {source!r} is neither a local path nor a model in the local Hugging Face cache, "
@@ -472,3 +481,24 @@ def answer_chats(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, con
             answer = output[row, width:].tolist()
             ends = [position for position, token in enumerate(answer) if token in eos]
             yield index, prompts[index], answer[: ends[0] + 1] if ends else answer
+
+
+def _load_sharded(source: str, tp, torch_dtype: torch.dtype) -> PreTrainedModel:
+    """This rank's shard of the model at `source`, checked to split evenly over `tp.size` ranks."""
+    from transformers import AutoConfig
+    from transformers.distributed import DistributedConfig
+
+    from specdec import distributed
+
+    config = AutoConfig.from_pretrained(source, local_files_only=True)
+    distributed.check_divisible(config, tp.size)
+    if distributed.has_plan(config):
+        model = AutoModelForCausalLM.from_pretrained(
+            source, local_files_only=True, dtype=torch_dtype, attn_implementation="sdpa",
+            distributed_config=DistributedConfig(tp_size=tp.size, tp_plan="auto"))
+    else:  # no plan in transformers: load whole on every rank, then shard the standard projections
+        model = AutoModelForCausalLM.from_pretrained(source, local_files_only=True, dtype=torch_dtype,
+                                                     attn_implementation="sdpa").to(tp.device)
+        model = distributed.megatron_parallelize(model, tp)
+    model.specdec_tp = tp  # the runner, cost timing and cache read it; absent on an unsharded model
+    return model.eval()

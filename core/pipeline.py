@@ -107,6 +107,8 @@ class TextStream:
         if piece:
             yield piece
         done = self._generation.result
+        if self._pipeline.tp is not None:
+            self._pipeline.tp.check_outputs(done.tokens)
         self.result = PipelineResult(text.text, done.tokens, done.finish_reason, done.stats, self._prompt_ids)
 
 
@@ -130,7 +132,18 @@ class Pipeline:
         self.plugins = plugins or default_plugins()
         registry = self.plugins.registry
         target = validated.spec.target
-        self.device = resolve_device(target.device)
+        self.tp = None  # a specdec.distributed.TensorParallel when the target is sharded over ranks
+        if target.tp_size > 1:
+            from specdec.distributed import start
+
+            shard = getattr(model, "specdec_tp", None)
+            if model is not None and (shard is None or shard.size != target.tp_size):
+                raise InputError(f"a pipeline with target.tp_size {target.tp_size} loads its own target (each "
+                                 f"rank its shard) or shares one sharded over as many ranks by another "
+                                 f"pipeline; do not pass an unsharded model=")
+            self.tp = start(target.tp_size, target.device)
+            self.tp.check_same(validated.spec.model_dump(mode="json"), "the pipeline")
+        self.device = self.tp.device if self.tp else resolve_device(target.device)
         self.dtype = resolve_dtype(target.dtype, self.device)
         base_dir = None if validated.source.startswith("<") else Path(validated.source).resolve().parent
 
@@ -141,7 +154,8 @@ class Pipeline:
             return name
 
         if model is None:
-            model, loaded_tokenizer = load_model(locate(target.model), device=self.device, dtype=self.dtype)
+            model, loaded_tokenizer = load_model(locate(target.model), device=self.device, dtype=self.dtype,
+                                                 tp=self.tp)
             tokenizer = tokenizer or loaded_tokenizer
         self.model, self.tokenizer = model, tokenizer
         self.device, self.dtype = model.device, model.dtype
@@ -173,7 +187,9 @@ class Pipeline:
         self.sampling = spec.sampling
         decode = self._decode if tokenizer is not None else None
         budget = None
-        if spec.scheduler.draft_budget == "auto":
+        if spec.scheduler.draft_budget == "auto" and self.tp is None:
+            # (under tensor parallelism the budget would size drafts from each rank's own timings,
+            # and ranks with different drafts diverge: drafts are sized as the drafter proposes)
             budget = DraftBudget(lambda batch_size: measure_batch_cost_model(model, batch_size))
         # One drafter instance per concurrent sequence; instances are reused across requests.
         self._build_context, self.drafter_component = context, drafter_component
@@ -267,7 +283,7 @@ class Pipeline:
     def stream(self, prompt: Prompt, *, max_draft_tokens: int | None = None, **overrides) -> TextStream:
         """Like `generate`, but iterate the returned object for text pieces as they are committed."""
         prompt_ids = self.encode(prompt)
-        params = self.params(**overrides)
+        params = self._shared([prompt_ids], self.params(**overrides), max_draft_tokens)[0]
         handle = self.scheduler.submit(prompt_ids, params, max_draft_tokens=max_draft_tokens)
         return TextStream(self, prompt_ids, self.scheduler.stream(handle), params)
 
@@ -301,8 +317,12 @@ class Pipeline:
         """
         params = self.params(**overrides)
         encoded = [self.encode(prompt) for prompt in prompts]
-        handles = [self.scheduler.submit(ids, params, max_draft_tokens=max_draft_tokens) for ids in encoded]
+        shared = self._shared(encoded, params, max_draft_tokens)
+        handles = [self.scheduler.submit(ids, own, max_draft_tokens=max_draft_tokens)
+                   for ids, own in zip(encoded, shared)]
         self.scheduler.run(handles)
+        if self.tp is not None:
+            self.tp.check_outputs([handle.result.tokens if handle.result else None for handle in handles])
         results = []
         for ids, handle in zip(encoded, handles):
             if handle.error is not None:
@@ -311,6 +331,25 @@ class Pipeline:
             results.append(PipelineResult(self._text(done.tokens, params), done.tokens, done.finish_reason,
                                           done.stats, ids))
         return results
+
+    def _shared(self, prompts: Sequence[list[int]], params: SamplingParams,
+                max_draft_tokens: int | None) -> list[SamplingParams]:
+        """Each request's sampling params, identical on every rank of a tensor-parallel target.
+
+        Unseeded requests get seeds drawn on rank 0 (one per request, as they would get fresh
+        entropy each in one process), and a request that differs between ranks is refused before
+        any forward. One process: `params` for every request, unchanged.
+        """
+        if self.tp is None:
+            return [params] * len(prompts)
+        if params.seed is None:
+            base = self.tp.shared_seed()
+            shared = [params.replace(seed=(base + index) % (1 << 63)) for index in range(len(prompts))]
+        else:
+            shared = [params] * len(prompts)
+        self.tp.check_same(([list(ids) for ids in prompts], [own.model_dump(mode="json") for own in shared],
+                            max_draft_tokens), "the requests")
+        return shared
 
     # -- text -------------------------------------------------------------------------------------
 

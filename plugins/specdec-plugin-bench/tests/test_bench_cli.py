@@ -226,3 +226,31 @@ def test_the_report_says_what_a_drafter_was_built_as(files, tmp_path, monkeypatc
     methods = {info["label"]: info for info in json.loads((output / "config.json").read_text())["methods"]}
     assert methods["draft"]["built"] == "DraftModelDrafter(k=3, resolved)" and "built" not in methods["ar"]
     assert "built as `DraftModelDrafter(k=3, resolved)`" in (output / "report.md").read_text()
+
+
+def test_tp_size_refuses_resume_and_report(files, tmp_path, capsys):
+    assert bench(files, None, "--tp-size", "2", "--resume", str(tmp_path)) == 2
+    assert "only rank 0 writes" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_under_torchrun_writes_once_from_rank_0(files, tmp_path):
+    """`--tp-size 2` on 2 CPU ranks (gloo): one report, from rank 0, with outputs equal to AR's."""
+    import os
+
+    output = tmp_path / "out"
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "specdec.cli",
+         "bench", "-q", str(files["questions"]), "-p", str(files["ar"]), str(files["draft"]), "--tasks", "qa",
+         "-n", "8", "--no-progress", "--hf-baselines", "generate", "--tp-size", "2", "-o", str(output)],
+        capture_output=True, text=True, timeout=300, env=environment, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("## Overall") == 1
+    records = read_records(output)
+    assert {record["method"] for record in records} == {"ar", "draft", "hf-generate"}
+    outputs = {}
+    for record in records:
+        outputs.setdefault((record["question_id"], record["turn"]), set()).add(tuple(record["output_ids"]))
+    assert all(len(different) == 1 for different in outputs.values())  # every method's output is AR's
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]  # rank 1 wrote nothing here

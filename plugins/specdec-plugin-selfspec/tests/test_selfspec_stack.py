@@ -108,6 +108,15 @@ def test_unsupported_architectures_are_refused_with_what_to_use_instead():
         target_layers(model)
 
 
+def test_a_tensor_parallel_target_is_refused():
+    from specdec_plugin_selfspec.stack import check_architecture
+
+    model = tiny_llama()
+    model.specdec_tp = object()  # what specdec.models sets on a target sharded over ranks
+    with pytest.raises(ModelMismatchError, match="tensor-parallel target splits across ranks.*target.tp_size 1"):
+        check_architecture(model)
+
+
 def test_auto_format_is_bfloat16_only_where_it_is_native(monkeypatch):
     import specdec_plugin_selfspec.formats as formats
 

@@ -3,6 +3,7 @@
     specdec bench --questions dev.jsonl --pipelines ar.yaml draft.yaml --limit 5 -n 128
     specdec bench --resume bench-results/20250101-120000 ...same arguments...
     specdec bench --report bench-results/20250101-120000     # rewrite the report, measure nothing
+    torchrun --nproc-per-node 2 -m specdec.cli bench --tp-size 2 ...  # a sharded target (docs/scaling.md)
 
 This module stays light (argparse only); the handler imports torch and the models.
 """
@@ -10,9 +11,13 @@ This module stays light (argparse only); the handler imports torch and the model
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import json
+import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -57,6 +62,9 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--device", metavar="DEVICE",
                         help="run every pipeline's target on DEVICE (cpu, cuda, cuda:N, auto), replacing the "
                              "files' target.device (default: each file's own, cpu when it names none)")
+    parser.add_argument("--tp-size", type=_positive, metavar="N",
+                        help="shard every pipeline's target over N ranks: launch with torchrun --nproc-per-node N "
+                             "(docs/scaling.md); rank 0 writes the results")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"),
                         help="the target's dtype for every pipeline, replacing the files' target.dtype")
     parser.add_argument("--batch-size", nargs="+", type=_positive, metavar="N",
@@ -92,7 +100,31 @@ def _positive(text: str) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """The `specdec bench` handler; returns the exit code (130 when interrupted)."""
+    """The `specdec bench` handler; returns the exit code (130 when interrupted).
+
+    Under `--tp-size N` every rank runs the same benchmark (its forwards are collective); rank 0
+    prints and writes the results, the other ranks write into a folder they delete.
+    """
+    if (args.tp_size or 1) > 1:
+        if args.resume or args.report:
+            raise ConfigError("--resume and --report read a results folder that only rank 0 writes; run them "
+                              "without --tp-size (--report needs no model) or start a new benchmark")
+        if os.environ.get("RANK", "0") != "0":
+            return _follow(args)
+    return _run(args)
+
+
+def _follow(args: argparse.Namespace) -> int:
+    """A rank other than 0: the same run, silent, into a temporary folder."""
+    with tempfile.TemporaryDirectory(prefix="specdec-bench-rank-") as scratch, \
+            open(os.devnull, "w", encoding="utf-8") as sink, \
+            contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        args = copy.copy(args)
+        args.output, args.no_progress = str(Path(scratch) / "results"), True
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from specdec_plugin_bench.report import write_report
     from specdec_plugin_bench.runner import CONFIG_FILE, RecordStore
 
@@ -124,7 +156,7 @@ def run_command(args: argparse.Namespace) -> int:
     questions = select_questions(load_questions(args.questions), args.tasks, args.limit)
 
     plugins = default_plugins()
-    validated = validated_pipelines(args.pipelines, plugins, {"device": args.device, "dtype": args.dtype})
+    validated = validated_pipelines(args.pipelines, plugins, _target_overrides(args))
     names = list(dict.fromkeys(args.hf_baselines or []))
     if "none" in names and names != ["none"]:
         raise ConfigError("--hf-baselines: 'none' cannot be combined with other baselines")
@@ -224,7 +256,7 @@ def _throughput(args: argparse.Namespace) -> int:
                             max_new_tokens=args.max_new_tokens)
     questions = select_questions(load_questions(args.questions), args.tasks, args.limit)
     plugins = default_plugins()
-    validated = validated_pipelines(args.pipelines, plugins, {"device": args.device, "dtype": args.dtype})
+    validated = validated_pipelines(args.pipelines, plugins, _target_overrides(args))
     target = validated[0].spec.target.model_dump() if validated else {}
     if not any(item.spec.drafter.type == "none" for item in validated):
         validated.insert(0, validate_pipeline({"name": "AR", "target": target, "drafter": {"type": "none"}},
@@ -249,6 +281,11 @@ def _throughput(args: argparse.Namespace) -> int:
     print(markdown(summary))
     print("files: " + ", ".join(str(path) for path in files))
     return 0
+
+
+def _target_overrides(args: argparse.Namespace) -> dict:
+    """The `target` fields the flags set over every pipeline file's own."""
+    return {"device": args.device, "dtype": args.dtype, "tp_size": args.tp_size}
 
 
 def _output_folder(args: argparse.Namespace) -> Path:

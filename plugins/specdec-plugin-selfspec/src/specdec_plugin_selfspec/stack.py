@@ -38,6 +38,11 @@ def check_architecture(model) -> None:
     """Refuse models whose layers this module's forward would compute wrongly."""
     config = text_config(model)
     model_type = getattr(config, "model_type", type(model).__name__)
+    if getattr(model, "specdec_tp", None) is not None:
+        raise ModelMismatchError(
+            "self-drafting runs the target's own layers on its own KV cache, which a tensor-parallel target "
+            "splits across ranks; use a drafter of its own (prompt_lookup, token_recycling, draft_model, "
+            "medusa) or target.tp_size 1")
     inner = getattr(model, "model", None)
     if model_type not in SUPPORTED_MODEL_TYPES or inner is None or not hasattr(inner, "layers"):
         raise ModelMismatchError(

@@ -45,11 +45,11 @@ class Prepared:
 class Service:
     """What the routes share: the pipeline, its engine and metrics, and the served model's name."""
 
-    def __init__(self, pipeline, model_name: str | None = None):
+    def __init__(self, pipeline, model_name: str | None = None, control=None):
         self.pipeline = pipeline
         self.model_name = model_name or pipeline.config.label
         self.metrics = Metrics(self.model_name)
-        self.engine = Engine(pipeline, self.metrics)
+        self.engine = Engine(pipeline, self.metrics, control)
         self.drafter_type = pipeline.config.spec.drafter.type
         self.tunable = protocol.tunable_fields(pipeline.drafter_component.params_model)
 
@@ -88,6 +88,10 @@ class Service:
         label = "none" if speculation.max_draft_tokens == 0 else self.drafter_type
         if not speculation.params:
             return speculation.max_draft_tokens, None, label
+        if self.engine.control is not None:
+            raise ApiError(400, "speculation.params: a tensor-parallel server runs the pipeline's own drafter on "
+                                "every rank and cannot hand them a request's drafter; send max_draft_tokens or "
+                                "enabled: false only", param="speculation.params")
         if self.drafter_type == "none":
             raise ApiError(400, "speculation.params: this server's pipeline has no drafter (drafter type 'none'), "
                                 "so there are no drafter params to change", param="speculation.params")
@@ -242,13 +246,15 @@ async def _until_disconnected(http: Request, work, on_disconnect: Callable[[], N
     raise ApiError(499, "the client closed the connection", code="client_closed")
 
 
-def create_app(pipeline, *, model_name: str | None = None) -> FastAPI:
+def create_app(pipeline, *, model_name: str | None = None, control=None) -> FastAPI:
     """The server's ASGI application for a built `specdec.Pipeline` (its scheduler is driven by
     the app's driver thread from startup to shutdown; do not generate with it meanwhile).
 
     :param model_name: the `model` clients send (default: the pipeline's name or file stem).
+    :param control: on rank 0 of a tensor-parallel target, the tick channel to the other ranks
+        (specdec_plugin_serve.tensor_parallel).
     """
-    service = Service(pipeline, model_name)
+    service = Service(pipeline, model_name, control)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -2,6 +2,7 @@
 
     specdec serve pipeline.yaml --port 8000 --max-batch 16
     specdec serve                       # the default pipeline on the embedded default model
+    torchrun --nproc-per-node 2 -m specdec.cli serve pipeline.yaml --tp-size 2   # rank 0 answers HTTP
 
 Everything a user can get wrong (the pipeline file, the flags, a port in use) is checked before
 the model loads. SIGINT or SIGTERM stops accepting connections, lets the requests in flight
@@ -13,6 +14,7 @@ This module stays light (argparse only); the handler imports torch, FastAPI and 
 from __future__ import annotations
 
 import argparse
+import os
 
 from specdec import ConfigError
 
@@ -53,6 +55,9 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="SECONDS",
                         help="on SIGINT/SIGTERM, how long requests in flight may still run before they are "
                              "cancelled (default 30)")
+    parser.add_argument("--tp-size", type=int, metavar="N",
+                        help="shard the target over N ranks: launch with torchrun --nproc-per-node N "
+                             "(docs/scaling.md); rank 0 answers HTTP, the others follow its steps")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     parser.add_argument("--access-log", action="store_true", help="log every HTTP request")
     parser.set_defaults(handler=run_command)
@@ -61,6 +66,7 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
 
 def run_command(args: argparse.Namespace) -> int:
     from specdec import Pipeline, default_plugins, validated_pipeline
+    from specdec.cli import with_tp_size
     from specdec_plugin_serve.server import bind, serve
 
     if args.max_batch is not None and args.max_batch < 1:
@@ -72,11 +78,21 @@ def run_command(args: argparse.Namespace) -> int:
     if args.model_name is not None and not args.model_name.strip():
         raise ConfigError("--model-name must not be empty")
     plugins = default_plugins()
-    validated = validated_pipeline(args.pipeline, plugins)
-    listener = bind(args.host, args.port)  # before the model loads: a port in use fails in a second
+    validated = with_tp_size(validated_pipeline(args.pipeline, plugins), args.tp_size)
+    sharded = validated.spec.target.tp_size > 1
+    follower = sharded and os.environ.get("RANK", "0") != "0"
+    # before the model loads: a port in use fails in a second (rank 0 alone listens)
+    listener = None if follower else bind(args.host, args.port)
     pipeline = Pipeline(validated, plugins)
     if args.max_batch is not None:
         pipeline.scheduler.max_batch_size = args.max_batch
     prepare(pipeline, pipeline.scheduler.max_batch_size)
+    control = None
+    if sharded:
+        from specdec_plugin_serve.tensor_parallel import Control, follow
+
+        control = Control(pipeline.tp)
+        if follower:
+            return follow(pipeline, control)
     return serve(pipeline, listener, model_name=args.model_name, shutdown_timeout=args.shutdown_timeout,
-                 log_level=args.log_level, access_log=args.access_log)
+                 log_level=args.log_level, access_log=args.access_log, control=control)

@@ -13,6 +13,11 @@ it and frees its slot at the next step, as it does for an abandoned `Generation`
 
 Shutting down: `drain()` refuses new requests and ends every request in flight with a 503 error
 (its handler still answers it, so its connection closes cleanly); `stop()` ends the thread.
+
+With a tensor-parallel target (`control` given) the driver also sends every loop's changes to
+the scheduler to the other ranks (specdec_plugin_serve.tensor_parallel), and cancellations are
+applied by the driver at the loop's start instead of flagged for the next step, so that no
+cancellation lands between the tick and the step on rank 0 alone.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from specdec import InputError, SamplingParams, SequenceHandle
 
 from specdec_plugin_serve.metrics import Metrics
 from specdec_plugin_serve.protocol import ApiError
+from specdec_plugin_serve.tensor_parallel import Tick, seeded
 
 logger = logging.getLogger("specdec.serve")
 
@@ -88,8 +94,10 @@ class Engine:
     :param metrics: where to count requests, tokens, acceptance and latencies (None: nowhere).
     """
 
-    def __init__(self, pipeline, metrics: Metrics | None = None):
+    def __init__(self, pipeline, metrics: Metrics | None = None, control=None):
         self.pipeline = pipeline
+        self.control = control  # a tensor_parallel.Control on rank 0 of a tensor-parallel target
+        self._cancels: list[SequenceHandle] = []  # with `control`: cancelled since the last loop
         self.scheduler = pipeline.scheduler
         self.metrics = metrics
         self._wake = threading.Condition()
@@ -150,8 +158,11 @@ class Engine:
         """Stop a request: the scheduler frees its slot at the next step (no-op once it is done)."""
         if handle.done:
             return
-        handle.cancelled = True
         with self._wake:
+            if self.control is None:
+                handle.cancelled = True
+            else:
+                self._cancels.append(handle)
             self._dirty = True
             self._wake.notify()
 
@@ -159,15 +170,22 @@ class Engine:
 
     def _run(self) -> None:
         scheduler = self.scheduler
+        control = self.control
+        stopped = False
         try:
             while True:
                 with self._wake:
                     while not (self._stopping or self._abort or self._inbox or self._dirty or scheduler.has_work):
-                        self._wake.wait()
+                        if not self._wake.wait(control.heartbeat if control else None):
+                            break  # a quiet tensor-parallel server: an empty tick tells the ranks it is alive
                     inbox, self._inbox = self._inbox, []
+                    cancels, self._cancels = self._cancels, []
                     self._dirty = False
                     draining, abort, stopping = self._draining, self._abort, self._stopping
                     self._abort = False
+                if control is not None:
+                    inbox = self._tick(control, inbox, cancels, draining, abort, stopping)
+                    stopped = stopping
                 self._admit(inbox, draining)
                 if abort:
                     self._fail_all(_shutting_down())
@@ -186,6 +204,24 @@ class Engine:
             self._draining = self._stopping = True
         finally:
             self._fail_all(_shutting_down())
+            if control is not None and not stopped:
+                try:  # the other ranks must not wait for a tick that never comes
+                    control.send(Tick(stop=True))
+                except Exception:  # noqa: BLE001 - they then fail on the collective timeout
+                    logger.exception("telling the other ranks to stop failed")
+
+    def _tick(self, control, inbox: list[_Pending], cancels: list[SequenceHandle], draining: bool, abort: bool,
+              stopping: bool) -> list[_Pending]:
+        """Apply this loop's cancellations, seed the new requests and send both to the other ranks,
+        which apply the same (see tensor_parallel.follow). :returns: the seeded inbox."""
+        for handle in cancels:
+            self.scheduler.cancel(handle)
+        for pending in inbox:
+            pending.params = seeded(pending.params)
+        submits = [] if draining else [(pending.prompt, pending.params, pending.max_draft_tokens)
+                                       for pending in inbox]
+        control.send(Tick([handle.request_id for handle in cancels], submits, abort, stopping))
+        return inbox
 
     def _admit(self, inbox: list[_Pending], draining: bool) -> None:
         """Submit the inbox's requests (the driver holds no step now, so no lock waits)."""

@@ -80,12 +80,12 @@ def make_server(app, *, shutdown_timeout: float = 30.0, log_level: str = "info",
 
 
 def serve(pipeline, listener: socket.socket, *, model_name: str | None = None, shutdown_timeout: float = 30.0,
-          log_level: str = "info", access_log: bool = False) -> int:
+          log_level: str = "info", access_log: bool = False, control=None) -> int:
     """Serve `pipeline` on a bound socket until SIGINT/SIGTERM; 0 after a clean stop, 1 if the
     application could not start or its decoding thread died."""
     from specdec_plugin_serve.app import create_app
 
-    app = create_app(pipeline, model_name=model_name)
+    app = create_app(pipeline, model_name=model_name, control=control)
     server = make_server(app, shutdown_timeout=shutdown_timeout, log_level=log_level, access_log=access_log)
     host, port = listener.getsockname()[:2]
     service = app.state.service
