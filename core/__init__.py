@@ -95,6 +95,7 @@ _EXPORTS = {
     "load_plugins": "specdec.plugins",
     "validated_pipeline": "specdec.cli",
     "json_lines": "specdec.jsonl",
+    "chat_messages": "specdec.jsonl",
     "read_chat_prompts": "specdec.jsonl",
     "read_json_lines": "specdec.jsonl",
 }
