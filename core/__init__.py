@@ -95,6 +95,7 @@ _EXPORTS = {
     "load_plugins": "specdec.plugins",
     "validated_pipeline": "specdec.cli",
     "json_lines": "specdec.jsonl",
+    "chat_messages": "specdec.jsonl",
     "read_chat_prompts": "specdec.jsonl",
     # trained drafters: their training text and the fingerprint of the target they were trained for
     "TokenSequence": "specdec.training_data",

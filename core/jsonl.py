@@ -88,13 +88,19 @@ def read_chat_prompts(path: str | os.PathLike) -> list[Messages]:
     return conversations
 
 
+def chat_messages(value: Any, where: str) -> Messages:
+    """`value` checked as a conversation read from a file: a non-empty list of objects with string
+    `role` and `content` (other keys dropped); otherwise an `InputError` naming `where` (`file:line`)."""
+    if not (isinstance(value, list) and value and all(
+            isinstance(message, dict) and isinstance(message.get("role"), str)
+            and isinstance(message.get("content"), str) for message in value)):
+        raise InputError(f"{where}: 'messages' must be a non-empty list of {{'role': str, 'content': str}} objects")
+    return [{"role": message["role"], "content": message["content"]} for message in value]
+
+
 def _conversation(item: Any, path: Path, number: int) -> Messages:
     if isinstance(item, dict) and isinstance(item.get("prompt"), str):
         return [{"role": "user", "content": item["prompt"]}]
-    messages = item.get("messages") if isinstance(item, dict) else None
-    if not (isinstance(messages, list) and messages and all(
-            isinstance(message, dict) and isinstance(message.get("role"), str)
-            and isinstance(message.get("content"), str) for message in messages)):
-        raise InputError(f"{path}:{number}: expected an object with 'prompt' (a string) or 'messages' (a "
-                         f"non-empty list of {{'role': str, 'content': str}} objects)")
-    return [{"role": message["role"], "content": message["content"]} for message in messages]
+    if not isinstance(item, dict) or "messages" not in item:
+        raise InputError(f"{path}:{number}: expected an object with 'prompt' (a string) or 'messages'")
+    return chat_messages(item["messages"], f"{path}:{number}")

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from specdec import InputError, answer_chats, chat_token_ids, json_lines
+from specdec import InputError, answer_chats, chat_messages, chat_token_ids, json_lines
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ def _record(item: dict, tokenizer, path: Path, number: int) -> TokenSequence:
             raise InputError(f"{path}:{number}: 'num_prompt_tokens' must be an integer in [0, {len(ids)}]")
         return TokenSequence(tuple(ids), ((start, len(ids)),))
     if "messages" in item:
-        return _chat_sequence(tokenizer, _messages(item["messages"], path, number))
+        return _chat_sequence(tokenizer, chat_messages(item["messages"], f"{path}:{number}"))
     response = item.get("response", item.get("completion"))
     if isinstance(item.get("prompt"), str) and isinstance(response, str):
         return _chat_sequence(tokenizer, [{"role": "user", "content": item["prompt"]},
@@ -162,12 +162,3 @@ def _windows(sequence: TokenSequence, max_length: int) -> list[TokenSequence]:
 def _check_object(item, path: Path, number: int) -> None:
     if not isinstance(item, dict):
         raise InputError(f"{path}:{number}: each line must be a JSON object")
-
-
-def _messages(messages, path: Path, number: int) -> list[dict]:
-    if not (isinstance(messages, list) and messages and all(
-            isinstance(message, dict) and isinstance(message.get("role"), str)
-            and isinstance(message.get("content"), str) for message in messages)):
-        raise InputError(f"{path}:{number}: 'messages' must be a non-empty list of "
-                         f"{{'role': str, 'content': str}} objects")
-    return [{"role": message["role"], "content": message["content"]} for message in messages]

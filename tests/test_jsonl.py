@@ -33,7 +33,7 @@ def test_chat_prompt_files_hold_prompts_or_conversations_and_plain_files_one_pro
 
 
 @pytest.mark.parametrize("name, content, message", [
-    ("p.jsonl", '{"prompt": "ok"}\n{"messages": [{"role": "user"}]}\n', r"p\.jsonl:2: expected an object with 'prompt'"),
+    ("p.jsonl", '{"prompt": "ok"}\n{"messages": [{"role": "user"}]}\n', r"p\.jsonl:2: 'messages' must be a non-empty"),
     ("p.jsonl", '"just a string"\n', r"p\.jsonl:1: expected an object"),
     ("p.txt", "\n  \n", "holds no prompts"),
     ("p.txt", b"ok\ncaf\xe9\n", r"p\.txt:2: not UTF-8"),

@@ -370,6 +370,7 @@ def test_the_harness_fails_merge_under_a_broken_policy():
                         policy=AcceptsEverythingWhenSampling(), quick=True)
 
 
+@pytest.mark.slow  # merge itself is checked by test_merge_is_lossless; this is the bundled combination
 def test_merge_of_the_bundled_training_free_drafters_is_lossless():
     pytest.importorskip("specdec_plugin_retrieval")
     pytest.importorskip("specdec_plugin_recycling")

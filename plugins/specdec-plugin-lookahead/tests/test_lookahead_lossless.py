@@ -67,8 +67,8 @@ def test_the_window_alone_fills_the_pool_that_drafts():
     assert counts["window_ngrams"] > 0 and counts["nodes"] > 0
 
 
-@pytest.mark.parametrize("kwargs", [{"window": 3}, {"window": "auto", "cost": CostModel(node_cost=0.01)}],
-                         ids=["W3", "auto"])
+@pytest.mark.parametrize("kwargs", [pytest.param({"window": 3}, marks=pytest.mark.slow),  # auto covers the drafter
+                                    {"window": "auto", "cost": CostModel(node_cost=0.01)}], ids=["W3", "auto"])
 def test_jacobi_is_lossless(kwargs):
     make, counts = counted(JacobiDrafter, **kwargs)
     assert_lossless(make, sampling_cases=SAMPLING_CASES[:2], num_samples=800)
