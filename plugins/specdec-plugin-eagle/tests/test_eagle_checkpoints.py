@@ -184,3 +184,21 @@ def test_damaged_checkpoints_are_input_errors(tmp_path):
         load_draft(str(folder), tiny)
     with pytest.raises(InputError, match="not a shipped name"):
         load_draft(str(tmp_path / "nowhere"), tiny)
+
+
+def test_the_shipped_draft_model_is_refused_for_another_target():
+    with pytest.raises(ModelMismatchError, match="trained for SmolLM2-135M-Instruct.*eagle train --model"):
+        load_draft("default", target())
+
+
+@pytest.mark.slow
+def test_the_shipped_draft_model_drafts_for_the_default_model_losslessly():
+    from specdec import Pipeline
+
+    greedy = {"sampling": {"temperature": 0, "max_new_tokens": 48}}
+    messages = [{"role": "user", "content": "Name three uses of copper and explain one."}]
+    plain = Pipeline.from_dict(greedy).generate(messages)
+    eagle = Pipeline.from_dict({**greedy, "drafter": {"type": "eagle", "params": {"draft_vocab": 4096, "node_cost": 0.0}}})
+    result = eagle.generate(messages)
+    assert result.token_ids == plain.token_ids
+    assert result.stats.new_tokens / result.stats.steps > 1.2

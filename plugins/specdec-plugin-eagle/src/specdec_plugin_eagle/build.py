@@ -26,6 +26,15 @@ def default_feature_layers(target, style: str) -> tuple[int, ...]:
     return (min(2, layers), layers // 2, max(layers - 3, 0))
 
 
+def rope_settings(config) -> dict:
+    """The target's rotary embedding as `rope_theta` plus `rope_scaling` (None for plain RoPE):
+    recent transformers keep both in one `rope_parameters` dict, older ones apart."""
+    parameters = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
+    theta = parameters.pop("rope_theta", None) or getattr(config, "rope_theta", None) or 10000.0
+    kind = parameters.get("rope_type", parameters.get("type", "default"))
+    return {"rope_theta": float(theta), "rope_scaling": None if kind == "default" else {**parameters, "rope_type": kind}}
+
+
 def new_draft_model(target, *, style: str = "eagle1", feature_layers: Sequence[int] | None = None,
                     draft_ids: torch.Tensor | None = None, by_frequency: bool = False, seed: int = 0) -> EagleDraftModel:
     """A freshly initialised draft model with the target's attention shapes and vocabulary.
@@ -48,8 +57,7 @@ def new_draft_model(target, *, style: str = "eagle1", feature_layers: Sequence[i
         target_hidden_size=hidden,
         feature_layers=tuple(feature_layers) if feature_layers is not None else default_feature_layers(target, style),
         draft_vocab_size=int(ids.numel()), rms_norm_eps=float(getattr(config, "rms_norm_eps", 1e-6)),
-        rope_theta=float(getattr(config, "rope_theta", None) or 10000.0),
-        rope_scaling=getattr(config, "rope_scaling", None),
+        **rope_settings(config),
         max_position_embeddings=int(getattr(config, "max_position_embeddings", 8192)),
         vocab_by_frequency=by_frequency and draft_ids is not None)
     torch.manual_seed(seed)
