@@ -90,6 +90,9 @@ _EXPORTS = {
     "default_plugins": "specdec.plugins",
     "load_plugins": "specdec.plugins",
     "validated_pipeline": "specdec.cli",
+    "with_tp_size": "specdec.cli",
+    "TensorParallel": "specdec.distributed",
+    "collective_timeout_seconds": "specdec.distributed",
     "json_lines": "specdec.jsonl",
     "read_json_lines": "specdec.jsonl",
 }

@@ -145,15 +145,15 @@ def test_tp_size_above_one_needs_torchrun(monkeypatch):
 
 
 def test_collective_timeout_comes_from_the_environment(monkeypatch):
-    from specdec.distributed import DEFAULT_TIMEOUT_S, timeout_seconds
+    from specdec.distributed import DEFAULT_TIMEOUT_S, collective_timeout_seconds
 
     monkeypatch.delenv("SPECDEC_TP_TIMEOUT", raising=False)
-    assert timeout_seconds() == DEFAULT_TIMEOUT_S
+    assert collective_timeout_seconds() == DEFAULT_TIMEOUT_S
     monkeypatch.setenv("SPECDEC_TP_TIMEOUT", "30")
-    assert timeout_seconds() == 30.0
+    assert collective_timeout_seconds() == 30.0
     monkeypatch.setenv("SPECDEC_TP_TIMEOUT", "soon")
     with pytest.raises(ConfigError, match="SPECDEC_TP_TIMEOUT"):
-        timeout_seconds()
+        collective_timeout_seconds()
 
 
 def test_one_rank_costs_nothing(tiny_model):
