@@ -33,18 +33,19 @@ def tiny_model(tmp_path_factory) -> str:
     return save_tiny_model(folder / "target")
 
 
-def launch(cases: str, model: str, out: Path, timeout: float = 240, **env) -> subprocess.CompletedProcess:
-    """Run tests/tp_worker.py on 2 CPU ranks under torchrun; the ranks' tokens land in `out`."""
+def launch(cases: str, model: str, out: Path, timeout: float = 240, processes: int = 2,
+           **env) -> subprocess.CompletedProcess:
+    """Run tests/tp_worker.py on CPU ranks under torchrun; the ranks' tokens land in `out`."""
     out.mkdir(exist_ok=True)
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
                    "CUDA_VISIBLE_DEVICES": "", **env}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes), "--standalone",
                str(WORKER), cases, model, str(out)]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment)
 
 
-def ranks(out: Path) -> list[dict]:
-    return [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(2)]
+def ranks(out: Path, count: int = 2) -> list[dict]:
+    return [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(count)]
 
 
 def single_process(case: str, model: str) -> dict:
@@ -94,6 +95,19 @@ def test_a_failing_rank_takes_the_job_down(tiny_model, tmp_path):
     assert done.returncode != 0
     assert "rank 1 failed on purpose" in done.stderr
     assert not (tmp_path / "rank0.json").exists()
+
+
+@pytest.mark.slow
+def test_the_default_model_on_three_ranks_decodes_as_one_process(tmp_path):
+    """SmolLM2-135M (9 query, 3 key/value heads) split 3 ways, greedy with prompt lookup."""
+    from specdec.models import DEFAULT_MODEL
+
+    done = launch("prompt_lookup", DEFAULT_MODEL, tmp_path, timeout=400, processes=3)
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = ranks(tmp_path, 3)
+    assert results[0] == results[1] == results[2]
+    assert results[0]["prompt_lookup"].pop("q_rows") == 576 // 3
+    assert results[0]["prompt_lookup"] == single_process("prompt_lookup", DEFAULT_MODEL)
 
 
 @pytest.mark.slow
