@@ -211,3 +211,13 @@ def test_generate_refuses_stdin_and_bad_tp_sizes(capsys, monkeypatch):
     assert "pass the prompt as an argument or with --prompts-file" in capsys.readouterr().err
     assert main(["generate", "--tp-size", "0", "hi"]) == 2
     assert "--tp-size must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_torchrun_without_tp_size_is_refused(capsys, monkeypatch):
+    """Ranks that would each decode the whole model alone (and print the same text)."""
+    from specdec.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["generate", "hi"]) == 2
+    assert "torchrun started 2 processes but <default pipeline> has target.tp_size 1: pass --tp-size 2" \
+        in capsys.readouterr().err
