@@ -110,16 +110,26 @@ def add_tp_size_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def with_tp_size(validated, tp_size: int | None):
-    """The validated pipeline with `target.tp_size` set by --tp-size (unchanged when None)."""
-    import dataclasses
+    """The validated pipeline with `target.tp_size` set by --tp-size (unchanged when None).
 
-    if tp_size is None:
-        return validated
-    if tp_size < 1:
-        raise ConfigError(f"--tp-size must be >= 1, got {tp_size}")
-    spec = validated.spec
-    target = spec.target.model_copy(update={"tp_size": tp_size})
-    return dataclasses.replace(validated, spec=spec.model_copy(update={"target": target}))
+    Refuses a one-rank target in a process that torchrun started with others: each would decode
+    the whole model alone and print the same text.
+    """
+    import dataclasses
+    import os
+
+    if tp_size is not None:
+        if tp_size < 1:
+            raise ConfigError(f"--tp-size must be >= 1, got {tp_size}")
+        spec = validated.spec
+        target = spec.target.model_copy(update={"tp_size": tp_size})
+        validated = dataclasses.replace(validated, spec=spec.model_copy(update={"target": target}))
+    world = os.environ.get("WORLD_SIZE", "1")
+    if validated.spec.target.tp_size == 1 and world.isdigit() and int(world) > 1:
+        raise ConfigError(f"torchrun started {world} processes but {validated.source} has target.tp_size 1: "
+                          f"pass --tp-size {world} to shard the target over them (docs/scaling.md), or run "
+                          f"specdec without torchrun")
+    return validated
 
 
 def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:

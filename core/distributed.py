@@ -15,6 +15,7 @@ hangs takes the job down instead of leaving the others waiting forever.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import hashlib
 import os
@@ -38,7 +39,7 @@ MEGATRON_PLAN = {"self_attn.q_proj": "colwise", "self_attn.k_proj": "colwise", "
                  "mlp.down_proj": "rowwise"}
 
 
-def timeout_seconds() -> float:
+def collective_timeout_seconds() -> float:
     """The collective timeout: $SPECDEC_TP_TIMEOUT seconds, else `DEFAULT_TIMEOUT_S`."""
     raw = os.environ.get("SPECDEC_TP_TIMEOUT")
     if raw is None:
@@ -101,7 +102,7 @@ class TensorParallel:
             f"rank {self.rank} of {self.size}: the sharded target's forward failed ({type(error).__name__}: "
             f"{str(error).strip()[:300]}). Usually another rank failed or stopped answering: look for its "
             f"message above. A rank that is only slow needs a longer SPECDEC_TP_TIMEOUT (now "
-            f"{timeout_seconds():g} s)")
+            f"{collective_timeout_seconds():g} s)")
 
     def check_outputs(self, tokens: list[int]) -> None:
         """Raise if the ranks generated different tokens (a drafter whose proposals depend on
@@ -123,7 +124,7 @@ def start(tp_size: int, device: str) -> TensorParallel:
     """Join the tensor-parallel group of a `torchrun --nproc-per-node tp_size` launch (once per process).
 
     The backend is NCCL on CUDA and gloo on a CPU; every collective times out after
-    `timeout_seconds()`.
+    `collective_timeout_seconds()`.
     """
     world = launched_ranks()
     if world is None:
@@ -146,9 +147,18 @@ def start(tp_size: int, device: str) -> TensorParallel:
             torch.cuda.set_device(local_rank)
         torch.distributed.init_process_group(
             "nccl" if kind == "cuda" else "gloo",
-            timeout=datetime.timedelta(seconds=timeout_seconds()),
+            timeout=datetime.timedelta(seconds=collective_timeout_seconds()),
             **({"device_id": target} if kind == "cuda" else {}))
+        atexit.register(_leave)
     return TensorParallel(torch.distributed.get_rank(), torch.distributed.get_world_size(), target)
+
+
+def _leave() -> None:
+    """Destroy the process group before the interpreter exits: left to the interpreter's teardown,
+    gloo's threads are destroyed while still running and the process aborts ("terminate called
+    without an active exception", seen now and then in the 2-rank tests)."""
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def check_divisible(config, tp_size: int) -> None:

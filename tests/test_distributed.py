@@ -33,18 +33,19 @@ def tiny_model(tmp_path_factory) -> str:
     return save_tiny_model(folder / "target")
 
 
-def launch(cases: str, model: str, out: Path, timeout: float = 240, **env) -> subprocess.CompletedProcess:
-    """Run tests/tp_worker.py on 2 CPU ranks under torchrun; the ranks' tokens land in `out`."""
+def launch(cases: str, model: str, out: Path, timeout: float = 240, processes: int = 2,
+           **env) -> subprocess.CompletedProcess:
+    """Run tests/tp_worker.py on CPU ranks under torchrun; the ranks' tokens land in `out`."""
     out.mkdir(exist_ok=True)
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
                    "CUDA_VISIBLE_DEVICES": "", **env}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes), "--standalone",
                str(WORKER), cases, model, str(out)]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment)
 
 
-def ranks(out: Path) -> list[dict]:
-    return [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(2)]
+def ranks(out: Path, count: int = 2) -> list[dict]:
+    return [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(count)]
 
 
 def single_process(case: str, model: str) -> dict:
@@ -97,6 +98,19 @@ def test_a_failing_rank_takes_the_job_down(tiny_model, tmp_path):
 
 
 @pytest.mark.slow
+def test_the_default_model_on_three_ranks_decodes_as_one_process(tmp_path):
+    """SmolLM2-135M (9 query, 3 key/value heads) split 3 ways, greedy with prompt lookup."""
+    from specdec.models import DEFAULT_MODEL
+
+    done = launch("prompt_lookup", DEFAULT_MODEL, tmp_path, timeout=400, processes=3)
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = ranks(tmp_path, 3)
+    assert results[0] == results[1] == results[2]
+    assert results[0]["prompt_lookup"].pop("q_rows") == 576 // 3
+    assert results[0]["prompt_lookup"] == single_process("prompt_lookup", DEFAULT_MODEL)
+
+
+@pytest.mark.slow
 def test_a_hung_rank_times_out_the_job(tiny_model, tmp_path):
     done = launch("hang", tiny_model, tmp_path, timeout=180, SPECDEC_TP_TIMEOUT="10")
     assert done.returncode != 0
@@ -145,15 +159,15 @@ def test_tp_size_above_one_needs_torchrun(monkeypatch):
 
 
 def test_collective_timeout_comes_from_the_environment(monkeypatch):
-    from specdec.distributed import DEFAULT_TIMEOUT_S, timeout_seconds
+    from specdec.distributed import DEFAULT_TIMEOUT_S, collective_timeout_seconds
 
     monkeypatch.delenv("SPECDEC_TP_TIMEOUT", raising=False)
-    assert timeout_seconds() == DEFAULT_TIMEOUT_S
+    assert collective_timeout_seconds() == DEFAULT_TIMEOUT_S
     monkeypatch.setenv("SPECDEC_TP_TIMEOUT", "30")
-    assert timeout_seconds() == 30.0
+    assert collective_timeout_seconds() == 30.0
     monkeypatch.setenv("SPECDEC_TP_TIMEOUT", "soon")
     with pytest.raises(ConfigError, match="SPECDEC_TP_TIMEOUT"):
-        timeout_seconds()
+        collective_timeout_seconds()
 
 
 def test_one_rank_costs_nothing(tiny_model):
@@ -197,3 +211,13 @@ def test_generate_refuses_stdin_and_bad_tp_sizes(capsys, monkeypatch):
     assert "pass the prompt as an argument or with --prompts-file" in capsys.readouterr().err
     assert main(["generate", "--tp-size", "0", "hi"]) == 2
     assert "--tp-size must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_torchrun_without_tp_size_is_refused(capsys, monkeypatch):
+    """Ranks that would each decode the whole model alone (and print the same text)."""
+    from specdec.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["generate", "hi"]) == 2
+    assert "torchrun started 2 processes but <default pipeline> has target.tp_size 1: pass --tp-size 2" \
+        in capsys.readouterr().err

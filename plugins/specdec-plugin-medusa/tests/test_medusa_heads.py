@@ -93,6 +93,13 @@ def test_heads_for_another_model_are_refused_with_a_clear_error(tmp_path):
         load_heads(str(tmp_path / "heads"), tiny_llama(0, vocab_size=40))
 
 
+def test_a_tensor_parallel_target_is_refused():
+    model = tiny_llama(0)
+    model.specdec_tp = object()  # what specdec sets on a target sharded over ranks
+    with pytest.raises(ModelMismatchError, match="tensor-parallel target splits across ranks"):
+        load_heads("default", model)
+
+
 def test_the_same_target_in_half_precision_is_accepted(tmp_path):
     model = tiny_llama(0)
     save_heads(MedusaHeads(config_for(model), model.get_output_embeddings().weight), tmp_path / "heads")

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from specdec import ConfigError
+from specdec import ConfigError, with_tp_size
 
 DESCRIPTION = """\
 Spec-Bench-style benchmark: every method answers the same questions (multi-turn ones with its
@@ -157,6 +157,7 @@ def _run(args: argparse.Namespace) -> int:
 
     plugins = default_plugins()
     validated = validated_pipelines(args.pipelines, plugins, _target_overrides(args))
+    validated = [with_tp_size(item, None) for item in validated]  # refuses tp_size 1 under torchrun
     names = list(dict.fromkeys(args.hf_baselines or []))
     if "none" in names and names != ["none"]:
         raise ConfigError("--hf-baselines: 'none' cannot be combined with other baselines")
@@ -256,7 +257,8 @@ def _throughput(args: argparse.Namespace) -> int:
                             max_new_tokens=args.max_new_tokens)
     questions = select_questions(load_questions(args.questions), args.tasks, args.limit)
     plugins = default_plugins()
-    validated = validated_pipelines(args.pipelines, plugins, _target_overrides(args))
+    validated = [with_tp_size(item, None) for item in
+                 validated_pipelines(args.pipelines, plugins, _target_overrides(args))]
     target = validated[0].spec.target.model_dump() if validated else {}
     if not any(item.spec.drafter.type == "none" for item in validated):
         validated.insert(0, validate_pipeline({"name": "AR", "target": target, "drafter": {"type": "none"}},

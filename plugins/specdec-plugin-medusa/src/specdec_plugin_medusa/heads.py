@@ -274,6 +274,10 @@ def load_heads(name_or_path: str, model, *, check: bool = True) -> MedusaHeads:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    if getattr(model, "specdec_tp", None) is not None:
+        raise ModelMismatchError("Medusa heads project through the target's LM head weight, which a tensor-parallel "
+                                 "target splits across ranks; use another drafter (prompt_lookup, token_recycling, "
+                                 "draft_model) or target.tp_size 1")
     folder = resolve_heads(name_or_path)
     config = read_config(folder)
     if check:

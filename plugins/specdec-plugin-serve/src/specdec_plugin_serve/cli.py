@@ -65,8 +65,7 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from specdec import Pipeline, default_plugins, validated_pipeline
-    from specdec.cli import with_tp_size
+    from specdec import Pipeline, default_plugins, validated_pipeline, with_tp_size
     from specdec_plugin_serve.server import bind, serve
 
     if args.max_batch is not None and args.max_batch < 1:

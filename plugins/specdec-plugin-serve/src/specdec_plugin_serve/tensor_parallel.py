@@ -44,12 +44,12 @@ class Control:
     def __init__(self, tp):
         import torch.distributed
 
-        from specdec.distributed import timeout_seconds
+        from specdec import collective_timeout_seconds
 
         self.tp = tp
-        self.heartbeat = min(HEARTBEAT_S, timeout_seconds() / 4)
+        self.heartbeat = min(HEARTBEAT_S, collective_timeout_seconds() / 4)
         self.group = torch.distributed.new_group(
-            backend="gloo", timeout=datetime.timedelta(seconds=timeout_seconds()))
+            backend="gloo", timeout=datetime.timedelta(seconds=collective_timeout_seconds()))
 
     def send(self, tick: Tick) -> None:
         """Rank 0: hand `tick` to the other ranks."""
