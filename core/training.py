@@ -216,6 +216,10 @@ class CheckpointedTrainer:
         """The loss of training step `step`, to be minimised."""
         raise NotImplementedError
 
+    def evaluate(self) -> dict[str, Any]:
+        """Held-out accuracy of the trained module, in the drafter's own terms."""
+        raise NotImplementedError
+
     def clip_gradients(self) -> None:
         """Called between the backward pass and the optimizer's step; nothing by default."""
 
@@ -263,3 +267,20 @@ class CheckpointedTrainer:
                 if self.step % checkpoint_every == 0 or self.step == stop:
                     self.save_checkpoint()
         self.module.eval()
+
+    def run(self, summary: str, *, resume: bool, checkpoint_every: int, progress: bool,
+            log: Callable[[str], None], times: dict[str, float]) -> dict[str, Any]:
+        """A recipe's training stage: resume when asked, log `summary`, train to the end, evaluate;
+        records `train_s` (over all sessions of the run) and `eval_s`.
+
+        :returns: what `evaluate` returns.
+        """
+        if resume and self.resume():
+            log(f"resuming at step {self.step} of {self.total_steps}")
+        log(summary)
+        self.train(checkpoint_every=checkpoint_every, progress=progress)
+        times["train_s"] = round(self.seconds, 1)
+        started = time.perf_counter()
+        accuracy = self.evaluate()
+        times["eval_s"] = round(time.perf_counter() - started, 1)
+        return accuracy

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import platform
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Sequence
@@ -78,16 +77,11 @@ def run_training(out: str | Path, *, model_name: str | None = None, data_files: 
     draft = new_draft_model(model, style=style, feature_layers=layers, draft_ids=draft_ids, by_frequency=True,
                             seed=config.seed)
     trainer = Trainer(config, draft, data, out, model.device)
-    if resume and trainer.resume():
-        log(f"resuming at step {trainer.step} of {trainer.total_steps}")
-    log(f"training an {style} draft model on {len(trainer.train_index)} sequences ({len(trainer.eval_index)} "
-        f"held out), {trainer.total_steps} steps of about {config.batch_tokens} tokens, {config.levels} levels, "
-        f"draft vocabulary {draft.config.draft_vocab_size}, {trainer.dtype} autocast")
-    trainer.train(checkpoint_every=checkpoint_every, progress=progress)
-    times["train_s"] = round(trainer.seconds, 1)
-    tic = time.perf_counter()
-    accuracy = trainer.evaluate()
-    times["eval_s"] = round(time.perf_counter() - tic, 1)
+    accuracy = trainer.run(f"training an {style} draft model on {len(trainer.train_index)} sequences "
+                           f"({len(trainer.eval_index)} held out), {trainer.total_steps} steps of about "
+                           f"{config.batch_tokens} tokens, {config.levels} levels, draft vocabulary "
+                           f"{draft.config.draft_vocab_size}, {trainer.dtype} autocast",
+                           resume=resume, checkpoint_every=checkpoint_every, progress=progress, log=log, times=times)
     covered = float(data.learned.sum()) and float(
         torch.isin(data.tokens[data.learned], trainer.model.draft_ids.cpu()).float().mean())
     training = {

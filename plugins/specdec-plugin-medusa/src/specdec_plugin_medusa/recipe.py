@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import platform
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Sequence
@@ -75,17 +74,10 @@ def run_training(out: str | Path, *, model_name: str | None = None, data_files: 
                                compute, times)
 
     trainer = Trainer(config, features, model.get_output_embeddings().weight, signature, out, model.device)
-    if resume and trainer.resume():
-        log(f"resuming at step {trainer.step} of {trainer.total_steps}")
-    log(f"training {config.num_heads} heads on {len(trainer.train_index)} positions "
-        f"({len(trainer.eval_index)} held out), {trainer.total_steps} steps of {config.batch_size}, "
-        f"{trainer.dtype} matmuls")
-    trainer.train(checkpoint_every=checkpoint_every, progress=progress)
-    times["train_s"] = round(trainer.seconds, 1)
-
-    tic = time.perf_counter()
-    accuracy = trainer.evaluate()
-    times["eval_s"] = round(time.perf_counter() - tic, 1)
+    accuracy = trainer.run(f"training {config.num_heads} heads on {len(trainer.train_index)} positions "
+                           f"({len(trainer.eval_index)} held out), {trainer.total_steps} steps of "
+                           f"{config.batch_size}, {trainer.dtype} matmuls",
+                           resume=resume, checkpoint_every=checkpoint_every, progress=progress, log=log, times=times)
     tree = derive_tree(accuracy["per_rank"], tree_nodes)
     heads = trainer.heads
     heads.config.accuracy = accuracy
