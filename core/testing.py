@@ -135,6 +135,28 @@ def save_tiny_model(directory, seed: int = 0, **kwargs) -> str:
     return str(directory)
 
 
+def sample_sequences(model, *, count: int = 48, length: int = 40, temperature: float = 0.8,
+                     seed: int = 0) -> list:
+    """`count` `TokenSequence`s sampled from `model` after short random prompts; continuations are
+    learned. Training text for tiny trained drafters: a drafter trained on its target's own samples
+    gets drafts accepted, so tests exercise accepted paths, not only rejections."""
+    from specdec.drafters.none import NoDrafter
+    from specdec.training_data import TokenSequence
+    from specdec.verifiers.hf import HFVerifier
+
+    vocab = model.get_output_embeddings().weight.shape[0]
+    decoder = SpeculativeDecoder(HFVerifier(model, eos_token_ids=()), NoDrafter(), RejectionSampling())
+    generator = torch.Generator().manual_seed(seed)
+    sequences = []
+    for index in range(count):
+        prompt_length = int(torch.randint(1, 5, (1,), generator=generator))
+        prompt = torch.randint(vocab, (prompt_length,), generator=generator).tolist()
+        params = SamplingParams(temperature=temperature, max_new_tokens=length, seed=seed * 10_007 + index)
+        tokens = decoder.generate(prompt, params).tokens
+        sequences.append(TokenSequence(tuple(prompt + tokens), ((len(prompt), len(prompt) + len(tokens)),)))
+    return sequences
+
+
 def perturbed_copy(model: torch.nn.Module, scale: float, seed: int = 1) -> torch.nn.Module:
     """A copy of `model` with Gaussian noise (`scale` times each tensor's std) on every weight:
     a draft model that agrees with the target often, but not always."""

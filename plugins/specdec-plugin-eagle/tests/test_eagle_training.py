@@ -8,12 +8,11 @@ import torch
 
 from specdec import Pipeline, SamplingParams
 from specdec.cli import main
-from specdec.testing import save_tiny_model, tiny_llama
+from specdec.testing import sample_sequences, save_tiny_model, tiny_llama
 
 from specdec_plugin_eagle.build import new_draft_model
 from specdec_plugin_eagle.drafter import EagleDrafter, TreeShape, _Node
 from specdec_plugin_eagle.features import compute_features, frequent_tokens
-from specdec_plugin_eagle.testing import sample_sequences
 from specdec_plugin_eagle.train import Trainer, TrainConfig, unroll
 
 

@@ -11,12 +11,11 @@ from specdec.errors import InputError
 from specdec.pipeline import Pipeline
 from specdec.training_data import TokenSequence, read_corpus
 from specdec.fingerprint import target_signature
-from specdec.testing import save_tiny_model, tiny_llama, tiny_tokenizer
+from specdec.testing import sample_sequences, save_tiny_model, tiny_llama, tiny_tokenizer
 
 from specdec_plugin_medusa.data import load_prompts, shipped_prompts_path
 from specdec_plugin_medusa.features import IGNORE, compute_features, training_positions
 from specdec_plugin_medusa.heads import read_config
-from specdec_plugin_medusa.testing import sample_sequences
 from specdec_plugin_medusa.train import Trainer, TrainConfig
 
 

@@ -12,7 +12,6 @@ import concurrent.futures
 import importlib
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -475,37 +474,18 @@ def test_shutdown_answers_every_request_in_flight(models):
     wait_for(lambda: not running.thread.is_alive(), timeout=10, what="the server to stop")
 
 
-def start_cli_server(tmp_path: Path, models, name: str) -> tuple[subprocess.Popen, str]:
+def start_cli_server(tmp_path: Path, models, name: str, server_url) -> tuple[subprocess.Popen, str]:
     """`specdec serve` in a subprocess on a free port; returns it and its URL once it answers."""
     path = tmp_path / f"{name}.yaml"
     path.write_text(f"name: {name}\ntarget: {{model: {models[0]}}}\nsampling: {{max_new_tokens: 200}}\n")
     process = subprocess.Popen([sys.executable, "-m", "specdec.cli", "serve", str(path), "--port", "0",
                                 "--log-level", "warning"], stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "SPECDEC_LOAD_PLUGINS": "specdec_plugin_serve"})
-    lines = []
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = process.stderr.readline()
-        lines.append(line)
-        found = re.search(r"on (http://127\.0\.0\.1:\d+)/v1", line)
-        if found:
-            url = found.group(1)
-            wait_for(lambda: _answers(url), timeout=20, what="the server to answer")
-            return process, url
-        assert line or process.poll() is None, "".join(lines)
-    process.kill()
-    raise AssertionError("specdec serve did not start: " + "".join(lines))
+    return process, server_url(process, timeout=80)
 
 
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/health", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
-def test_sigterm_and_sigint_stop_the_cli_server_cleanly_after_the_requests_in_flight(tmp_path, models):
-    servers = {sig: start_cli_server(tmp_path, models, f"cli-{sig.name.lower()}")
+def test_sigterm_and_sigint_stop_the_cli_server_cleanly_after_the_requests_in_flight(tmp_path, models, server_url):
+    servers = {sig: start_cli_server(tmp_path, models, f"cli-{sig.name.lower()}", server_url)
                for sig in (signal.SIGTERM, signal.SIGINT)}
     for sig, (process, url) in servers.items():
         body = {"model": f"cli-{sig.name.lower()}", "prompt": "hello", "max_tokens": 200, "stream": True}

@@ -4,11 +4,9 @@ other rank follows its scheduler step for step (specdec_plugin_serve.tensor_para
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
@@ -25,7 +23,7 @@ def test_unseeded_requests_get_a_seed_and_seeded_ones_keep_theirs():
 
 
 @pytest.mark.slow
-def test_a_two_rank_server_answers_as_one_process_and_survives_a_cancelled_stream(tmp_path):
+def test_a_two_rank_server_answers_as_one_process_and_survives_a_cancelled_stream(tmp_path, server_url):
     model = save_tiny_model(tmp_path / "model")
     path = tmp_path / "tiny.yaml"
     path.write_text(f"name: tiny\ntarget: {{model: {model}}}\ndrafter: {{type: prompt_lookup}}\n"
@@ -37,7 +35,7 @@ def test_a_two_rank_server_answers_as_one_process_and_survives_a_cancelled_strea
          "serve", str(path), "--tp-size", "2", "--port", "0", "--log-level", "warning"],
         stderr=subprocess.PIPE, text=True, env=environment)
     try:
-        url = _wait_for_url(process)
+        url = server_url(process, timeout=120)
         prompts = ["one two one two one", "a b c a b c a"]
         # a stream cancelled mid-way: both ranks must drop it at the same step
         body = {"model": "tiny", "prompt": "x y x y x y", "max_tokens": 400, "stream": True}
@@ -65,22 +63,3 @@ def test_a_two_rank_server_answers_as_one_process_and_survives_a_cancelled_strea
     assert sampled == [200, 200]  # rank-0 seeds keep the ranks together under sampling
     assert refused.status_code == 400 and "tensor-parallel server" in refused.json()["error"]["message"]
 
-
-def _wait_for_url(process: subprocess.Popen) -> str:
-    lines = []
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = process.stderr.readline()
-        lines.append(line)
-        found = re.search(r"on (http://127\.0\.0\.1:\d+)/v1", line)
-        if found:
-            url = found.group(1)
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                        return url
-                except httpx.TransportError:
-                    time.sleep(0.2)
-        assert line or process.poll() is None, "".join(lines)
-    process.kill()
-    raise AssertionError("the server did not start: " + "".join(lines[-30:]))

@@ -9,19 +9,17 @@ positions are inputs too; only the predicted tokens must be learned ones.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from specdec import TokenSequence
+from specdec import SavedTensors, TokenSequence, features_cache_key, length_batches, right_padded
 
 
 @dataclass
-class FeatureSet:
+class FeatureSet(SavedTensors):
     tokens: torch.Tensor  # [N] int64: all sequences one after another
     features: torch.Tensor  # [N, F] float16: the target's feature at each token
     learned: torch.Tensor  # [N] bool: the token lies in a learned span
@@ -38,32 +36,10 @@ class FeatureSet:
     def length(self, index: int) -> int:
         return int(self.offsets[index + 1] - self.offsets[index])
 
-    def save(self, path: str | Path, key: str) -> None:
-        path = Path(path)
-        temporary = path.with_name(path.name + ".partial")
-        torch.save({"key": key, "tokens": self.tokens, "features": self.features, "learned": self.learned,
-                    "offsets": self.offsets}, temporary)
-        temporary.replace(path)
-
-    @classmethod
-    def load(cls, path: str | Path, key: str) -> "FeatureSet | None":
-        """The saved set, or None when there is none or it was made from other inputs."""
-        path = Path(path)
-        if not path.is_file():
-            return None
-        data = torch.load(path, map_location="cpu", weights_only=True)
-        if data.get("key") != key:
-            return None
-        return cls(data["tokens"], data["features"], data["learned"], data["offsets"])
-
 
 def features_key(signature: dict, sequences: Sequence[TokenSequence], layers: Sequence[int]) -> str:
     """Identifies the inputs of `compute_features`: the target, the text and the layers."""
-    digest = hashlib.sha256(json.dumps(signature, sort_keys=True).encode())
-    digest.update(json.dumps(list(layers)).encode())
-    for sequence in sequences:
-        digest.update(json.dumps([sequence.token_ids, sequence.spans]).encode())
-    return digest.hexdigest()[:24]
+    return features_cache_key(signature, sequences, json.dumps(list(layers)))
 
 
 @torch.inference_mode()
@@ -73,25 +49,12 @@ def compute_features(model, sequences: Sequence[TokenSequence], layers: Sequence
     from tqdm import tqdm
 
     device = model.device
-    order = sorted(range(len(sequences)), key=lambda index: len(sequences[index].token_ids))
-    batches: list[list[int]] = []
-    for index in order:
-        length = len(sequences[index].token_ids)
-        if batches and (len(batches[-1]) + 1) * length <= batch_tokens:
-            batches[-1].append(index)
-        else:
-            batches.append([index])
+    batches = length_batches(sequences, batch_tokens)
     parts: dict[int, torch.Tensor] = {}
     with tqdm(total=sum(len(s.token_ids) for s in sequences), desc="target features", unit="tok",
               disable=not progress) as bar:
         for batch in batches:
-            width = max(len(sequences[index].token_ids) for index in batch)
-            ids = torch.zeros((len(batch), width), dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, index in enumerate(batch):
-                tokens = sequences[index].token_ids
-                ids[row, : len(tokens)] = torch.tensor(tokens)
-                mask[row, : len(tokens)] = 1
+            ids, mask = right_padded(sequences, batch)
             output = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True,
                            logits_to_keep=1, use_cache=False)
             chosen = torch.cat([output.hidden_states[layer] for layer in layers], dim=-1)  # [B, S, F]

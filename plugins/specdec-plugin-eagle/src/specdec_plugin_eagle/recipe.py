@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import json
 import platform
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
-from specdec import InputError, distill, read_chat_prompts, read_corpus, target_signature, write_jsonl
+from specdec import (InputError, cached_features, load_frozen_target, read_chat_prompts, read_corpus,
+                     refuse_existing_run, self_distil, target_signature)
 
 from specdec_plugin_eagle.build import default_feature_layers, new_draft_model
 from specdec_plugin_eagle.checkpoints import save_draft
@@ -43,47 +43,30 @@ def run_training(out: str | Path, *, model_name: str | None = None, data_files: 
 
     The model lands in `out/weights`, usable as `drafter: {type: eagle, params: {weights: <out>/weights}}`.
     """
-    from specdec import DEFAULT_MODEL, load_model
-
     out = Path(out)
-    if (out / "checkpoint.pt").exists() and not resume:
-        raise InputError(f"{out} already holds a training checkpoint: pass --resume to continue it, "
-                         f"or choose a new output folder")
+    refuse_existing_run(out, resume)
     if not data_files and not prompts:
         raise InputError("give training data (--data FILE) and/or a prompt set to self-distil (--prompts FILE)")
     out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
-    started = time.perf_counter()
-    model, tokenizer = load_model(model_name)
-    model.requires_grad_(False)
-    times["load_model_s"] = round(time.perf_counter() - started, 1)
-    name = model_name or DEFAULT_MODEL
+    model, tokenizer, name = load_frozen_target(model_name, times)
 
     files = [str(path) for path in data_files]
     if prompts:
-        conversations = read_chat_prompts(prompts)
-        tic = time.perf_counter()
-        for temperature in distill_temperatures:
-            path = out / f"distill-T{temperature:g}.jsonl"
-            if not path.is_file():
-                log(f"self-distillation: {len(conversations)} prompts at temperature {temperature:g} -> {path}")
-                write_jsonl(distill(model, tokenizer, conversations, max_new_tokens=max_new_tokens,
-                                    temperature=temperature, seed=config.seed, progress=progress), path)
-            files.append(str(path))
-        times["distill_s"] = round(time.perf_counter() - tic, 1)
+        files += self_distil(model, tokenizer, read_chat_prompts(prompts), out, temperatures=distill_temperatures,
+                             times=times, log=log, max_new_tokens=max_new_tokens, seed=config.seed,
+                             progress=progress)
 
     sequences = read_corpus(files, tokenizer, max_length=max_length)
     layers = tuple(feature_layers) if feature_layers else default_feature_layers(model, style)
     signature = target_signature(model, name)
-    key = features_key(signature, sequences, layers)
-    tic = time.perf_counter()
-    data = FeatureSet.load(out / FEATURES_FILE, key)
-    if data is None:
+
+    def compute() -> FeatureSet:
         log(f"computing target features (hidden_states {list(layers)}) over "
             f"{sum(len(s.token_ids) for s in sequences)} tokens in {len(sequences)} sequences")
-        data = compute_features(model, sequences, layers, progress=progress)
-        data.save(out / FEATURES_FILE, key)
-    times["features_s"] = round(time.perf_counter() - tic, 1)
+        return compute_features(model, sequences, layers, progress=progress)
+
+    data = cached_features(FeatureSet, out / FEATURES_FILE, features_key(signature, sequences, layers), compute, times)
 
     vocab = int(model.get_output_embeddings().weight.shape[0])
     draft_ids = None
@@ -94,16 +77,11 @@ def run_training(out: str | Path, *, model_name: str | None = None, data_files: 
     draft = new_draft_model(model, style=style, feature_layers=layers, draft_ids=draft_ids, by_frequency=True,
                             seed=config.seed)
     trainer = Trainer(config, draft, data, out, model.device)
-    if resume and trainer.resume():
-        log(f"resuming at step {trainer.step} of {trainer.total_steps}")
-    log(f"training an {style} draft model on {len(trainer.train_index)} sequences ({len(trainer.eval_index)} "
-        f"held out), {trainer.total_steps} steps of about {config.batch_tokens} tokens, {config.levels} levels, "
-        f"draft vocabulary {draft.config.draft_vocab_size}, {trainer.dtype} autocast")
-    trainer.train(checkpoint_every=checkpoint_every, progress=progress)
-    times["train_s"] = round(trainer.seconds, 1)
-    tic = time.perf_counter()
-    accuracy = trainer.evaluate()
-    times["eval_s"] = round(time.perf_counter() - tic, 1)
+    accuracy = trainer.run(f"training an {style} draft model on {len(trainer.train_index)} sequences "
+                           f"({len(trainer.eval_index)} held out), {trainer.total_steps} steps of about "
+                           f"{config.batch_tokens} tokens, {config.levels} levels, draft vocabulary "
+                           f"{draft.config.draft_vocab_size}, {trainer.dtype} autocast",
+                           resume=resume, checkpoint_every=checkpoint_every, progress=progress, log=log, times=times)
     covered = float(data.learned.sum()) and float(
         torch.isin(data.tokens[data.learned], trainer.model.draft_ids.cpu()).float().mean())
     training = {

@@ -13,9 +13,7 @@ from typing import Sequence
 
 import torch
 
-from specdec import (
-    HFVerifier, NoDrafter, RejectionSampling, SamplingParams, SpeculativeDecoder, TokenSequence
-)
+from specdec.testing import sample_sequences
 
 from specdec_plugin_eagle.build import attach, new_draft_model
 from specdec_plugin_eagle.features import compute_features
@@ -23,26 +21,10 @@ from specdec_plugin_eagle.model import EagleDraftModel
 from specdec_plugin_eagle.train import Trainer, TrainConfig
 
 
-def sample_sequences(model, *, count: int = 48, length: int = 40, temperature: float = 0.8,
-                     seed: int = 0) -> list[TokenSequence]:
-    """`count` sequences sampled from `model` after short random prompts; continuations are learned."""
-    vocab = model.get_output_embeddings().weight.shape[0]
-    decoder = SpeculativeDecoder(HFVerifier(model, eos_token_ids=()), NoDrafter(), RejectionSampling())
-    generator = torch.Generator().manual_seed(seed)
-    sequences = []
-    for index in range(count):
-        prompt_length = int(torch.randint(1, 5, (1,), generator=generator))
-        prompt = torch.randint(vocab, (prompt_length,), generator=generator).tolist()
-        params = SamplingParams(temperature=temperature, max_new_tokens=length, seed=seed * 10_007 + index)
-        tokens = decoder.generate(prompt, params).tokens
-        sequences.append(TokenSequence(tuple(prompt + tokens), ((len(prompt), len(prompt) + len(tokens)),)))
-    return sequences
-
-
 def train_tiny_draft(target, *, style: str = "eagle1", feature_layers: Sequence[int] | None = None,
                      draft_ids: torch.Tensor | None = None, by_frequency: bool = False, epochs: float = 40.0,
                      levels: int = 2, seed: int = 0, **sample_options) -> EagleDraftModel:
-    """A draft model for `target` trained on its own samples (see `sample_sequences`), attached
+    """A draft model for `target` trained on its own samples (see `specdec.testing.sample_sequences`), attached
     to the target (its device and dtype, frozen)."""
     model = new_draft_model(target, style=style, feature_layers=feature_layers, draft_ids=draft_ids,
                             by_frequency=by_frequency, seed=seed)

@@ -21,20 +21,18 @@ Checkpoints (`checkpoint.pt`: model, optimizer, schedule, step) are written ever
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.nn import functional as F
 
-from specdec import InputError
+from specdec import CheckpointedTrainer, InputError
 
 from specdec_plugin_eagle.features import FeatureSet
 from specdec_plugin_eagle.model import EagleDraftModel
 
-CHECKPOINT_FILE = "checkpoint.pt"
 IGNORE = -100
 
 
@@ -53,18 +51,6 @@ class TrainConfig:
     eval_depth: int = 6
     seed: int = 0
     dtype: str = "auto"  # "float32", "bfloat16" or "auto"
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """"auto" = bfloat16 where the hardware multiplies it natively (CUDA, CPUs with AMX or
-    AVX512-BF16), float32 elsewhere."""
-    if name in ("float32", "bfloat16"):
-        return getattr(torch, name)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    cpu = getattr(torch, "cpu", None)
-    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return torch.bfloat16 if any(getattr(cpu, check, lambda: False)() for check in checks) else torch.float32
 
 
 def unroll(model: EagleDraftModel, tokens: torch.Tensor, features: torch.Tensor, levels: int) -> list[torch.Tensor]:
@@ -229,71 +215,35 @@ def evaluate(model: EagleDraftModel, data: FeatureSet, indices: list[int], *, de
             "expected_chain_tokens": round(1.0 + sum(chain_rate), 3)}
 
 
-class Trainer:
+class Trainer(CheckpointedTrainer):
     """Trains `model` on `data`, checkpointing into `folder` (see the module docstring)."""
+
+    module_key = "model"
+    description = "training the draft model"
 
     def __init__(self, config: TrainConfig, model: EagleDraftModel, data: FeatureSet, folder: str | Path,
                  device: torch.device | str = "cpu"):
-        self.config = config
-        self.folder = Path(folder)
-        self.device = torch.device(device)
-        self.dtype = resolve_dtype(config.dtype, self.device)
-        self.model = model.to(self.device).train()
+        device = torch.device(device)
+        self.model = model.to(device).train()
         self.data = data
         self.train_index, self.eval_index = split_by_sequence(data.num_sequences, config.eval_fraction, config.seed)
         if not self.train_index:
             raise InputError("no training sequences left after holding out the evaluation share")
         self.batches = Batches(data, self.train_index, config.batch_tokens, config.seed)
-        self.total_steps = max(1, math.ceil(self.batches.per_epoch * config.epochs))
         self.rows = draft_rows(self.model)
         self.spread = float(data.features[: 200_000].float().std())
         trainable = [parameter for parameter in self.model.parameters() if parameter.requires_grad]
-        self.optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay,
-                                           betas=(0.9, 0.95))
-        warmup, total = max(1, int(self.total_steps * config.warmup_fraction)), self.total_steps
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
-        self.step = 0
-        self.seconds = 0.0
+        optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay,
+                                      betas=(0.9, 0.95))
+        super().__init__(config, self.model, optimizer, max(1, math.ceil(self.batches.per_epoch * config.epochs)),
+                         folder, device)
         self._epoch_cache: tuple[int, list[list[int]]] | None = None
-
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.folder / CHECKPOINT_FILE
 
     def batch(self, step: int) -> list[int]:
         epoch, offset = divmod(step, self.batches.per_epoch)
         if self._epoch_cache is None or self._epoch_cache[0] != epoch:
             self._epoch_cache = (epoch, self.batches.epoch(epoch))
         return self._epoch_cache[1][offset]
-
-    def save_checkpoint(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        temporary = self.checkpoint_path.with_name(CHECKPOINT_FILE + ".partial")
-        torch.save({"config": asdict(self.config), "step": self.step, "seconds": self.seconds,
-                    "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict()}, temporary)
-        temporary.replace(self.checkpoint_path)
-
-    def resume(self) -> bool:
-        """Continue from the folder's checkpoint when there is one; False when starting fresh."""
-        if not self.checkpoint_path.is_file():
-            return False
-        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
-        if state["config"] != asdict(self.config):
-            changed = sorted(key for key in state["config"] if state["config"][key] != asdict(self.config).get(key))
-            raise InputError(f"the checkpoint in {self.folder} was made with other training settings "
-                             f"({', '.join(changed)}); resume with the same settings or use a new folder")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.step, self.seconds = state["step"], state["seconds"]
-        return True
 
     def loss(self, step: int) -> torch.Tensor:
         config = self.config
@@ -311,29 +261,8 @@ class Trainer:
             total = total + config.level_decay ** level * term
         return total
 
-    def train(self, *, checkpoint_every: int = 200, progress: bool = True, max_steps: int | None = None) -> None:
-        """Run until the last step (or `max_steps` more steps), checkpointing on the way."""
-        from tqdm import tqdm
-
-        stop = self.total_steps if max_steps is None else min(self.total_steps, self.step + max_steps)
-        self.model.train()
-        with tqdm(total=self.total_steps, initial=self.step, desc="training the draft model", unit="step",
-                  disable=not progress) as bar:
-            while self.step < stop:
-                started = time.perf_counter()
-                loss = self.loss(self.step)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), 0.5)
-                self.optimizer.step()
-                self.scheduler.step()
-                self.step += 1
-                self.seconds += time.perf_counter() - started
-                bar.update(1)
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-                if self.step % checkpoint_every == 0 or self.step == stop:
-                    self.save_checkpoint()
-        self.model.eval()
+    def clip_gradients(self) -> None:
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 0.5)
 
     def evaluate(self, depth: int | None = None) -> dict[str, Any]:
         indices = self.eval_index or self.train_index

@@ -10,21 +10,18 @@ Head k learns `future[:, k + 1]`.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from specdec import TokenSequence
+from specdec import SavedTensors, TokenSequence, features_cache_key, length_batches, right_padded
 
 IGNORE = -100
 
 
 @dataclass
-class Features:
+class Features(SavedTensors):
     hidden: torch.Tensor  # [N, H] float16: final normed hidden state at each training position
     future: torch.Tensor  # [N, F] int64: token p + 1 + j, or IGNORE outside the learned span
     sequence: torch.Tensor  # [N] int64: which sequence each position comes from
@@ -40,31 +37,10 @@ class Features:
     def subset(self, index: torch.Tensor) -> "Features":
         return Features(self.hidden[index], self.future[index], self.sequence[index])
 
-    def save(self, path: str | Path, key: str) -> None:
-        path = Path(path)
-        temporary = path.with_name(path.name + ".partial")
-        torch.save({"key": key, "hidden": self.hidden, "future": self.future, "sequence": self.sequence}, temporary)
-        temporary.replace(path)
-
-    @classmethod
-    def load(cls, path: str | Path, key: str) -> "Features | None":
-        """The saved features, or None when there are none or they were made from other inputs."""
-        path = Path(path)
-        if not path.is_file():
-            return None
-        data = torch.load(path, map_location="cpu", weights_only=True)
-        if data.get("key") != key:
-            return None
-        return cls(data["hidden"], data["future"], data["sequence"])
-
 
 def features_key(signature: dict, sequences: Sequence[TokenSequence], max_future: int) -> str:
     """Identifies the inputs of `compute_features`: the target, the text and the label width."""
-    digest = hashlib.sha256(json.dumps(signature, sort_keys=True).encode())
-    digest.update(str(max_future).encode())
-    for sequence in sequences:
-        digest.update(json.dumps([sequence.token_ids, sequence.spans]).encode())
-    return digest.hexdigest()[:24]
+    return features_cache_key(signature, sequences, str(max_future))
 
 
 def training_positions(sequence: TokenSequence, max_future: int) -> tuple[list[int], list[list[int]]]:
@@ -88,26 +64,12 @@ def compute_features(model, sequences: Sequence[TokenSequence], *, max_future: i
     from tqdm import tqdm
 
     device = model.device
-    order = sorted(range(len(sequences)), key=lambda index: len(sequences[index].token_ids))
-    batches: list[list[int]] = []
-    for index in order:
-        length = len(sequences[index].token_ids)
-        if batches and (len(batches[-1]) + 1) * length <= batch_tokens:
-            batches[-1].append(index)
-        else:
-            batches.append([index])
+    batches = length_batches(sequences, batch_tokens)
     parts: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # sequence index -> (hidden, future)
-    total = sum(len(sequences[index].token_ids) for index in order)
+    total = sum(len(sequence.token_ids) for sequence in sequences)
     with tqdm(total=total, desc="target hidden states", unit="tok", disable=not progress) as bar:
         for batch in batches:
-            width = max(len(sequences[index].token_ids) for index in batch)
-            ids = torch.zeros((len(batch), width), dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, index in enumerate(batch):
-                tokens = sequences[index].token_ids
-                ids[row, : len(tokens)] = torch.tensor(tokens)
-                mask[row, : len(tokens)] = 1
-            # right padding: the causal mask keeps padding out of every real position
+            ids, mask = right_padded(sequences, batch)
             output = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True,
                            logits_to_keep=1, use_cache=False)
             final = output.hidden_states[-1]  # [B, S, H]: what the LM head reads

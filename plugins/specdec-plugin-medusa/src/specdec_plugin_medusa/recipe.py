@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import json
 import platform
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
-from specdec import InputError, distill, read_corpus, target_signature, write_jsonl
+from specdec import (InputError, cached_features, load_frozen_target, read_corpus, refuse_existing_run, self_distil,
+                     target_signature)
 
 from specdec_plugin_medusa import DEFAULT_TREE_NODES
 from specdec_plugin_medusa.data import load_prompts, shipped_prompts_path
@@ -35,10 +35,6 @@ REPORT_FILE = "report.json"
 MAX_FUTURE = 9  # label width cached with the features: enough for up to 8 heads
 
 
-def distilled_file(folder: Path, temperature: float) -> Path:
-    return folder / f"distill-T{temperature:g}.jsonl"
-
-
 def run_training(out: str | Path, *, model_name: str | None = None, data_files: Sequence[str] = (),
                  self_distill: bool = False, prompts: str | None = None,
                  distill_temperatures: Sequence[float] = (0.0,), max_new_tokens: int = 256,
@@ -50,62 +46,38 @@ def run_training(out: str | Path, *, model_name: str | None = None, data_files: 
     The trained heads land in `out/heads` (`config.json` + `heads.safetensors`), usable as
     `drafter: {type: medusa, params: {heads: <out>/heads}}`.
     """
-    from specdec import DEFAULT_MODEL, load_model
-
     out = Path(out)
-    if (out / "checkpoint.pt").exists() and not resume:
-        raise InputError(f"{out} already holds a training checkpoint: pass --resume to continue it, "
-                         f"or choose a new output folder")
+    refuse_existing_run(out, resume)
     if not data_files and not self_distill:
         raise InputError("give training data (--data FILE) and/or --self-distill")
     if config.num_heads > MAX_FUTURE - 1:
         raise InputError(f"at most {MAX_FUTURE - 1} heads are supported")
     out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
-    started = time.perf_counter()
-    model, tokenizer = load_model(model_name)
-    model.requires_grad_(False)
-    times["load_model_s"] = round(time.perf_counter() - started, 1)
-    name = model_name or DEFAULT_MODEL
+    model, tokenizer, name = load_frozen_target(model_name, times)
 
     files = [str(path) for path in data_files]
     if self_distill:
-        conversations = load_prompts(prompts)
-        tic = time.perf_counter()
-        for temperature in distill_temperatures:
-            path = distilled_file(out, temperature)
-            if not path.is_file():
-                log(f"self-distillation: {len(conversations)} prompts at temperature {temperature:g} -> {path}")
-                write_jsonl(distill(model, tokenizer, conversations, max_new_tokens=max_new_tokens,
-                                    batch_size=distill_batch_size, temperature=temperature,
-                                    seed=config.seed, progress=progress), path)
-            files.append(str(path))
-        times["distill_s"] = round(time.perf_counter() - tic, 1)
+        files += self_distil(model, tokenizer, load_prompts(prompts), out, temperatures=distill_temperatures,
+                             times=times, log=log, max_new_tokens=max_new_tokens, batch_size=distill_batch_size,
+                             seed=config.seed, progress=progress)
 
     sequences = read_corpus(files, tokenizer, max_length=max_length)
     signature = target_signature(model, name)
-    key = features_key(signature, sequences, MAX_FUTURE)
-    tic = time.perf_counter()
-    features = Features.load(out / FEATURES_FILE, key)
-    if features is None:
+
+    def compute() -> Features:
         log(f"computing target hidden states over {sum(len(s.token_ids) for s in sequences)} tokens "
             f"in {len(sequences)} sequences")
-        features = compute_features(model, sequences, max_future=MAX_FUTURE, progress=progress)
-        features.save(out / FEATURES_FILE, key)
-    times["features_s"] = round(time.perf_counter() - tic, 1)
+        return compute_features(model, sequences, max_future=MAX_FUTURE, progress=progress)
+
+    features = cached_features(Features, out / FEATURES_FILE, features_key(signature, sequences, MAX_FUTURE),
+                               compute, times)
 
     trainer = Trainer(config, features, model.get_output_embeddings().weight, signature, out, model.device)
-    if resume and trainer.resume():
-        log(f"resuming at step {trainer.step} of {trainer.total_steps}")
-    log(f"training {config.num_heads} heads on {len(trainer.train_index)} positions "
-        f"({len(trainer.eval_index)} held out), {trainer.total_steps} steps of {config.batch_size}, "
-        f"{trainer.dtype} matmuls")
-    trainer.train(checkpoint_every=checkpoint_every, progress=progress)
-    times["train_s"] = round(trainer.seconds, 1)
-
-    tic = time.perf_counter()
-    accuracy = trainer.evaluate()
-    times["eval_s"] = round(time.perf_counter() - tic, 1)
+    accuracy = trainer.run(f"training {config.num_heads} heads on {len(trainer.train_index)} positions "
+                           f"({len(trainer.eval_index)} held out), {trainer.total_steps} steps of "
+                           f"{config.batch_size}, {trainer.dtype} matmuls",
+                           resume=resume, checkpoint_every=checkpoint_every, progress=progress, log=log, times=times)
     tree = derive_tree(accuracy["per_rank"], tree_nodes)
     heads = trainer.heads
     heads.config.accuracy = accuracy

@@ -7,13 +7,8 @@ in a second or two, so that drafts are accepted often and the accepted paths get
 
 from __future__ import annotations
 
-import torch
-
-from specdec import (
-    HFVerifier, NoDrafter, RejectionSampling, SamplingParams, SpeculativeDecoder, TokenSequence,
-    target_signature
-)
-
+from specdec import target_signature
+from specdec.testing import sample_sequences
 
 from specdec_plugin_medusa.drafter import MedusaDrafter
 from specdec_plugin_medusa.features import compute_features
@@ -22,25 +17,9 @@ from specdec_plugin_medusa.train import Trainer, TrainConfig
 from specdec_plugin_medusa.trees import TreeLayout
 
 
-def sample_sequences(model, *, count: int = 48, length: int = 40, temperature: float = 0.8,
-                     seed: int = 0) -> list[TokenSequence]:
-    """`count` sequences sampled from `model` after short random prompts; continuations are learned."""
-    vocab = model.get_output_embeddings().weight.shape[0]
-    decoder = SpeculativeDecoder(HFVerifier(model, eos_token_ids=()), NoDrafter(), RejectionSampling())
-    generator = torch.Generator().manual_seed(seed)
-    sequences = []
-    for index in range(count):
-        prompt_length = int(torch.randint(1, 5, (1,), generator=generator))
-        prompt = torch.randint(vocab, (prompt_length,), generator=generator).tolist()
-        params = SamplingParams(temperature=temperature, max_new_tokens=length, seed=seed * 10_007 + index)
-        tokens = decoder.generate(prompt, params).tokens
-        sequences.append(TokenSequence(tuple(prompt + tokens), ((len(prompt), len(prompt) + len(tokens)),)))
-    return sequences
-
-
 def train_tiny_heads(model, *, num_heads: int = 3, num_layers: int = 1, own_lm_head: bool = False,
                      epochs: float = 30.0, seed: int = 0, folder=None, **sample_options) -> MedusaHeads:
-    """Heads for `model` trained on its own samples (see `sample_sequences`)."""
+    """Heads for `model` trained on its own samples (see `specdec.testing.sample_sequences`)."""
     import tempfile
 
     features = compute_features(model, sample_sequences(model, seed=seed, **sample_options),

@@ -15,21 +15,17 @@ ends with the same heads as an uninterrupted one.
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.nn import functional as F
 
-from specdec import InputError
+from specdec import CheckpointedTrainer, InputError
 
 from specdec_plugin_medusa.features import IGNORE, Features
 from specdec_plugin_medusa.heads import HeadsConfig, MedusaHeads
-
-CHECKPOINT_FILE = "checkpoint.pt"
-
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -46,21 +42,6 @@ class TrainConfig:
     top_k: int = 10
     seed: int = 0
     dtype: str = "auto"  # matmul precision: "float32", "bfloat16" or "auto"
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """"auto" = bfloat16 where the hardware multiplies it natively (CUDA, CPUs with AMX or
-    AVX512-BF16), float32 elsewhere."""
-    if name == "float32":
-        return torch.float32
-    if name == "bfloat16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    cpu = getattr(torch, "cpu", None)
-    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    fast = any(getattr(cpu, check, lambda: False)() for check in checks)
-    return torch.bfloat16 if fast else torch.float32
 
 
 def split_by_sequence(features: Features, eval_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,45 +104,31 @@ def evaluate(heads: MedusaHeads, features: Features, *, top_k: int = 10, batch_s
     }
 
 
-class Trainer:
+class Trainer(CheckpointedTrainer):
     """Trains heads on features, checkpointing into `folder` (see the module docstring)."""
+
+    module_key = "heads"
+    description = "training heads"
 
     def __init__(self, config: TrainConfig, features: Features, lm_head_weight: torch.Tensor,
                  target_signature: dict, folder: str | Path, device: torch.device | str = "cpu"):
         if config.num_heads > features.max_heads:
             raise InputError(f"the features hold labels for {features.max_heads} heads, not {config.num_heads}")
-        self.config = config
-        self.folder = Path(folder)
-        self.device = torch.device(device)
-        self.dtype = resolve_dtype(config.dtype, self.device)
+        device = torch.device(device)
         self.train_index, self.eval_index = split_by_sequence(features, config.eval_fraction, config.seed)
         if len(self.train_index) == 0:
             raise InputError("no training positions left after holding out the evaluation share")
         self.features = features
         heads_config = HeadsConfig(config.num_heads, config.num_layers, int(lm_head_weight.shape[1]),
                                    int(lm_head_weight.shape[0]), config.own_lm_head, target_signature)
-        weight = lm_head_weight.detach().to(self.device, torch.float32)
-        self.heads = MedusaHeads(heads_config, weight).to(self.device)
+        weight = lm_head_weight.detach().to(device, torch.float32)
+        self.heads = MedusaHeads(heads_config, weight).to(device)
         self.steps_per_epoch = math.ceil(len(self.train_index) / config.batch_size)
-        self.total_steps = max(1, math.ceil(self.steps_per_epoch * config.epochs))
         trainable = [parameter for parameter in self.heads.parameters() if parameter.requires_grad]
-        self.optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
-        warmup = max(1, int(self.total_steps * config.warmup_fraction))
-        total = self.total_steps
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
-        self.step = 0
-        self.seconds = 0.0  # training time over all sessions of this run
+        optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+        super().__init__(config, self.heads, optimizer, max(1, math.ceil(self.steps_per_epoch * config.epochs)),
+                         folder, device)
         self.last_losses: list[float] = []
-
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.folder / CHECKPOINT_FILE
 
     def batch_index(self, step: int) -> torch.Tensor:
         """Training positions of one step: a fixed permutation per epoch, so a resume repeats it."""
@@ -171,54 +138,12 @@ class Trainer:
         chosen = order[offset * self.config.batch_size:(offset + 1) * self.config.batch_size]
         return self.train_index[chosen]
 
-    def save_checkpoint(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        temporary = self.checkpoint_path.with_name(CHECKPOINT_FILE + ".partial")
-        torch.save({"config": asdict(self.config), "step": self.step, "seconds": self.seconds,
-                    "heads": self.heads.state_dict(), "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict()}, temporary)
-        temporary.replace(self.checkpoint_path)
-
-    def resume(self) -> bool:
-        """Continue from the folder's checkpoint when there is one; False when starting fresh."""
-        if not self.checkpoint_path.is_file():
-            return False
-        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
-        if state["config"] != asdict(self.config):
-            changed = sorted(key for key in state["config"] if state["config"][key] != asdict(self.config).get(key))
-            raise InputError(f"the checkpoint in {self.folder} was made with other training settings "
-                             f"({', '.join(changed)}); resume with the same settings or use a new folder")
-        self.heads.load_state_dict(state["heads"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.step, self.seconds = state["step"], state["seconds"]
-        return True
-
-    def train(self, *, checkpoint_every: int = 200, progress: bool = True, max_steps: int | None = None) -> None:
-        """Run until the last step (or `max_steps` more steps), checkpointing on the way."""
-        from tqdm import tqdm
-
-        stop = self.total_steps if max_steps is None else min(self.total_steps, self.step + max_steps)
-        self.heads.train()
-        with tqdm(total=self.total_steps, initial=self.step, desc="training heads", unit="step",
-                  disable=not progress) as bar:
-            while self.step < stop:
-                started = time.perf_counter()
-                index = self.batch_index(self.step)
-                hidden = self.features.hidden[index].to(self.device)
-                future = self.features.future[index].to(self.device)
-                loss, self.last_losses = heads_loss(self.heads, hidden, future, self.config.head_decay, self.dtype)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                self.scheduler.step()
-                self.step += 1
-                self.seconds += time.perf_counter() - started
-                bar.update(1)
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-                if self.step % checkpoint_every == 0 or self.step == stop:
-                    self.save_checkpoint()
-        self.heads.eval()
+    def loss(self, step: int) -> torch.Tensor:
+        index = self.batch_index(step)
+        hidden = self.features.hidden[index].to(self.device)
+        future = self.features.future[index].to(self.device)
+        loss, self.last_losses = heads_loss(self.heads, hidden, future, self.config.head_decay, self.dtype)
+        return loss
 
     def evaluate(self) -> dict[str, Any]:
         held_out = self.features.subset(self.eval_index if len(self.eval_index) else self.train_index)
