@@ -22,8 +22,8 @@ with m draft tokens per sequence at batch size B, in batched plain steps
 drafters run one after another on the host, so each sequence's mean `propose` time, over the
 measured seconds of a batched plain step, adds to the cost of every k > 0. On a GPU, where a
 batched step takes milliseconds, a large batch's drafting can take longer than its forward
-(the serving benchmark on an H100, docs/benchmarks.md). Every sequence of a padded batch pays for the longest
-row, so one k serves the whole step; a request's own `max_draft_tokens` can only lower it. k = 0,
+(the serving benchmark on an H100, docs/benchmarks.md). Every sequence of a padded batch pays
+for the longest row, so one k serves the whole step; a request's own `max_draft_tokens` can only lower it. k = 0,
 no speculation, wins whenever nothing beats batched plain decoding. Deciding before drafting
 alone would have to guess who drafts: averaged over sequences, that guess let a few sequences'
 drafts widen every step of a large batch (the serving benchmark in docs/benchmarks.md).

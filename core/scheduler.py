@@ -345,10 +345,11 @@ class StepScheduler:
                 groups.setdefault(type(handle.drafter), []).append((handle, context))
             else:
                 try:
-                    tic = time.perf_counter()
-                    with handle.stats.clock.drafting():
+                    clock = handle.stats.clock
+                    before = clock.draft_seconds
+                    with clock.drafting():
                         draft = handle.drafter.propose(context)
-                    handle.propose_seconds += time.perf_counter() - tic
+                    handle.propose_seconds += clock.draft_seconds - before
                     handle.proposals += 1
                     drafts[handle.request_id] = self._check_draft(handle.drafter, draft, context)
                 except Exception as error:  # noqa: BLE001 - the drafter's fault fails its own sequence only
