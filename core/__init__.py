@@ -97,6 +97,7 @@ _EXPORTS = {
     "with_tp_size": "specdec.cli",
     "TensorParallel": "specdec.distributed",
     "collective_timeout_seconds": "specdec.distributed",
+    "exit_rank": "specdec.distributed",
     "json_lines": "specdec.jsonl",
     "chat_messages": "specdec.jsonl",
     "read_chat_prompts": "specdec.jsonl",

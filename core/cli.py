@@ -400,5 +400,13 @@ def _version() -> str:
     return __version__
 
 
+def run() -> NoReturn:
+    """The `specdec` command: `main()`, then exit with its status (`exit_rank` ends a rank of a
+    tensor-parallel job so that gloo's threads cannot abort it during interpreter shutdown)."""
+    from specdec.distributed import exit_rank
+
+    exit_rank(main())
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()

@@ -21,8 +21,9 @@ import hashlib
 import os
 import pickle
 import random
+import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -154,11 +155,44 @@ def start(tp_size: int, device: str) -> TensorParallel:
 
 
 def _leave() -> None:
-    """Destroy the process group before the interpreter exits: left to the interpreter's teardown,
-    gloo's threads are destroyed while still running and the process aborts ("terminate called
-    without an active exception", seen now and then in the 2-rank tests)."""
+    """Destroy the process group before the interpreter exits (registered with atexit).
+
+    Best effort, for scripts that end without `exit_rank`: the group's objects may outlive this
+    (a sharded model keeps them), and then the process can still abort as `exit_rank` explains.
+    """
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+def exit_rank(code: int = 0) -> NoReturn:
+    """End this process of a tensor-parallel job with exit status `code`; `sys.exit` elsewhere.
+
+    A normal interpreter exit can abort a rank ("terminate called without an active exception",
+    status -6) after all its work succeeded: each gloo collective is released by a gloo worker
+    thread, and when that release comes after the interpreter began finalizing, the thread cannot
+    take the GIL to free the collective's tensors and C++ terminates the process. Destroying the
+    process group does not prevent it while a sharded model still holds the group. So a rank ends
+    here: after a successful run, a barrier (no rank leaves while another still receives its last
+    collective), then the group is destroyed, stdout and stderr are flushed and the process exits
+    at once, without finalization. After a failure there is no barrier: the other ranks may be
+    stuck in a collective that this rank will never join.
+    """
+    if not torch.distributed.is_initialized():
+        sys.exit(code)
+    try:
+        if code == 0:
+            torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    except Exception as error:  # noqa: BLE001 - another rank is gone; leave with this rank's status anyway
+        print(f"specdec: rank {os.environ.get('RANK', '?')}: leaving the tensor-parallel group failed: "
+              f"{type(error).__name__}: {str(error).strip()[:300]}", file=sys.stderr)
+        code = code or 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more to deliver
+            pass
+    os._exit(code)
 
 
 def check_divisible(config, tp_size: int) -> None:

@@ -38,7 +38,7 @@ def launch(cases: str, model: str, out: Path, timeout: float = 240, processes: i
     """Run tests/tp_worker.py on CPU ranks under torchrun; the ranks' tokens land in `out`."""
     out.mkdir(exist_ok=True)
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
-                   "CUDA_VISIBLE_DEVICES": "", **env}
+                   "CUDA_VISIBLE_DEVICES": "", "PYTHONFAULTHANDLER": "1", **env}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes), "--standalone",
                str(WORKER), cases, model, str(out)]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment)
@@ -123,6 +123,43 @@ def test_ranks_with_different_pipelines_are_refused(tiny_model, tmp_path):
     done = launch("disagree", tiny_model, tmp_path, timeout=180)
     assert done.returncode != 0
     assert "the ranks disagree on the pipeline" in done.stderr, done.stderr[-3000:]
+
+
+EXITING_RANK = """
+import sys, torch, torch.distributed
+from specdec import exit_rank
+torch.distributed.init_process_group("gloo")
+held = torch.distributed.group.WORLD  # as a sharded model holds its group past the end of the script
+block = torch.zeros(1_000_000)
+for _ in range(4):
+    torch.distributed.broadcast(block, src=0)
+print(f"rank {torch.distributed.get_rank()} done", end="")  # unflushed: exit_rank flushes
+exit_rank(int(sys.argv[1]))
+"""
+
+
+def test_exit_rank_ends_a_rank_with_its_status_and_its_output(tmp_path):
+    """The end that `specdec` and tests/tp_worker.py use. A plain exit (even after
+    destroy_process_group) aborted one such 2-rank job in two here (gloo's worker threads freeing
+    the last collective during interpreter shutdown: 'terminate called without an active exception')."""
+    script = tmp_path / "exiting_rank.py"
+    script.write_text(EXITING_RANK)
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONFAULTHANDLER": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone", str(script)]
+    done = subprocess.run([*command, "0"], capture_output=True, text=True, timeout=120, env=environment)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rank 0 done" in done.stdout and "rank 1 done" in done.stdout
+    failed = subprocess.run([*command, "3"], capture_output=True, text=True, timeout=120, env=environment)
+    assert failed.returncode != 0
+    assert "exitcode  : 3" in failed.stderr and "SIGABRT" not in failed.stderr, failed.stderr[-3000:]
+
+
+def test_exit_rank_outside_a_job_is_sys_exit():
+    from specdec import exit_rank
+
+    with pytest.raises(SystemExit) as exited:
+        exit_rank(4)
+    assert exited.value.code == 4
 
 
 def test_tp_size_is_validated_in_the_pipeline_file():

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from specdec.distributed import exit_rank
 from specdec.pipeline import Pipeline
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -39,6 +40,7 @@ def main() -> None:
                          "batch": [result.token_ids for result in pipeline.generate_batch(PROMPTS)],
                          "q_rows": q_proj.to_local().shape[0] if hasattr(q_proj, "to_local") else q_proj.shape[0]}
     Path(out, f"rank{rank}.json").write_text(json.dumps(results))
+    exit_rank(0)  # as the `specdec` command ends a rank (a plain exit may abort in gloo's threads)
 
 
 def _fail_third_verification(pipeline, hang: bool) -> None:

@@ -19,4 +19,6 @@ def run(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run())
+    from specdec import exit_rank
+
+    exit_rank(run())
