@@ -504,6 +504,83 @@ def test_sigterm_and_sigint_stop_the_cli_server_cleanly_after_the_requests_in_fl
             httpx.get(f"{url}/health", timeout=2)
 
 
+class DriverKilled(BaseException):
+    """Not an `Exception`: no request's error handling catches it, so it ends the driver."""
+
+
+class ThreadRecorder(BaseDrafter):
+    """Drafts the last two tokens again and records the thread that drafts; `tag: crash` raises
+    `DriverKilled` instead."""
+
+    threads: list[str] = []
+
+    def __init__(self, params: FlakyParams):
+        self.params = params
+
+    def propose(self, context):
+        ThreadRecorder.threads.append(threading.current_thread().name)
+        if self.params.tag == "crash":
+            raise DriverKilled()
+        return Draft.chain(list(context.tokens[-2:]))
+
+
+def serve_here(models, tag: str, client) -> int:
+    """`server.serve` on this (the main) thread as `specdec serve` runs it, while `client(url)`
+    runs in another thread; returns serve's exit status."""
+    from specdec_plugin_serve.server import serve
+
+    module = types.ModuleType("thread_recorder")
+    module.register_drafters = hookimpl(lambda register: register(
+        "recorder", FlakyParams, lambda context, params: ThreadRecorder(params)))
+    data = {"target": {"model": models[0]}, "drafter": {"type": "recorder", "params": {"tag": tag}},
+            "sampling": {"temperature": 0, "max_new_tokens": 8}}
+    pipeline = Pipeline.from_dict(data, plugins=load_plugins([("thread_recorder", module)], entry_points=False))
+    listener = bind("127.0.0.1", 0)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    errors = []
+
+    def run_client():
+        try:
+            wait_for(lambda: _answers(url), what="the server to start")
+            client(url)
+        except BaseException as error:  # noqa: BLE001 - reported by the test
+            errors.append(error)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    thread = threading.Thread(target=run_client)
+    thread.start()
+    code = serve(pipeline, listener, model_name="recorder", shutdown_timeout=2.0, log_level="warning")
+    thread.join(30)
+    assert not errors, errors
+    return code
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_serve_decodes_on_the_main_thread_and_exits_1_when_its_driver_dies(models):
+    """torch runs at full speed only on the thread that loaded the model (docs/serving.md, How it
+    works): `specdec serve` drives the scheduler from the main thread, HTTP in another."""
+    def ask_then_interrupt(url):
+        body = {"model": "recorder", "prompt": "abc abc abc", "max_tokens": 8}
+        assert httpx.post(f"{url}/v1/completions", json=body, timeout=30).status_code == 200
+        os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C: serve stops cleanly and returns 0
+
+    ThreadRecorder.threads.clear()
+    assert serve_here(models, "x", ask_then_interrupt) == 0
+    assert ThreadRecorder.threads and set(ThreadRecorder.threads) == {threading.main_thread().name}
+
+    def ask_into_a_crash(url):
+        body = {"model": "recorder", "prompt": "abc abc abc", "max_tokens": 8}
+        assert httpx.post(f"{url}/v1/completions", json=body, timeout=30).json()["error"]["code"] == "shutting_down"
+
+    assert serve_here(models, "crash", ask_into_a_crash) == 1  # no signal: the dead driver ends the server
+
+
 def test_cli_errors_come_before_the_model_loads(tmp_path, models, capsys):
     assert main(["serve", str(tmp_path / "missing.yaml")]) == 2
     assert "cannot read pipeline file" in capsys.readouterr().err

@@ -45,11 +45,11 @@ class Prepared:
 class Service:
     """What the routes share: the pipeline, its engine and metrics, and the served model's name."""
 
-    def __init__(self, pipeline, model_name: str | None = None, control=None):
+    def __init__(self, pipeline, model_name: str | None = None, control=None, own_thread: bool = True):
         self.pipeline = pipeline
         self.model_name = model_name or pipeline.config.label
         self.metrics = Metrics(self.model_name)
-        self.engine = Engine(pipeline, self.metrics, control)
+        self.engine = Engine(pipeline, self.metrics, control, own_thread=own_thread)
         self.drafter_type = pipeline.config.spec.drafter.type
         self.tunable = protocol.tunable_fields(pipeline.drafter_component.params_model)
 
@@ -246,15 +246,17 @@ async def _until_disconnected(http: Request, work, on_disconnect: Callable[[], N
     raise ApiError(499, "the client closed the connection", code="client_closed")
 
 
-def create_app(pipeline, *, model_name: str | None = None, control=None) -> FastAPI:
+def create_app(pipeline, *, model_name: str | None = None, control=None, own_thread: bool = True) -> FastAPI:
     """The server's ASGI application for a built `specdec.Pipeline` (its scheduler is driven by
-    the app's driver thread from startup to shutdown; do not generate with it meanwhile).
+    the app's engine from startup to shutdown; do not generate with it meanwhile).
 
     :param model_name: the `model` clients send (default: the pipeline's name or file stem).
     :param control: on rank 0 of a tensor-parallel target, the tick channel to the other ranks
         (specdec_plugin_serve.tensor_parallel).
+    :param own_thread: the engine drives the scheduler from a thread of its own; with False, call
+        `app.state.service.engine.drive()` from the thread that should (see `server.serve`).
     """
-    service = Service(pipeline, model_name, control)
+    service = Service(pipeline, model_name, control, own_thread)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

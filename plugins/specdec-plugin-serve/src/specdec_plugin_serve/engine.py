@@ -1,6 +1,6 @@
 """The bridge between the HTTP handlers (one asyncio event loop) and the step scheduler.
 
-One driver thread owns the scheduler: it submits queued requests between steps, calls
+One driver owns the scheduler: it submits queued requests between steps, calls
 `StepScheduler.step()` while there is work, and after each step hands every request's new
 tokens to its handler (`loop.call_soon_threadsafe`, one call per step). Handlers never take the
 scheduler's lock, so the event loop never waits for a step:
@@ -12,7 +12,14 @@ A request is cancelled by flagging its handle (`SequenceHandle.cancelled`); the 
 it and frees its slot at the next step, as it does for an abandoned `Generation`.
 
 Shutting down: `drain()` refuses new requests and ends every request in flight with a 503 error
-(its handler still answers it, so its connection closes cleanly); `stop()` ends the thread.
+(its handler still answers it, so its connection closes cleanly); `stop()` ends the driver.
+
+The driver runs in a thread of its own, or (`own_thread=False`, as `specdec serve` does) in the
+thread that calls `drive()`: the main thread, with the HTTP server in another. On a CPU that is
+worth 1.5x: torch's OpenMP workers spin between parallel regions only while the process has no
+more of them than cores, and the main thread, which loaded the model, keeps its own team; a
+second thread doing torch work adds a second team, and then every worker sleeps between
+operations (one 576x1536 matrix-vector product: 39 us on the main thread, 113 us on another).
 
 With a tensor-parallel target (`control` given) the driver also sends every loop's changes to
 the scheduler to the other ranks (specdec_plugin_serve.tensor_parallel), and cancellations are
@@ -88,13 +95,15 @@ class Submission:
 
 
 class Engine:
-    """Runs a pipeline's scheduler in one driver thread for the requests of an event loop.
+    """Runs a pipeline's scheduler in one driver for the requests of an event loop.
 
     :param pipeline: a built `specdec.Pipeline`; its scheduler must not be driven by anyone else.
     :param metrics: where to count requests, tokens, acceptance and latencies (None: nowhere).
+    :param own_thread: `start()` starts the driver in a thread of its own; with False, the thread
+        that calls `drive()` runs it (after `start()`; see the module docstring for why).
     """
 
-    def __init__(self, pipeline, metrics: Metrics | None = None, control=None):
+    def __init__(self, pipeline, metrics: Metrics | None = None, control=None, *, own_thread: bool = True):
         self.pipeline = pipeline
         self.control = control  # a tensor_parallel.Control on rank 0 of a tensor-parallel target
         self._cancels: list[SequenceHandle] = []  # with `control`: cancelled since the last loop
@@ -108,16 +117,26 @@ class Engine:
         self._stopping = False  # the driver should end
         self._tracked: dict[SequenceHandle, _Tracked] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._own_thread = own_thread
         self._thread: threading.Thread | None = None
+        self._started = threading.Event()  # the event loop called start(): requests may come
+        self._ended = threading.Event()  # the driver returned
         self.crashed: BaseException | None = None
 
     # -- lifecycle (event loop side) ------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the driver thread; call from the event loop that will submit requests."""
+        """Start serving; call from the event loop that will submit requests. With `own_thread`
+        this starts the driver thread, else `drive()` may begin."""
         self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._run, name="specdec-driver", daemon=True)
-        self._thread.start()
+        self._started.set()
+        if self._own_thread:
+            self._thread = threading.Thread(target=self.drive, name="specdec-driver", daemon=True)
+            self._thread.start()
+
+    def wait_started(self, timeout: float | None = None) -> bool:
+        """Wait until the event loop has called `start()` (True), or `timeout` seconds (False)."""
+        return self._started.wait(timeout)
 
     def drain(self) -> None:
         """Refuse new requests and end those in flight with a 503 error (thread-safe)."""
@@ -132,10 +151,13 @@ class Engine:
             self._wake.notify()
         if self._thread is not None:
             self._thread.join(timeout)
+        elif self._started.is_set():  # the caller of drive() ends it
+            self._ended.wait(timeout)
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and not self._draining
+        """Whether new requests are taken (started, and the driver has neither ended nor begun to stop)."""
+        return self._started.is_set() and not self._ended.is_set() and not self._draining
 
     # -- requests (event loop side) -------------------------------------------------------------
 
@@ -166,7 +188,18 @@ class Engine:
             self._dirty = True
             self._wake.notify()
 
-    # -- the driver thread ----------------------------------------------------------------------
+    # -- the driver ------------------------------------------------------------------------------
+
+    def drive(self) -> None:
+        """Run the driver in the calling thread until `stop()` (after `start()`; with
+        `own_thread`, the engine's thread calls it). Returns when the driver ends, also after a
+        fault (`crashed` then holds it)."""
+        if not self._started.is_set():
+            raise RuntimeError("Engine.drive() before Engine.start(): start the application first")
+        try:
+            self._run()
+        finally:
+            self._ended.set()
 
     def _run(self) -> None:
         scheduler = self.scheduler
@@ -200,7 +233,7 @@ class Engine:
                 self._dispatch()
         except BaseException as error:  # noqa: BLE001 - the driver must never die silently
             self.crashed = error
-            logger.exception("the driver thread stopped")
+            logger.exception("the decoding driver stopped")
             self._draining = self._stopping = True
         finally:
             self._fail_all(_shutting_down())

@@ -82,19 +82,49 @@ def make_server(app, *, shutdown_timeout: float = 30.0, log_level: str = "info",
 def serve(pipeline, listener: socket.socket, *, model_name: str | None = None, shutdown_timeout: float = 30.0,
           log_level: str = "info", access_log: bool = False, control=None) -> int:
     """Serve `pipeline` on a bound socket until SIGINT/SIGTERM; 0 after a clean stop, 1 if the
-    application could not start or its decoding thread died."""
+    application could not start or its decoding driver died.
+
+    The calling thread (the main thread) drives the scheduler and the HTTP server runs in another
+    thread: torch computes at full speed only on the thread that loaded the model
+    (specdec_plugin_serve.engine). SIGINT and SIGTERM reach the main thread and are handed to the
+    HTTP server, which shuts down as `CleanExitServer` describes and then stops the driver.
+    """
     from specdec_plugin_serve.app import create_app
 
-    app = create_app(pipeline, model_name=model_name, control=control)
+    app = create_app(pipeline, model_name=model_name, control=control, own_thread=False)
     server = make_server(app, shutdown_timeout=shutdown_timeout, log_level=log_level, access_log=access_log)
     host, port = listener.getsockname()[:2]
     service = app.state.service
+    engine = service.engine
     shown = f"[{host}]" if ":" in host else host
     print(f"specdec serve: '{service.model_name}' (drafter {service.drafter_type}, batches of up to "
           f"{pipeline.scheduler.max_batch_size}) on http://{shown}:{port}/v1; Ctrl-C stops it",
           file=sys.stderr, flush=True)
-    server.run(sockets=[listener])
-    if service.engine.crashed is not None:
-        print(f"specdec: error: the decoding thread stopped: {service.engine.crashed}", file=sys.stderr)
+    http = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, name="specdec-http")
+    with _signals_to(server):
+        http.start()
+        while not engine.wait_started(0.1):
+            if not http.is_alive():  # the application failed to start; uvicorn logged why
+                break
+        else:
+            engine.drive()
+            if engine.crashed is not None:  # requests would only get 503s: exit 1 for a supervisor to restart it
+                server.should_exit = True
+        while http.is_alive():
+            http.join(0.1)  # in short waits, so that a second Ctrl-C is still handled
+    if engine.crashed is not None:
+        print(f"specdec: error: the decoding driver stopped: {engine.crashed}", file=sys.stderr)
         return 1
     return 0 if server.started else 1
+
+
+@contextlib.contextmanager
+def _signals_to(server: uvicorn.Server):
+    """Hand SIGINT and SIGTERM to `server` (uvicorn installs its handlers only on the main thread,
+    and here it runs on another)."""
+    originals = {sig: signal.signal(sig, server.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in originals.items():
+            signal.signal(sig, handler)
