@@ -53,14 +53,10 @@ class CleanExitServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self):
         if threading.current_thread() is not threading.main_thread():
-            yield
+            yield  # whoever runs the main thread hands the signals over (`serve`: `signals_to`)
             return
-        originals = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
+        with signals_to(self):
             yield
-        finally:
-            for sig, handler in originals.items():
-                signal.signal(sig, handler)
 
     async def shutdown(self, sockets=None) -> None:
         timer = asyncio.get_running_loop().call_later(self.grace, self.drain)
@@ -101,7 +97,7 @@ def serve(pipeline, listener: socket.socket, *, model_name: str | None = None, s
           f"{pipeline.scheduler.max_batch_size}) on http://{shown}:{port}/v1; Ctrl-C stops it",
           file=sys.stderr, flush=True)
     http = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, name="specdec-http")
-    with _signals_to(server):
+    with signals_to(server):
         http.start()
         while not engine.wait_started(0.1):
             if not http.is_alive():  # the application failed to start; uvicorn logged why
@@ -119,9 +115,9 @@ def serve(pipeline, listener: socket.socket, *, model_name: str | None = None, s
 
 
 @contextlib.contextmanager
-def _signals_to(server: uvicorn.Server):
-    """Hand SIGINT and SIGTERM to `server` (uvicorn installs its handlers only on the main thread,
-    and here it runs on another)."""
+def signals_to(server: uvicorn.Server):
+    """Hand SIGINT and SIGTERM to `server`'s `handle_exit` (call on the main thread: Python runs
+    signal handlers only there), restoring the previous handlers after."""
     originals = {sig: signal.signal(sig, server.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
