@@ -306,6 +306,11 @@ def test_the_load_script_measures_both_modes_at_each_concurrency(spec_server, tm
     assert [row["requests"] for row in results["rows"]] == [4, 4, 12, 12]  # 3 tasks; at least 4C requests
     sent = sorted((record["sent"], record["mode"]) for record in results["records"] if record["concurrency"] == 1)
     assert [mode for _, mode in sent] == ["on", "on", "off", "off", "off", "off", "on", "on"]  # blocks of 2C
+    blocks = [(block["concurrency"], block["mode"], block["requests"]) for block in results["blocks"]]
+    assert blocks[:4] == [(1, "on", 2), (1, "off", 2), (1, "off", 2), (1, "on", 2)]
+    for (concurrency, mode), row in rows.items():
+        assert sum(block["tokens"] for block in results["blocks"]
+                   if (block["concurrency"], block["mode"]) == (concurrency, mode)) == row["tokens"]
     assert all(row["errors"] == 0 and row["tokens"] > 0 and row["ttft_p50"] > 0 for row in rows.values())
     assert rows[1, "off"]["mean_accepted_tokens"] == 1.0 and rows[1, "on"]["mean_accepted_tokens"] > 1.0
     assert 0 <= rows[1, "off"]["draft_ms_per_token"] < rows[1, "on"]["draft_ms_per_token"]  # off: start() only

@@ -22,6 +22,8 @@ remove it: "Serving under load" in docs/benchmarks.md). Per mode and concurrency
 - what the server adds: the requests' latency as the client sees it minus their time in the
   scheduler (queue and decoding, from /metrics), per generated token and as a share of the latency:
   HTTP, JSON, tokenization, the hand-offs between threads and the SSE stream;
+- per block too (results.json's "blocks": the same figures for each block, in the order sent),
+  to tell a slow block from a slow mode;
 - at temperature 0, how many answers differ between the two modes (speculation is lossless, so
   only batched float32 rounding could flip a near-tie).
 
@@ -290,6 +292,7 @@ async def run(args: argparse.Namespace) -> dict:
     print(f"loadtest: {len(prompts)} questions, model '{model}' (drafter {drafter}), concurrency "
           f"{' '.join(map(str, args.concurrency))}, {args.max_tokens} new tokens", file=sys.stderr)
     rounds: list[Round] = []
+    blocks: list[dict] = []  # each block's own summary, in the order sent (results.json only)
     for concurrency in args.concurrency:
         requests = [prompts[i % len(prompts)] for i in range(max(len(prompts), 4 * concurrency))]
         if args.warmup:  # the first batch of a new size measures its draft costs: not in the timing
@@ -301,6 +304,7 @@ async def run(args: argparse.Namespace) -> dict:
             for mode in (args.modes if number % 2 == 0 else list(reversed(args.modes))):
                 block = await run_round(url, model, requests[start:start + size], mode, concurrency,
                                         args.max_tokens, args.timeout)
+                blocks.append(summarize(block, drafter))
                 total = totals[mode]
                 total.wall += block.wall
                 total.records.extend(block.records)
@@ -318,7 +322,7 @@ async def run(args: argparse.Namespace) -> dict:
         if "on" in pair and "off" in pair:
             differ[concurrency] = differing(pair["on"], pair["off"])
     return {"url": url, "model": model, "drafter": drafter, "questions": args.questions, "limit": args.limit,
-            "max_tokens": args.max_tokens, "machine": machine(), "rows": rows, "differ": differ,
+            "max_tokens": args.max_tokens, "machine": machine(), "rows": rows, "differ": differ, "blocks": blocks,
             "records": [asdict(record) for done in rounds for record in done.records]}
 
 
