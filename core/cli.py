@@ -15,7 +15,7 @@ import argparse
 import json
 import logging
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from specdec.errors import ConfigError, SpecdecError
 

@@ -33,15 +33,21 @@ def tiny_model(tmp_path_factory) -> str:
     return save_tiny_model(folder / "target")
 
 
+def torchrun(*arguments: str, processes: int = 2, timeout: float = 240, **env) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc-per-node processes ARGUMENTS...` on CPU ranks (a script and its
+    arguments, or "-m", a module, ...); a rank that aborts prints its threads' stacks."""
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
+                   "CUDA_VISIBLE_DEVICES": "", "PYTHONFAULTHANDLER": "1", **env}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
+               *arguments]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment)
+
+
 def launch(cases: str, model: str, out: Path, timeout: float = 240, processes: int = 2,
            **env) -> subprocess.CompletedProcess:
     """Run tests/tp_worker.py on CPU ranks under torchrun; the ranks' tokens land in `out`."""
     out.mkdir(exist_ok=True)
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
-                   "CUDA_VISIBLE_DEVICES": "", "PYTHONFAULTHANDLER": "1", **env}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes), "--standalone",
-               str(WORKER), cases, model, str(out)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment)
+    return torchrun(str(WORKER), cases, model, str(out), processes=processes, timeout=timeout, **env)
 
 
 def ranks(out: Path, count: int = 2) -> list[dict]:
@@ -144,12 +150,10 @@ def test_exit_rank_ends_a_rank_with_its_status_and_its_output(tmp_path):
     the last collective during interpreter shutdown: 'terminate called without an active exception')."""
     script = tmp_path / "exiting_rank.py"
     script.write_text(EXITING_RANK)
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONFAULTHANDLER": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone", str(script)]
-    done = subprocess.run([*command, "0"], capture_output=True, text=True, timeout=120, env=environment)
+    done = torchrun(str(script), "0", timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "rank 0 done" in done.stdout and "rank 1 done" in done.stdout
-    failed = subprocess.run([*command, "3"], capture_output=True, text=True, timeout=120, env=environment)
+    failed = torchrun(str(script), "3", timeout=120)
     assert failed.returncode != 0
     assert "exitcode  : 3" in failed.stderr and "SIGABRT" not in failed.stderr, failed.stderr[-3000:]
 
@@ -227,13 +231,11 @@ def test_generate_under_torchrun_prints_once_what_one_process_prints(tiny_model,
     pipeline.write_text(f"target: {{model: {tiny_model}}}\ndrafter: {{type: prompt_lookup}}\n"
                         "sampling: {temperature: 0.0, max_new_tokens: 16}\n")
     argv = ["generate", "--raw", "--json", "-p", str(pipeline), "one two one two one"]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "CUDA_VISIBLE_DEVICES": ""}
-    sharded = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                              "-m", "specdec.cli", *argv, "--tp-size", "2"],
-                             capture_output=True, text=True, timeout=240, env=environment)
+    sharded = torchrun("-m", "specdec.cli", *argv, "--tp-size", "2")
     assert sharded.returncode == 0, sharded.stderr[-3000:]
     single = subprocess.run([sys.executable, "-m", "specdec.cli", *argv], capture_output=True, text=True,
-                            timeout=120, env=environment)
+                            timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
+                                                       "CUDA_VISIBLE_DEVICES": ""})
     assert single.returncode == 0, single.stderr[-3000:]
     lines = sharded.stdout.splitlines()
     assert len(lines) == 1
