@@ -235,7 +235,7 @@ def test_generate_under_torchrun_prints_once_what_one_process_prints(tiny_model,
     assert sharded.returncode == 0, sharded.stderr[-3000:]
     single = subprocess.run([sys.executable, "-m", "specdec.cli", *argv], capture_output=True, text=True,
                             timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
-                                                       "CUDA_VISIBLE_DEVICES": ""})
+                                              "CUDA_VISIBLE_DEVICES": ""})
     assert single.returncode == 0, single.stderr[-3000:]
     lines = sharded.stdout.splitlines()
     assert len(lines) == 1
