@@ -58,8 +58,8 @@ def _decoded(raw: bytes, path: Path, number: int) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise InputError(f"{path}:{number}: not UTF-8 text (byte {error.start} of the line): save the "
-                         f"file as UTF-8") from None
+        raise InputError(f"{path}:{number}: not UTF-8 text (byte 0x{raw[error.start]:02x} at offset "
+                         f"{error.start} of the line): save the file as UTF-8") from None
 
 
 def read_chat_prompts(path: str | os.PathLike) -> list[Messages]:

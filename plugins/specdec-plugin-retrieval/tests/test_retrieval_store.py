@@ -1,6 +1,7 @@
 """Datastores: corpus formats, the on-disk round trip, and a clear error for every bad input."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -136,13 +137,13 @@ def test_missing_store_folder(tmp_path):
 
 
 @pytest.mark.parametrize("name, content, where", [
-    ("corpus.jsonl", b'{"text": "ok"}\n{"text": "caf\xe9"}\n', "line 2, byte 0xe9"),
-    ("corpus.json", b'[{"text": "\xff"}]', "line 1, byte 0xff"),
-    ("notes.txt", b"fine\nfine\n\x80", "line 3, byte 0x80"),
+    ("corpus.jsonl", b'{"text": "ok"}\n{"text": "caf\xe9"}\n', "2: not UTF-8 text (byte 0xe9 at offset 13 of the line)"),
+    ("corpus.json", b'[{"text": "\xff"}]', "1: not UTF-8 text (byte 0xff at offset 11 of the line)"),
+    ("notes.txt", b"fine\nfine\n\x80", "3: not UTF-8 text (byte 0x80 at offset 0 of the line)"),
 ])
 def test_corpus_files_that_are_not_utf8_are_named(tmp_path, name, content, where):
     (tmp_path / name).write_bytes(content)
-    with pytest.raises(InputError, match=f"corpus file .*{name} is not UTF-8 text \\({where}\\)"):
+    with pytest.raises(InputError, match=re.escape(f"{name}:{where}: save the file as UTF-8")):
         list(read_documents([tmp_path / name]))
 
 

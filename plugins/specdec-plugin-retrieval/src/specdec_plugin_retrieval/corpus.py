@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from specdec import InputError
+from specdec import InputError, read_json_lines
 
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                    "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "system": "system"}
@@ -59,11 +59,8 @@ def read_documents(paths: Sequence[str | os.PathLike], text_field: str = "text")
     for path in corpus_files(paths):
         suffix = path.suffix.lower()
         if suffix == ".jsonl":  # streamed a line at a time: a corpus may be larger than memory
-            with path.open("rb") as file:
-                for number, raw in enumerate(file, 1):
-                    line = _decode(raw, path, number)
-                    if line.strip():
-                        yield _record(_parse(line, f"{path}:{number}"), f"{path}:{number}", text_field)
+            for number, record in read_json_lines(path):
+                yield _record(record, f"{path}:{number}", text_field)
         elif suffix == ".json":
             data = _parse(_read_text(path), str(path))
             if not isinstance(data, list):
@@ -83,13 +80,14 @@ def _read_text(path: Path) -> str:
     return _decode(raw, path)
 
 
-def _decode(raw: bytes, path: Path, first_line: int = 1) -> str:
+def _decode(raw: bytes, path: Path) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as error:
-        line = first_line + raw.count(b"\n", 0, error.start)
-        raise InputError(f"corpus file {path} is not UTF-8 text (line {line}, byte 0x{raw[error.start]:02x}); "
-                         f"convert it to UTF-8 or leave it out") from None
+        line = 1 + raw.count(b"\n", 0, error.start)
+        offset = error.start - (raw.rfind(b"\n", 0, error.start) + 1)
+        raise InputError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[error.start]:02x} at offset {offset} of the "
+                         f"line): save the file as UTF-8") from None
 
 
 def _parse(text: str, where: str) -> Any:
