@@ -99,6 +99,7 @@ _EXPORTS = {
     "collective_timeout_seconds": "specdec.distributed",
     "exit_rank": "specdec.distributed",
     "json_lines": "specdec.jsonl",
+    "parse_json_lines": "specdec.jsonl",
     "chat_messages": "specdec.jsonl",
     "read_chat_prompts": "specdec.jsonl",
     # trained drafters: their training text and the fingerprint of the target they were trained for

@@ -25,7 +25,8 @@ def json_lines(lines: Iterable[str], source: str | os.PathLike, *,
                on_error: Callable[[str], None] | None = None) -> Iterator[tuple[int, Any]]:
     """`(line number, value)` for every non-blank line, numbered from 1.
 
-    :param lines: the lines (an open file, or `text.splitlines()`).
+    :param lines: the lines, each ended by "\n" only (an open file); a text in memory goes through
+        `parse_json_lines`, never `text.splitlines()` (see there).
     :param source: what to call the file in messages.
     :param on_error: called with the message of each line that is not valid JSON, which is then
         skipped; without it, such a line raises `InputError`.
@@ -42,6 +43,16 @@ def json_lines(lines: Iterable[str], source: str | os.PathLike, *,
             on_error(message)
             continue
         yield number, value
+
+
+def parse_json_lines(text: str, source: str | os.PathLike, *,
+                     on_error: Callable[[str], None] | None = None) -> Iterator[tuple[int, Any]]:
+    """`json_lines` of a whole text (a file already read, a response body).
+
+    Lines end at "\n" only: `str.splitlines()` also ends them at U+2028, U+2029, U+0085 and other
+    characters that JSON allows raw inside a string, and would cut a valid record in two.
+    """
+    return json_lines(text.split("\n"), source, on_error=on_error)
 
 
 def read_json_lines(path: str | os.PathLike, *,

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from specdec import InputError, answer_chats, chat_messages, chat_token_ids, json_lines
+from specdec import InputError, answer_chats, chat_messages, chat_token_ids, parse_json_lines
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def read_corpus(paths: Sequence[str | Path], tokenizer, *, max_length: int = 102
         except OSError as error:
             raise InputError(f"cannot read the training file {path}: {error.strerror or error}") from None
         if path.suffix == ".jsonl":
-            for number, item in json_lines(text.splitlines(), path):
+            for number, item in parse_json_lines(text, path):
                 _check_object(item, path, number)
                 sequences.extend(_windows(_record(item, tokenizer, path, number), max_length))
         else:

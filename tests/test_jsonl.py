@@ -2,7 +2,8 @@
 
 import pytest
 
-from specdec import InputError, json_lines, read_chat_prompts, read_json_lines
+from specdec import (InputError, TokenSequence, json_lines, parse_json_lines, read_chat_prompts, read_corpus,
+                     read_json_lines, write_jsonl)
 
 
 def test_values_come_with_their_line_numbers_and_blank_lines_are_skipped(tmp_path):
@@ -47,3 +48,15 @@ def test_a_bad_prompt_file_is_an_input_error_naming_its_place(tmp_path, name, co
         path.write_text(content, encoding="utf-8")
     with pytest.raises(InputError, match=message):
         read_chat_prompts(path)
+
+
+def test_a_record_holding_a_raw_line_separator_reads_back(tmp_path):
+    """JSON allows U+2028, U+2029 and U+0085 raw inside a string, and `write_jsonl` writes them raw
+    (`ensure_ascii=False`): a reader that splits a text with `str.splitlines()` cuts such a record in two."""
+    record = {"messages": [{"role": "user", "content": "a\u2028b\u2029c\x85d"}], "token_ids": [5, 6, 7],
+              "num_prompt_tokens": 1}
+    path = tmp_path / "train.jsonl"
+    write_jsonl([record, record], path)
+    assert "\u2028" in path.read_text(encoding="utf-8")
+    assert read_corpus([path], tokenizer=None) == [TokenSequence((5, 6, 7), ((1, 3),))] * 2
+    assert list(parse_json_lines(path.read_text(encoding="utf-8"), path)) == [(1, record), (2, record)]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from specdec import ConfigError, json_lines, read_text_file
+from specdec import ConfigError, parse_json_lines, read_text_file
 
 MT_BENCH_CATEGORIES = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")
 #: Spec-Bench's column order; tasks it does not know follow in file order.
@@ -42,7 +42,7 @@ def parse_questions(text: str, source: str = "<questions>") -> list[Question]:
     questions: list[Question] = []
     seen: dict[int | str, int] = {}
     problems: list[str] = []
-    for number, item in json_lines(text.splitlines(), source, on_error=problems.append):
+    for number, item in parse_json_lines(text, source, on_error=problems.append):
         where = f"{source}:{number}"
         if not isinstance(item, dict):
             problems.append(f"{where}: expected a JSON object with question_id, category and turns")

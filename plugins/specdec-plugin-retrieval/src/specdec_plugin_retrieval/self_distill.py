@@ -16,7 +16,7 @@ import os
 from importlib import resources
 from pathlib import Path
 
-from specdec import InputError, answer_chats, json_lines, read_chat_prompts
+from specdec import InputError, answer_chats, parse_json_lines, read_chat_prompts
 
 Messages = list[dict[str, str]]
 
@@ -71,7 +71,7 @@ def _answered(corpus: Path) -> set[str]:
         text = text[: text.rfind("\n") + 1]
         corpus.write_text(text, encoding="utf-8")
     done = set()
-    for number, record in json_lines(text.splitlines(), corpus):
+    for number, record in parse_json_lines(text, corpus):
         messages = record.get("messages") if isinstance(record, dict) else None
         if not isinstance(messages, list):
             raise InputError(f"{corpus}:{number}: not a conversation record; fix or delete the "
