@@ -2,6 +2,8 @@
 
 Conventions (as Spec-Bench and vLLM count them):
 - a step is one target forward (draft -> verify -> accept);
+- a draft token is a draft node: `Draft.num_nodes` per draft, every branch of a tree included;
+  `GenerationStats.draft_tokens` sums them over the steps (vLLM's `spec_decode_num_draft_tokens`);
 - mean accepted tokens = committed tokens / steps. It counts the target's own token, so plain
   autoregressive decoding scores exactly 1.0;
 - acceptance rate at draft position d = steps that accepted at least d draft tokens / steps whose
