@@ -157,17 +157,15 @@ class CausalLMRunner:
 
     @torch.inference_mode()
     def prepare(self, num_slots: int, capacity: int, widths: Sequence[int] = (1, 2, 4, 8, 16)) -> int:
-        """On CUDA: allocate the cache for `num_slots` sequences of `capacity` entries and capture
-        the CUDA graphs of every bucket up to them (rows up to `num_slots`, the given widths, every
-        span bucket), so that no forward captures while it is being timed or served. Each capture
-        runs the forward twice (warm-up and capture) on empty rows: a few seconds for a small
-        model. Elsewhere (or with CUDA graphs off) nothing happens.
+        """Allocate the cache for `num_slots` sequences of `capacity` entries now, on every device,
+        and on CUDA capture the graphs of every bucket up to them (rows up to `num_slots`, the
+        given widths, every span bucket), so that no timed or served step grows the cache or
+        captures. Growing later stalls every sequence of the batch while the whole buffer is
+        copied, which for a large batch is seconds; a capture runs the forward twice (warm-up and
+        capture) on empty rows.
 
-        :returns: how many graphs were captured.
+        :returns: how many graphs were captured (0 without CUDA graphs).
         """
-        graphs = self.graphs
-        if graphs is None:
-            return 0
         cache = self.cache
         cache.ensure_slots(num_slots)
         cache.ensure_capacity(capacity)
@@ -176,6 +174,9 @@ class CausalLMRunner:
             heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
             dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
             cache.allocate(local_heads(self.model, heads), dim, self.dtype, self.device)
+        graphs = self.graphs
+        if graphs is None:
+            return 0
         spans, span = [], span_bucket(1, cache.capacity)
         while span not in spans:
             spans.append(span)

@@ -186,9 +186,9 @@ class StepScheduler:
 
     def prepare(self, num_sequences: int, max_tokens: int | None = None) -> None:
         """Build drafters for up to `num_sequences` concurrent sequences now, and when the
-        verifier can (`HFVerifier.prepare` on CUDA), its cache and CUDA graphs for sequences of up
-        to `max_tokens` tokens (prompt + new): benchmarks and servers call this so that nothing is
-        built or captured inside a timed step."""
+        verifier can (`HFVerifier.prepare`), its cache (and on CUDA its graphs) for sequences of
+        up to `max_tokens` tokens (prompt + new): benchmarks and servers call this so that nothing
+        is built, grown or captured inside a timed step."""
         with self._lock:
             wanted = min(num_sequences, self.max_batch_size) - len(self._active) - len(self._free_drafters)
             for _ in range(wanted if self._drafter_factory is not None else 0):

@@ -472,6 +472,24 @@ def test_prepared_graphs_serve_every_step_without_capturing():
     assert graphs.captures == captured and graphs.replays > captured
 
 
+def test_prepare_allocates_the_cache_up_front_on_cpu_so_no_step_grows_it():
+    """Without CUDA graphs too, `prepare` allocates the whole cache: growing it inside a step
+    copies every slot's buffer while the batch waits (seconds for a large batch), so a server or
+    a benchmark that prepared never pays it."""
+    verifier = HFVerifier(target())
+    assert verifier.runner.graphs is None
+    scheduler = StepScheduler(verifier, RejectionSampling(), drafter_factory=drafter_cycle(), max_batch_size=8)
+    longest = max(len(prompt) + params.max_new_tokens for prompt, params in requests())
+    scheduler.prepare(8, longest)
+    cache = verifier.runner.cache
+    buffer = cache.buffer
+    assert buffer is not None and cache.num_slots >= 8 and cache.capacity >= longest
+    handles = [scheduler.submit(prompt, params) for prompt, params in requests()]
+    scheduler.run()
+    assert [handle.result.tokens for handle in handles] == reference_outputs()
+    assert cache.buffer is buffer  # never reallocated
+
+
 @pytest.mark.parametrize("batch_size", [3, 8])
 def test_prompts_prefilled_together_decode_exactly_like_one_by_one(batch_size):
     """On CUDA newcomers' prompts share one prefill forward (`HFVerifier.group_prefills`);

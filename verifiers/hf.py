@@ -64,9 +64,9 @@ class HFVerifier:
         self._prefilled.pop(slot, None)
 
     def prepare(self, max_batch_size: int, max_tokens: int) -> int:
-        """Ready the cache and CUDA graphs for `max_batch_size` sequences of up to `max_tokens`
-        tokens (prompt + new) before serving or timing (see `CausalLMRunner.prepare`; nothing
-        happens off CUDA). :returns: the number of graphs captured."""
+        """Allocate the cache (and on CUDA capture the graphs) for `max_batch_size` sequences of
+        up to `max_tokens` tokens (prompt + new) before serving or timing (see
+        `CausalLMRunner.prepare`). :returns: the number of graphs captured."""
         return self.runner.prepare(max_batch_size, max_tokens + _DRAFT_SLACK)
 
     @torch.inference_mode()
