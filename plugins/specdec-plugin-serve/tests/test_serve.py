@@ -45,10 +45,10 @@ class Running:
     """A server for `pipeline` on a free 127.0.0.1 port, in a thread; `close()` shuts it down as
     SIGTERM does."""
 
-    def __init__(self, pipeline, shutdown_timeout: float = 5.0):
+    def __init__(self, pipeline, shutdown_timeout: float = 5.0, max_model_len: int | None = None):
         listener = bind("127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{listener.getsockname()[1]}"
-        self.app = create_app(pipeline)
+        self.app = create_app(pipeline, max_model_len=max_model_len)
         self.server = make_server(self.app, shutdown_timeout=shutdown_timeout, log_level="warning")
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [listener]}, daemon=True)
         self.thread.start()
@@ -458,6 +458,33 @@ def test_the_openai_client_raises_bad_request_with_the_body(spec_server):
     assert httpx.get(f"{spec_server.url}/v2/nothing").json()["error"]["message"].startswith("no route GET /v2/nothing")
 
 
+def test_max_model_len_bounds_each_request_and_the_prepared_cache_never_grows(models):
+    """A server for requests of at most 40 tokens: a longer prompt gets a 400 naming the limit, a
+    longer completion ends at the limit with finish_reason "length", and decoding never grows the
+    cache that `prepare` allocated at start (a growth stalls the whole batch)."""
+    data = spec_data(models)
+    pipeline = Pipeline.from_dict({**data, "name": "tiny-40", "sampling": {**data["sampling"], "stop_token_ids": []}})
+    pipeline.scheduler.prepare(pipeline.scheduler.max_batch_size, 40)
+    cache = pipeline.scheduler.verifier.cache
+    buffer = cache.buffer
+    running = Running(pipeline, max_model_len=40)
+    try:
+        assert running.client.models.list().data[0].model_extra["max_model_len"] == 40
+        with pytest.raises(openai.BadRequestError) as raised:
+            running.client.completions.create(model="tiny-40", prompt="b" * 45)
+        assert raised.value.body["code"] == "context_length_exceeded"
+        assert "--max-model-len" in raised.value.body["message"] and "at most 40" in raised.value.body["message"]
+        prompt = "abc abc abc"
+        prompt_tokens = len(pipeline.encode(prompt))
+        answers = [ask(running, prompt, chat=False, stream=stream, max_tokens=100) for stream in (False, True)]
+        for text, finish, usage in answers:
+            assert finish == "length"
+            assert usage.prompt_tokens == prompt_tokens and usage.completion_tokens == 40 - prompt_tokens
+        assert cache.buffer is buffer
+    finally:
+        running.close()
+
+
 # -- shutdown ---------------------------------------------------------------------------------------
 
 
@@ -599,3 +626,7 @@ def test_cli_errors_come_before_the_model_loads(tmp_path, models, capsys):
     assert "is in use" in capsys.readouterr().err
     assert main(["serve", str(path), "--max-batch", "0"]) == 2
     assert "--max-batch must be >= 1" in capsys.readouterr().err
+    assert main(["serve", str(path), "--max-model-len", "1"]) == 2
+    assert "--max-model-len must be >= 2" in capsys.readouterr().err
+    assert main(["serve", str(path), "--port", "0", "--max-model-len", "100000"]) == 2  # known once loaded
+    assert "the model attends over at most 512 positions" in capsys.readouterr().err

@@ -45,9 +45,16 @@ class Prepared:
 class Service:
     """What the routes share: the pipeline, its engine and metrics, and the served model's name."""
 
-    def __init__(self, pipeline, model_name: str | None = None, control=None, own_thread: bool = True):
+    def __init__(self, pipeline, model_name: str | None = None, control=None, own_thread: bool = True,
+                 max_model_len: int | None = None):
         self.pipeline = pipeline
         self.model_name = model_name or pipeline.config.label
+        model_limit = pipeline.verifier.max_positions
+        if max_model_len is not None and not 2 <= max_model_len <= model_limit:
+            raise ConfigError(f"max_model_len must be between 2 and the model's {model_limit} positions, "
+                              f"got {max_model_len}")
+        #: prompt + completion tokens of one request (the cache is prepared for this many)
+        self.max_model_len = model_limit if max_model_len is None else max_model_len
         self.metrics = Metrics(self.model_name)
         self.engine = Engine(pipeline, self.metrics, control, own_thread=own_thread)
         self.drafter_type = pipeline.config.spec.drafter.type
@@ -62,9 +69,11 @@ class Service:
             ids = pipeline.encode(prompt)
         except InputError as error:
             raise ApiError(400, str(error), param=prompt_field) from None
-        limit = pipeline.verifier.max_positions
+        limit = self.max_model_len
         if len(ids) >= limit:
-            raise ApiError(400, f"the prompt has {len(ids)} tokens but the model attends over at most {limit} "
+            holder = ("the model attends over" if limit == pipeline.verifier.max_positions
+                      else "this server takes (its --max-model-len)")
+            raise ApiError(400, f"the prompt has {len(ids)} tokens but {holder} at most {limit} "
                                 f"(prompt and completion together); shorten the prompt",
                            param=prompt_field, code="context_length_exceeded")
         overrides = request.sampling_overrides()
@@ -73,6 +82,8 @@ class Service:
         except InputError as error:
             param = "temperature" if "temperature" in str(error) and "temperature" in overrides else None
             raise ApiError(400, str(error), param=param) from None
+        if len(ids) + params.max_new_tokens > limit:  # ends with finish_reason "length", as at the model's limit
+            params = params.replace(max_new_tokens=limit - len(ids))
         max_draft_tokens, drafter, label = self._speculation(request.speculation)
         return Prepared(ids, params, max_draft_tokens, drafter, label)
 
@@ -246,7 +257,8 @@ async def _until_disconnected(http: Request, work, on_disconnect: Callable[[], N
     raise ApiError(499, "the client closed the connection", code="client_closed")
 
 
-def create_app(pipeline, *, model_name: str | None = None, control=None, own_thread: bool = True) -> FastAPI:
+def create_app(pipeline, *, model_name: str | None = None, control=None, own_thread: bool = True,
+               max_model_len: int | None = None) -> FastAPI:
     """The server's ASGI application for a built `specdec.Pipeline` (its scheduler is driven by
     the app's engine from startup to shutdown; do not generate with it meanwhile).
 
@@ -255,8 +267,11 @@ def create_app(pipeline, *, model_name: str | None = None, control=None, own_thr
         (specdec_plugin_serve.tensor_parallel).
     :param own_thread: the engine drives the scheduler from a thread of its own; with False, call
         `app.state.service.engine.drive()` from the thread that should (see `server.serve`).
+    :param max_model_len: most tokens of one request, prompt and completion together (default:
+        the model's positions); longer prompts get a 400, longer completions end at the limit
+        (finish_reason "length"). Prepare the scheduler's cache for it (`StepScheduler.prepare`).
     """
-    service = Service(pipeline, model_name, control, own_thread)
+    service = Service(pipeline, model_name, control, own_thread, max_model_len)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -305,7 +320,7 @@ def create_app(pipeline, *, model_name: str | None = None, control=None, own_thr
     async def models():
         return {"object": "list", "data": [{
             "id": service.model_name, "object": "model", "created": protocol.now(), "owned_by": "specdec",
-            "max_model_len": pipeline.verifier.max_positions, "drafter": service.drafter_type}]}
+            "max_model_len": service.max_model_len, "drafter": service.drafter_type}]}
 
     @app.get("/health")
     async def health():

@@ -26,16 +26,22 @@ speculation off or tune the drafter's params with a `speculation` object. See do
 """
 
 
-#: Prompt + completion tokens the server prepares the cache and CUDA graphs for at start.
-PREPARED_TOKENS = 4096
+#: Default of --max-model-len (prompt + completion tokens of one request) when the model attends
+#: over more: the cache holds max-batch times this many positions, allocated at start.
+DEFAULT_MAX_MODEL_LEN = 4096
 
 
-def prepare(pipeline, num_sequences: int) -> None:
-    """Build `num_sequences` drafters now, and on CUDA the static cache and every CUDA graph for
-    requests of up to PREPARED_TOKENS tokens (a longer one grows the cache and captures again,
-    once), so that no request pays for them."""
-    verifier = pipeline.scheduler.verifier
-    pipeline.scheduler.prepare(num_sequences, min(getattr(verifier, "max_positions", PREPARED_TOKENS), PREPARED_TOKENS))
+def prepare(pipeline, num_sequences: int, max_model_len: int) -> None:
+    """Build `num_sequences` drafters and allocate the cache for `num_sequences` requests of
+    `max_model_len` tokens now (on CUDA also capture every CUDA graph), so that no request pays
+    for them: growing the cache later copies every slot while the whole batch waits."""
+    try:
+        pipeline.scheduler.prepare(num_sequences, max_model_len)
+    except RuntimeError as error:  # torch's "can't allocate memory" / CUDA out of memory
+        if "memory" not in str(error).lower():
+            raise
+        raise ConfigError(f"the KV cache for {num_sequences} requests of {max_model_len} tokens does not fit in "
+                          f"memory ({str(error).splitlines()[0]}); lower --max-batch or --max-model-len") from None
 
 
 def add_serve_parser(subparsers) -> argparse.ArgumentParser:
@@ -50,6 +56,10 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--max-batch", type=int, metavar="N",
                         help="most requests decoded together (default: the pipeline's scheduler.max_batch_size); "
                              "more wait for a slot")
+    parser.add_argument("--max-model-len", type=int, metavar="TOKENS",
+                        help="most tokens of one request, prompt and completion together (default: the model's "
+                             f"positions, at most {DEFAULT_MAX_MODEL_LEN}); the KV cache for --max-batch such "
+                             "requests is allocated at start")
     parser.add_argument("--model-name", metavar="NAME",
                         help="the model name clients send (default: the pipeline's name or file stem)")
     parser.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="SECONDS",
@@ -70,6 +80,8 @@ def run_command(args: argparse.Namespace) -> int:
 
     if args.max_batch is not None and args.max_batch < 1:
         raise ConfigError(f"--max-batch must be >= 1, got {args.max_batch}")
+    if args.max_model_len is not None and args.max_model_len < 2:
+        raise ConfigError(f"--max-model-len must be >= 2 tokens, got {args.max_model_len}")
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be between 0 and 65535, got {args.port}")
     if args.shutdown_timeout < 0:
@@ -85,7 +97,12 @@ def run_command(args: argparse.Namespace) -> int:
     pipeline = Pipeline(validated, plugins)
     if args.max_batch is not None:
         pipeline.scheduler.max_batch_size = args.max_batch
-    prepare(pipeline, pipeline.scheduler.max_batch_size)
+    positions = pipeline.verifier.max_positions
+    if args.max_model_len is not None and args.max_model_len > positions:
+        raise ConfigError(f"--max-model-len {args.max_model_len}: the model attends over at most {positions} "
+                          f"positions; pass at most {positions}")
+    max_model_len = args.max_model_len or min(positions, DEFAULT_MAX_MODEL_LEN)
+    prepare(pipeline, pipeline.scheduler.max_batch_size, max_model_len)
     control = None
     if sharded:
         from specdec_plugin_serve.tensor_parallel import Control, follow
@@ -94,4 +111,4 @@ def run_command(args: argparse.Namespace) -> int:
         if follower:
             return follow(pipeline, control)
     return serve(pipeline, listener, model_name=args.model_name, shutdown_timeout=args.shutdown_timeout,
-                 log_level=args.log_level, access_log=args.access_log, control=control)
+                 log_level=args.log_level, access_log=args.access_log, control=control, max_model_len=max_model_len)

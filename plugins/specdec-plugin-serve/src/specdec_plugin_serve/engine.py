@@ -15,11 +15,11 @@ Shutting down: `drain()` refuses new requests and ends every request in flight w
 (its handler still answers it, so its connection closes cleanly); `stop()` ends the driver.
 
 The driver runs in a thread of its own, or (`own_thread=False`, as `specdec serve` does) in the
-thread that calls `drive()`: the main thread, with the HTTP server in another. On a CPU that is
-worth 1.5x: torch's OpenMP workers spin between parallel regions only while the process has no
-more of them than cores, and the main thread, which loaded the model, keeps its own team; a
-second thread doing torch work adds a second team, and then every worker sleeps between
-operations (one 576x1536 matrix-vector product: 39 us on the main thread, 113 us on another).
+thread that calls `drive()`: the main thread, with the HTTP server in another. On a CPU that
+matters: torch's OpenMP workers spin between parallel regions only while the process has no more
+of them than cores, and the main thread, which loaded the model, keeps its own team; a second
+thread doing torch work adds a second team, and then every worker sleeps between operations
+(measured in docs/benchmarks.md, "Serving under load (CPU)").
 
 With a tensor-parallel target (`control` given) the driver also sends every loop's changes to
 the scheduler to the other ranks (specdec_plugin_serve.tensor_parallel), and cancellations are

@@ -76,7 +76,7 @@ def make_server(app, *, shutdown_timeout: float = 30.0, log_level: str = "info",
 
 
 def serve(pipeline, listener: socket.socket, *, model_name: str | None = None, shutdown_timeout: float = 30.0,
-          log_level: str = "info", access_log: bool = False, control=None) -> int:
+          log_level: str = "info", access_log: bool = False, control=None, max_model_len: int | None = None) -> int:
     """Serve `pipeline` on a bound socket until SIGINT/SIGTERM; 0 after a clean stop, 1 if the
     application could not start or its decoding driver died.
 
@@ -87,15 +87,15 @@ def serve(pipeline, listener: socket.socket, *, model_name: str | None = None, s
     """
     from specdec_plugin_serve.app import create_app
 
-    app = create_app(pipeline, model_name=model_name, control=control, own_thread=False)
+    app = create_app(pipeline, model_name=model_name, control=control, own_thread=False, max_model_len=max_model_len)
     server = make_server(app, shutdown_timeout=shutdown_timeout, log_level=log_level, access_log=access_log)
     host, port = listener.getsockname()[:2]
     service = app.state.service
     engine = service.engine
     shown = f"[{host}]" if ":" in host else host
     print(f"specdec serve: '{service.model_name}' (drafter {service.drafter_type}, batches of up to "
-          f"{pipeline.scheduler.max_batch_size}) on http://{shown}:{port}/v1; Ctrl-C stops it",
-          file=sys.stderr, flush=True)
+          f"{pipeline.scheduler.max_batch_size}, {service.max_model_len} tokens per request{cache_size(pipeline)}) "
+          f"on http://{shown}:{port}/v1; Ctrl-C stops it", file=sys.stderr, flush=True)
     http = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, name="specdec-http")
     with signals_to(server):
         http.start()
@@ -112,6 +112,16 @@ def serve(pipeline, listener: socket.socket, *, model_name: str | None = None, s
         print(f"specdec: error: the decoding driver stopped: {engine.crashed}", file=sys.stderr)
         return 1
     return 0 if server.started else 1
+
+
+def cache_size(pipeline) -> str:
+    """", KV cache S x C positions, N GB" for the startup line, or "" when the verifier has no
+    allocated positional cache."""
+    buffer = getattr(getattr(pipeline.scheduler.verifier, "cache", None), "buffer", None)
+    if buffer is None:
+        return ""
+    _, _, slots, _, capacity, _ = buffer.shape  # [layers, 2, slots, heads, capacity, dim]
+    return f", KV cache {slots} x {capacity} positions, {buffer.numel() * buffer.element_size() / 1e9:.2f} GB"
 
 
 @contextlib.contextmanager
