@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from specdec.pipeline import Pipeline
+from specdec import Pipeline
 
 PROMPTS = ["Repeat after me: the quick brown fox jumps over the lazy dog. The quick brown fox",
            "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n\ndef mul(a, b):\n"]

@@ -2,9 +2,8 @@
 
 import torch
 
-from specdec import Draft, RejectionSampling, SamplingParams, TorchRandom
+from specdec import Draft, HFVerifier, RejectionSampling, SamplingParams, TorchRandom
 from specdec.testing import tiny_llama
-from specdec.verifiers.hf import HFVerifier
 
 model = tiny_llama(0, vocab_size=16)
 verifier = HFVerifier(model, eos_token_ids=())

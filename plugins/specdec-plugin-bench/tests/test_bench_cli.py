@@ -6,10 +6,7 @@ import sys
 
 import pytest
 
-import specdec.plugins
-import specdec_plugin_bench
-from specdec.cli import main
-from specdec.plugins import load_plugins
+from specdec import default_plugins, main
 from specdec.testing import check_plugin, save_tiny_model
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -18,10 +15,12 @@ PNG = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(autouse=True)
 def bench_registered(monkeypatch):
     """The CLI with only the built-ins and this plugin (other installed plugins stay out)."""
-    plugins = load_plugins([("specdec_plugin_bench", specdec_plugin_bench)], entry_points=False)
-    assert not plugins.failures
-    monkeypatch.setattr(specdec.plugins, "default_plugins", lambda: plugins)
-    return plugins
+    monkeypatch.setenv("SPECDEC_LOAD_PLUGINS", "specdec_plugin_bench")
+    default_plugins.cache_clear()  # the process-wide set is built once: build it again, then forget it
+    plugins = default_plugins()
+    assert not plugins.failures and plugins.manager.has_plugin("specdec_plugin_bench")
+    yield plugins
+    default_plugins.cache_clear()
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +216,7 @@ def test_an_unknown_device_is_a_configuration_error(files, tmp_path, capsys):
 def test_the_report_says_what_a_drafter_was_built_as(files, tmp_path, monkeypatch):
     """A drafter whose class defines `__repr__` (what its `auto` settings resolved to) is named
     under "Methods"; one without says nothing more than its pipeline's description."""
-    from specdec.drafters.draft_model import DraftModelDrafter
+    from specdec import DraftModelDrafter
 
     monkeypatch.setattr(DraftModelDrafter, "__repr__", lambda self: "DraftModelDrafter(k=3, resolved)",
                         raising=False)

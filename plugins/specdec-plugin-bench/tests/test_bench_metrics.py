@@ -8,7 +8,7 @@ from specdec_plugin_bench import metrics
 from specdec_plugin_bench.metrics import (OVERALL, acceptance_by_position, annotate_mismatches, first_difference,
                                    mean_accepted_tokens, merge_counts, question_speeds, speedups_by_run,
                                    spread, steps_from_forwards, summarize)
-from specdec.stats import GenerationStats
+from specdec import GenerationStats
 
 
 def record(method, question, new_tokens, wall, *, steps=None, turn=1, num_turns=1, run=1, task="qa",

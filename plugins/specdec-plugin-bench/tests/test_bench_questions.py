@@ -6,7 +6,7 @@ import pytest
 
 from specdec_plugin_bench.questions import (MT_BENCH_CATEGORIES, build_messages, load_questions, parse_questions,
                                      select_questions, task_of, tasks_in)
-from specdec.errors import ConfigError
+from specdec import ConfigError
 
 
 def lines(*items):

@@ -9,7 +9,7 @@ from specdec_plugin_bench.methods import Measurement
 from specdec_plugin_bench.questions import Question
 from specdec_plugin_bench.report import write_report
 from specdec_plugin_bench.runner import BenchSettings, RecordStore, check_resumable, measure, pending, rotated
-from specdec.errors import ConfigError
+from specdec import ConfigError
 
 
 class FakeMethod:

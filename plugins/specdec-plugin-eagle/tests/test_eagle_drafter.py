@@ -6,10 +6,9 @@ import functools
 import pytest
 import torch
 
-from specdec import BaseDrafter, CostModel, Draft, GreedyAcceptance, SamplingParams, SpeculativeDecoder
+from specdec import BaseDrafter, CostModel, Draft, GreedyAcceptance, HFVerifier, SamplingParams, SpeculativeDecoder
 from specdec.testing import (AcceptsEverythingWhenSampling, check_batched_greedy_identity, check_greedy_identity,
                              check_plugin, check_sampling_distribution, tiny_llama)
-from specdec.verifiers.hf import HFVerifier
 
 from specdec_plugin_eagle.drafter import EagleDrafter, TreeShape
 from specdec_plugin_eagle.testing import train_tiny_draft

@@ -6,8 +6,7 @@ import json
 import pytest
 import torch
 
-from specdec import Pipeline, SamplingParams
-from specdec.cli import main
+from specdec import Pipeline, SamplingParams, main
 from specdec.testing import sample_sequences, save_tiny_model, tiny_llama
 
 from specdec_plugin_eagle.build import new_draft_model

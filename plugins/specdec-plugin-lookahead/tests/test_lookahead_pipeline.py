@@ -5,8 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from specdec import Pipeline
-from specdec.config import load_yaml
+from specdec import Pipeline, load_yaml
 from specdec.testing import save_tiny_model
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -6,10 +6,9 @@ import functools
 import pytest
 import torch
 
-from specdec import BaseDrafter, GreedyAcceptance, RejectionSampling, SamplingParams, SpeculativeDecoder
-from specdec.cost import CostModel
+from specdec import (BaseDrafter, CostModel, GreedyAcceptance, HFVerifier, RejectionSampling, SamplingParams,
+                     SpeculativeDecoder)
 from specdec.testing import assert_lossless, check_greedy_identity, check_sampling_distribution, tiny_llama
-from specdec.verifiers.hf import HFVerifier
 
 from specdec_plugin_medusa.drafter import ConfidencePruning, MedusaDrafter
 from specdec_plugin_medusa.testing import medusa_drafter_factory, train_tiny_heads

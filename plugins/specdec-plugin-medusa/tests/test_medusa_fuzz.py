@@ -16,9 +16,7 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from specdec import Pipeline
-from specdec.errors import SpecdecError
-from specdec.fingerprint import target_signature
+from specdec import Pipeline, SpecdecError, target_signature
 from specdec.testing import TINY_TOKENIZER_VOCAB, damage_bytes, tiny_llama, tiny_tokenizer
 
 from specdec_plugin_medusa.heads import CONFIG_FILE, WEIGHTS_FILE, HeadsConfig, MedusaHeads, save_heads

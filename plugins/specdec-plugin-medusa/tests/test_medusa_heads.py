@@ -6,8 +6,7 @@ import json
 import pytest
 import torch
 
-from specdec.errors import InputError, ModelMismatchError
-from specdec.fingerprint import target_signature
+from specdec import InputError, ModelMismatchError, target_signature
 from specdec.testing import tiny_llama
 
 from specdec_plugin_medusa.heads import (CONFIG_FILE, WEIGHTS_FILE, HeadsConfig, MedusaHeads, load_heads,

@@ -4,11 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from specdec.cli import main
-from specdec.config import load_yaml, validate_pipeline
-from specdec.errors import ConfigError
-from specdec.pipeline import Pipeline
-from specdec.plugins import load_plugins
+from specdec import ConfigError, Pipeline, load_plugins, load_yaml, main, validate_pipeline
 from specdec.testing import check_plugin
 
 import specdec_plugin_medusa

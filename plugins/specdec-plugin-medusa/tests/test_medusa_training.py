@@ -6,11 +6,7 @@ import json
 import pytest
 import torch
 
-from specdec.cli import main
-from specdec.errors import InputError
-from specdec.pipeline import Pipeline
-from specdec.training_data import TokenSequence, read_corpus
-from specdec.fingerprint import target_signature
+from specdec import InputError, Pipeline, TokenSequence, main, read_corpus, target_signature
 from specdec.testing import sample_sequences, save_tiny_model, tiny_llama, tiny_tokenizer
 
 from specdec_plugin_medusa.data import load_prompts, shipped_prompts_path
@@ -54,10 +50,9 @@ def test_bad_corpus_lines_name_the_file_and_line(tmp_path):
         read_corpus([tmp_path / "bad.jsonl"], tiny_tokenizer())
 
 
-def test_long_sequences_are_cut_into_windows():
-    from specdec.training_data import _windows
-
-    windows = _windows(TokenSequence(tuple(range(10)), ((3, 10),)), 4)
+def test_long_sequences_are_cut_into_windows(tmp_path):
+    (tmp_path / "long.jsonl").write_text(json.dumps({"token_ids": list(range(10)), "num_prompt_tokens": 3}) + "\n")
+    windows = read_corpus([tmp_path / "long.jsonl"], tokenizer=None, max_length=4)
     assert [window.token_ids for window in windows] == [(0, 1, 2, 3), (4, 5, 6, 7), (8, 9)]
     assert [window.spans for window in windows] == [((3, 4),), ((0, 4),), ((0, 2),)]
 

@@ -8,9 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from specdec.config import load_yaml, validate_pipeline
-from specdec.errors import ConfigError
-from specdec.plugins import load_plugins
+from specdec import ConfigError, load_plugins, load_yaml, validate_pipeline
 from specdec.testing import check_plugin
 
 from specdec_plugin_recycling import TokenRecyclingParams, _build_token_recycling
@@ -48,7 +46,7 @@ def test_params_are_checked(params, message):
 
 
 def test_the_plugin_module_does_not_import_torch():
-    code = ("import sys, specdec_plugin_recycling; from specdec.plugins import load_plugins; load_plugins(); "
+    code = ("import sys, specdec_plugin_recycling; from specdec import load_plugins; load_plugins(); "
             "print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from specdec.params import SamplingParams
-from specdec.protocols import DraftContext
+from specdec import DraftContext, SamplingParams
 from specdec_plugin_retrieval.prompt_lookup import PromptLookupDrafter
 
 

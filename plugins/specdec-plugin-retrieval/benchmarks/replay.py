@@ -31,9 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         "node_cost, 0.08 per node where it is 'auto'")
     args = parser.parse_args(argv)
 
-    from specdec.config import load_yaml, validate_pipeline
-    from specdec.plugins import default_plugins
-    from specdec.registry import BuildContext
+    from specdec import BuildContext, default_plugins, load_yaml, validate_component, validate_pipeline
     from specdec_plugin_retrieval.corpus import load_tokenizer
 
     registry = default_plugins().registry
@@ -54,8 +52,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                              getattr(validated.drafter_params, "draft_overhead", 0.0))
 
         def build(block, location):
-            from specdec.config import validate_component
-
             if block.get("params", {}).get("node_cost") == "auto":  # no model here to time
                 block = {**block, "params": {**block["params"], "node_cost": 0.08}}
             component, params = validate_component("drafter", block, registry, location)

@@ -17,8 +17,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from specdec import Pipeline
-from specdec.errors import SpecdecError
+from specdec import Pipeline, SpecdecError
 from specdec.testing import TINY_TOKENIZER_VOCAB, damage_bytes, tiny_llama, tiny_tokenizer
 from specdec_plugin_retrieval.store import META, SUFFIXES, TOKENS, open_store
 

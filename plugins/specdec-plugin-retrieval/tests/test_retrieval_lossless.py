@@ -10,8 +10,7 @@ import functools
 import pytest
 import torch
 
-from specdec import BaseDrafter, SamplingParams
-from specdec.drafters.fallback import FallbackDrafter
+from specdec import BaseDrafter, FallbackDrafter, SamplingParams
 from specdec.testing import (
     SAMPLING_CASES, TINY_TOKENIZER_VOCAB, assert_lossless, check_greedy_identity, check_sampling_distribution,
     tiny_llama)

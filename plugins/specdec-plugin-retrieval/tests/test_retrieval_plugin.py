@@ -4,9 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from specdec.config import load_yaml, validate_pipeline
-from specdec.errors import ConfigError
-from specdec.plugins import load_plugins
+from specdec import ConfigError, load_plugins, load_yaml, validate_pipeline, validated_pipeline
 from specdec.testing import check_plugin
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -57,16 +55,14 @@ def test_the_plugin_module_does_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys, specdec_plugin_retrieval; from specdec.plugins import load_plugins; load_plugins(); "
+    code = ("import sys, specdec_plugin_retrieval; from specdec import load_plugins; load_plugins(); "
             "print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
 
 
 def test_the_plugin_offers_prompt_lookup_as_the_default_pipeline():
-    from specdec.cli import default_pipeline_data
-
     loaded = load_plugins()
     assert ("specdec_plugin_retrieval", {"name": "default", "drafter": {"type": "prompt_lookup"}}) \
         in loaded.default_pipelines
-    assert default_pipeline_data(loaded)["drafter"] == {"type": "prompt_lookup"}
+    assert validated_pipeline(None, loaded).spec.drafter.type == "prompt_lookup"

@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from specdec.errors import InputError, ModelMismatchError
+from specdec import InputError, ModelMismatchError
 from specdec_plugin_retrieval.corpus import build_from_corpus, read_documents
 from specdec_plugin_retrieval.store import META, SUFFIXES, TOKENS, build_store, open_store, tokenizer_identity
 from specdec_plugin_retrieval.suffix_array import suffix_array

@@ -4,8 +4,7 @@ and `auto` finds the layers that can go."""
 import pytest
 import torch
 
-from specdec import HFVerifier, NoDrafter, RejectionSampling, SamplingParams, SpeculativeDecoder
-from specdec.errors import GenerationError
+from specdec import GenerationError, HFVerifier, NoDrafter, RejectionSampling, SamplingParams, SpeculativeDecoder
 from specdec.testing import (
     assert_lossless,
     check_batched_greedy_identity,

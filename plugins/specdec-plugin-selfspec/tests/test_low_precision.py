@@ -4,8 +4,7 @@ variants caught."""
 import pytest
 import torch
 
-from specdec import Draft, HFVerifier, NoDrafter, RejectionSampling, SamplingParams, SpeculativeDecoder
-from specdec.errors import GenerationError
+from specdec import Draft, GenerationError, HFVerifier, NoDrafter, RejectionSampling, SamplingParams, SpeculativeDecoder
 from specdec.testing import (
     AcceptsEverythingWhenSampling,
     assert_lossless,
@@ -209,7 +208,7 @@ class EveryOtherStep(NoDrafter):
 
 
 def test_inside_a_fallback_its_cache_follows_steps_where_another_drafter_was_used():
-    from specdec.drafters.fallback import FallbackDrafter
+    from specdec import FallbackDrafter
 
     target = tiny_llama(0, vocab_size=12, eos_token_id=11)
 

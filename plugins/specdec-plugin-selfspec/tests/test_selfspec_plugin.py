@@ -5,9 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from specdec import ConfigError, Pipeline, load_plugins
-from specdec.cli import main
-from specdec.config import load_yaml, validate_pipeline
+from specdec import ConfigError, Pipeline, load_plugins, load_yaml, main, validate_pipeline
 from specdec.testing import check_plugin, save_tiny_model
 
 import specdec_plugin_selfspec

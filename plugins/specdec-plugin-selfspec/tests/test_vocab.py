@@ -5,9 +5,7 @@ import json
 import pytest
 import torch
 
-from specdec import InputError, ModelMismatchError
-from specdec.cli import main
-from specdec.fingerprint import tokenizer_fingerprint
+from specdec import InputError, ModelMismatchError, main, tokenizer_fingerprint
 from specdec.testing import save_tiny_model, tiny_tokenizer
 
 from specdec_plugin_selfspec.vocab import (

@@ -4,9 +4,7 @@ sampling next to its gain in accepted tokens over rejection sampling, on the sam
 import pytest
 import torch
 
-from specdec import Draft, SamplingParams
-from specdec.pipeline import Pipeline
-from specdec.sampling import TorchRandom
+from specdec import Draft, Pipeline, SamplingParams, TorchRandom
 from specdec.testing import check_policy_exact, sample_tree, save_tiny_model
 
 from specdec_plugin_typical.lossiness import (FirstTokenTV, exact_comparison, exact_table, measure_pipeline,

@@ -7,8 +7,7 @@ import math
 import pytest
 import torch
 
-from specdec import Draft, SamplingParams
-from specdec.drafters.draft_model import DraftModelDrafter
+from specdec import Draft, DraftModelDrafter, SamplingParams
 from specdec.testing import (ModelTreeDrafter, check_greedy_identity, check_policy_exact, enumerate_outcomes,
                              exact_step_distribution, exact_target_distribution, max_abs_difference,
                              perturbed_copy, tiny_llama)

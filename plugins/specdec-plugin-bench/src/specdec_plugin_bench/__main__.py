@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from specdec.cli import main
+from specdec import main
 
 
 def run(argv: list[str] | None = None) -> int:
