@@ -84,6 +84,11 @@ class CUDAGraphForwards:
     def __len__(self) -> int:
         return len(self._graphs)
 
+    def captured(self) -> dict[tuple, torch.cuda.CUDAGraph]:
+        """The graphs captured so far by key `(first slot, rows, width, span, layers)`, a snapshot:
+        replaying one times a forward alone, without `run`'s input copy (the engine benchmark does)."""
+        return {key: graph.graph for key, graph in self._graphs.items()}
+
     def clear(self) -> None:
         """Drop every graph (the next forward of each shape captures again)."""
         self._graphs.clear()

@@ -113,3 +113,17 @@ def test_cuda_graph_outputs_survive_the_next_replay():
     assert runner.graphs.replays == 2 and runner.graphs.captures == 1
     torch.testing.assert_close(first, kept, rtol=0, atol=0)
     assert not torch.equal(first, second)
+
+
+def test_captured_graphs_are_listed_by_key_and_replay_alone():
+    from specdec.model_runner import CausalLMRunner
+
+    runner = CausalLMRunner(tiny_llama(0, vocab_size=64).to(CUDA))
+    runner.cache.reset_slot(0, 64)
+    runner.forward(torch.tensor([1, 2, 3]), torch.arange(3))  # eager: allocates the cache
+    runner.commit(3)
+    runner.forward(torch.tensor([4]), torch.tensor([3]))  # one token, one row: captured
+    [(key, graph)] = runner.graphs.captured().items()
+    assert key[:3] == (0, 1, 1) and isinstance(graph, torch.cuda.CUDAGraph)
+    graph.replay()
+    torch.cuda.synchronize()

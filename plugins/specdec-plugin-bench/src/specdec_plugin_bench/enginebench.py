@@ -80,17 +80,18 @@ def load_prompts(tokenizer, count: int, path: str | Path) -> list[list[int]]:
 def graph_forward_seconds(verifier: HFVerifier, repeats: int = 50) -> float | None:
     """Median time of one replay of the one-token, one-row CUDA graph with the longest span
     (a plain decoding step's forward), or None when no such graph was captured."""
-    graphs = verifier.runner.graphs
-    keys = [key for key in (graphs._graphs if graphs is not None else {}) if key[1:3] == (1, 1)]
+    runner = verifier.runner
+    captured = runner.graphs.captured() if runner.graphs is not None else {}
+    keys = [key for key in captured if key[1:3] == (1, 1)]
     if not keys:
         return None
-    graph = graphs._graphs[max(keys, key=lambda key: key[3])].graph
+    graph = captured[max(keys, key=lambda key: key[3])]
     times = []
     for _ in range(repeats):
-        torch.cuda.synchronize()
+        synchronize(runner.device)
         start = time.perf_counter()
         graph.replay()
-        torch.cuda.synchronize()
+        synchronize(runner.device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
