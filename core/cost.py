@@ -4,9 +4,9 @@ Verifying m draft nodes costs `cost(m)` plain (one-token) steps. It depends on t
 device, the dtype and the batch size, and on a CPU it is far from linear in m: the first draft
 nodes turn a matrix-vector product into a matrix product, later ones come nearly free; in a
 batch, draft tokens stop being free sooner. Drafters that size their drafts by expected gain
-(the retrieval drafters, Medusa with confidence pruning) divide the expected accepted tokens by
-this cost; the step scheduler's draft budget does the same per batch size. Measured curves are
-in docs/benchmarks.md, with the commands that measure them.
+divide the expected accepted tokens by this cost; the step scheduler's draft budget does the
+same per batch size. Measured curves are in docs/benchmarks.md, with the commands that measure
+them.
 
 `measure_cost_model` times the target the way a decoding step uses it: a forward over the
 pending token plus a chain of m draft tokens on a cache of `CONTEXT_TOKENS` committed tokens,

@@ -27,10 +27,9 @@ def node_cost_field(default: float, *, condition: str = "") -> Any:
     prefixes the description (e.g. "with adaptive: ")."""
     return Field(default, description=(
         f"{condition}verification cost of one draft node as a fraction of a plain decoding step: high "
-        "in float32 on a small CPU, low in bfloat16 with AMX or on a GPU (measured with the retrieval "
-        "plugin's benchmarks/verify_cost.py: docs/benchmarks.md, 'Retrieval: what limits the speedup' "
-        "and the bfloat16 and GPU sections), or 'auto' to measure the target's whole cost curve when the "
-        "pipeline is built (a few seconds on a CPU)"))
+        "in float32 on a small CPU, low in bfloat16 with AMX or on a GPU (measured curves, with the "
+        "commands that measured them: docs/benchmarks.md), or 'auto' to measure the target's whole cost "
+        "curve when the pipeline is built (a few seconds on a CPU)"))
 
 
 def min_gain_field(*, condition: str = "") -> Any:
