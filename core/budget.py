@@ -75,6 +75,14 @@ class DraftBudget:
         self.population_weight = population_weight
         self._retired = SequenceRecord([], [])
 
+    def prepare(self, max_batch_size: int) -> None:
+        """Get the cost model of every batch size up to `max_batch_size` now. A cost measured on
+        first use (`measure_batch_cost_model`) runs inside the step that first reaches that batch
+        size and stalls every sequence of it; servers and benchmarks prepare instead
+        (`StepScheduler.prepare`)."""
+        for batch_size in range(2, max_batch_size + 1):
+            self.cost_at(batch_size)
+
     def retire(self, record: SequenceRecord) -> None:
         """Learn from a finished sequence: its counts join the population the prior comes from."""
         def added(left: Sequence[int], right: Sequence[int]) -> list[int]:

@@ -185,17 +185,21 @@ class StepScheduler:
         return min(self.max_batch_size, len(self._free_drafters) + len(self._active))
 
     def prepare(self, num_sequences: int, max_tokens: int | None = None) -> None:
-        """Build drafters for up to `num_sequences` concurrent sequences now, and when the
-        verifier can (`HFVerifier.prepare`), its cache (and on CUDA its graphs) for sequences of
-        up to `max_tokens` tokens (prompt + new): benchmarks and servers call this so that nothing
-        is built, grown or captured inside a timed step."""
+        """Build drafters for up to `num_sequences` concurrent sequences now, the draft budget's
+        cost model of every batch size up to it (`DraftBudget.prepare`), and when the verifier can
+        (`HFVerifier.prepare`), its cache (and on CUDA its graphs) for sequences of up to
+        `max_tokens` tokens (prompt + new): benchmarks and servers call this so that nothing is
+        built, measured, grown or captured inside a timed step."""
         with self._lock:
-            wanted = min(num_sequences, self.max_batch_size) - len(self._active) - len(self._free_drafters)
+            count = min(num_sequences, self.max_batch_size)
+            wanted = count - len(self._active) - len(self._free_drafters)
             for _ in range(wanted if self._drafter_factory is not None else 0):
                 self._free_drafters.append(self._drafter_factory())
             prepare_verifier = getattr(self.verifier, "prepare", None)
             if max_tokens is not None and prepare_verifier is not None:
-                prepare_verifier(min(num_sequences, self.max_batch_size), max_tokens)
+                prepare_verifier(count, max_tokens)
+            if self.budget is not None:
+                self.budget.prepare(count)
 
     @property
     def num_active(self) -> int:

@@ -151,6 +151,25 @@ def test_a_draft_budget_caps_draft_nodes_per_sequence():
     assert all(handle.stats.draft_tokens <= 2 * handle.stats.steps for handle in handles)
 
 
+def test_prepare_measures_every_batch_size_so_no_step_measures_the_draft_cost():
+    """A cost model measured on first use runs inside the step that first reaches its batch size
+    and stalls the whole batch; after `prepare` the steps only read what was measured."""
+    asked = []
+
+    def cost_at(batch_size):
+        asked.append(batch_size)
+        return CostModel(node_cost=0.5)
+
+    runner = scheduler(8, budget=DraftBudget(cost_at, sizes=(1, 2)))
+    runner.prepare(6)
+    assert sorted(set(asked)) == [2, 3, 4, 5, 6]
+    prepared = len(asked)
+    handles = [runner.submit(prompt, params) for prompt, params in requests()[:6]]
+    runner.run()
+    assert [handle.result.tokens for handle in handles] == reference_outputs()[:6]
+    assert set(asked[prepared:]) <= {2, 3, 4, 5, 6}  # steps ask again (the real one caches), never beyond
+
+
 def test_a_lone_draft_in_a_batch_is_cut_when_it_cannot_pay_for_the_whole_padded_forward():
     """Before drafting the budget cannot know who will draft; after, one sequence's draft must
     pay for a forward every sequence of the batch runs at its width, and here it cannot."""
