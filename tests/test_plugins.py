@@ -218,9 +218,6 @@ def test_an_unknown_component_names_the_installed_distribution_that_declares_it(
     assert "provided by" not in load_plugins(entry_points=False).registry.unknown_message("drafter", "nothing")
 
 
-#: plugin files that still import internal modules; they are being reworked elsewhere (issue 16)
-_NOT_YET_PUBLIC = {"plugins/specdec-plugin-serve/tests/test_serve.py"}
-
 
 def test_bundled_plugins_use_only_the_public_api():
     """What the tutorial teaches (`from specdec import ...` and the `specdec.testing` harness) is
@@ -234,8 +231,7 @@ def test_bundled_plugins_use_only_the_public_api():
 
     root = Path(__file__).resolve().parents[1]
     sources = sorted(path for folder in ("src", "tests", "benchmarks")
-                     for path in root.glob(f"plugins/*/{folder}/**/*.py")
-                     if path.relative_to(root).as_posix() not in _NOT_YET_PUBLIC)
+                     for path in root.glob(f"plugins/*/{folder}/**/*.py"))
     assert len(sources) > 80
     public = {*specdec.__all__, "__version__"}
     wrong = []

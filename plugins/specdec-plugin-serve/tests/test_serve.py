@@ -26,9 +26,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict, Field
 
-from specdec import BaseDrafter, Draft, Pipeline, hookimpl
-from specdec.cli import main
-from specdec.plugins import load_plugins
+from specdec import BaseDrafter, Draft, Pipeline, hookimpl, load_plugins, main
 from specdec.testing import check_plugin, perturbed_copy, save_tiny_model, tiny_tokenizer
 from specdec_plugin_serve.app import create_app
 from specdec_plugin_serve.server import bind, make_server

@@ -9,9 +9,9 @@ requests) are sent as streamed chat completions by C client tasks, with speculat
 pipeline's drafter) and off (`{"enabled": false}`) on the same server. The modes alternate in
 blocks of 2C requests (on, off, off, on, ...: at concurrency 1 every second request), so that a
 machine whose load drifts (other jobs) slows both alike; at least two blocks per mode, so that
-each mode is measured after the other one too (at concurrency 64 the first block ran slower than
-the later ones, which biased a single-block run against "on"; a full-length warm-up did not
-remove it: "Serving under load" in docs/benchmarks.md). Per mode and concurrency it reports:
+each mode is measured after the other one too (whatever one block pays alone, such as a cache
+that grew in it before the server prepared its cache at start, then biases neither mode: "Serving
+under load" in docs/benchmarks.md). Per mode and concurrency it reports:
 
 - throughput: generated tokens (from `usage`) / the round's wall time, and requests/s;
 - TTFT: from sending the request to its first text, p50/p90/p99;
