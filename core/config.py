@@ -22,7 +22,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from specdec.errors import ConfigError
+from specdec.errors import ConfigError, SpecdecError
 from specdec.params import SamplingParams
 from specdec.registry import Registry
 
@@ -176,24 +176,24 @@ def parse_yaml(text: str, source: str = "<yaml>") -> Any:
             loader.dispose()
 
 
-def read_text_file(path: str | Path, what: str) -> str:
-    """The text of a UTF-8 input file (a pipeline, a question set), for readers that report
-    problems as `ConfigError`s: a file that cannot be read or decoded is named, with the line of
-    the first bad byte.
+def read_text_file(path: str | Path, what: str, error: type[SpecdecError] = ConfigError) -> str:
+    """The text of a UTF-8 input file (a pipeline, a question set, a training file): a file that
+    cannot be read or decoded raises `error` naming it, with the line of the first bad byte.
 
     :param what: what the file is, for the message ("pipeline file").
+    :param error: the exception to raise (`ConfigError` for settings, `InputError` for data).
     """
     path = Path(path)
     try:
         raw = path.read_bytes()
-    except OSError as error:
-        raise ConfigError(f"cannot read {what} {path}: {error.strerror or error}") from None
+    except OSError as failure:
+        raise error(f"cannot read {what} {path}: {failure.strerror or failure}") from None
     try:
         return raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = raw.count(b"\n", 0, error.start) + 1
-        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[error.start]:02x} at offset "
-                          f"{error.start}); save the file as UTF-8") from None
+    except UnicodeDecodeError as failure:
+        line = raw.count(b"\n", 0, failure.start) + 1
+        raise error(f"{path}:{line}: not UTF-8 text (byte 0x{raw[failure.start]:02x} at offset "
+                    f"{failure.start}); save the file as UTF-8") from None
 
 
 def load_yaml(path: str | Path) -> tuple[Any, str]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from specdec import InputError, answer_chats, chat_messages, chat_token_ids, parse_json_lines
+from specdec import InputError, answer_chats, chat_messages, chat_token_ids, parse_json_lines, read_text_file
 
 
 @dataclass(frozen=True)
@@ -84,10 +84,7 @@ def read_corpus(paths: Sequence[str | Path], tokenizer, *, max_length: int = 102
     """
     sequences: list[TokenSequence] = []
     for path in map(Path, paths):
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as error:
-            raise InputError(f"cannot read the training file {path}: {error.strerror or error}") from None
+        text = read_text_file(path, "the training file", InputError)
         if path.suffix == ".jsonl":
             for number, item in parse_json_lines(text, path):
                 _check_object(item, path, number)

@@ -60,3 +60,13 @@ def test_a_record_holding_a_raw_line_separator_reads_back(tmp_path):
     assert "\u2028" in path.read_text(encoding="utf-8")
     assert read_corpus([path], tokenizer=None) == [TokenSequence((5, 6, 7), ((1, 3),))] * 2
     assert list(parse_json_lines(path.read_text(encoding="utf-8"), path)) == [(1, record), (2, record)]
+
+
+@pytest.mark.parametrize("name", ["train.jsonl", "train.txt"])
+def test_a_training_file_that_is_not_utf8_is_an_input_error_naming_its_line(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b'{"token_ids": [1, 2]}\n{"text": "caf\xe9"}\n' if name.endswith(".jsonl") else b"one\n\ncaf\xe9\n")
+    with pytest.raises(InputError, match=rf"{name}:\d: not UTF-8 text \(byte 0xe9"):
+        read_corpus([path], tokenizer=None)
+    with pytest.raises(InputError, match="cannot read the training file"):
+        read_corpus([tmp_path / "missing.txt"], tokenizer=None)
