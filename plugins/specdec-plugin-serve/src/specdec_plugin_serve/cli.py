@@ -31,6 +31,16 @@ speculation off or tune the drafter's params with a `speculation` object. See do
 DEFAULT_MAX_MODEL_LEN = 4096
 
 
+def resolve_max_model_len(pipeline, requested: int | None) -> int:
+    """The --max-model-len a server of `pipeline` runs with: `requested`, checked against the
+    model's positions, or by default the model's positions up to DEFAULT_MAX_MODEL_LEN."""
+    positions = pipeline.verifier.max_positions
+    if requested is not None and requested > positions:
+        raise ConfigError(f"--max-model-len {requested}: the model attends over at most {positions} "
+                          f"positions; pass at most {positions}")
+    return requested or min(positions, DEFAULT_MAX_MODEL_LEN)
+
+
 def prepare(pipeline, num_sequences: int, max_model_len: int) -> None:
     """Build `num_sequences` drafters and allocate the cache for `num_sequences` requests of
     `max_model_len` tokens now (on CUDA also capture every CUDA graph), so that no request pays
@@ -97,11 +107,7 @@ def run_command(args: argparse.Namespace) -> int:
     pipeline = Pipeline(validated, plugins)
     if args.max_batch is not None:
         pipeline.scheduler.max_batch_size = args.max_batch
-    positions = pipeline.verifier.max_positions
-    if args.max_model_len is not None and args.max_model_len > positions:
-        raise ConfigError(f"--max-model-len {args.max_model_len}: the model attends over at most {positions} "
-                          f"positions; pass at most {positions}")
-    max_model_len = args.max_model_len or min(positions, DEFAULT_MAX_MODEL_LEN)
+    max_model_len = resolve_max_model_len(pipeline, args.max_model_len)
     prepare(pipeline, pipeline.scheduler.max_batch_size, max_model_len)
     control = None
     if sharded:

@@ -331,11 +331,11 @@ async def overhead(args: argparse.Namespace, url: str, model: str, prompts: Sequ
     request; tokens/s over all requests (prefill included, as `specdec bench` counts)."""
     from specdec import Pipeline
 
-    from specdec_plugin_serve.cli import DEFAULT_MAX_MODEL_LEN, prepare
+    from specdec_plugin_serve.cli import prepare, resolve_max_model_len
 
     pipeline = Pipeline.from_yaml(args.offline)
     # what the server did at start (with the default --max-model-len): no offline request pays for it either
-    prepare(pipeline, 1, min(pipeline.verifier.max_positions, DEFAULT_MAX_MODEL_LEN))
+    prepare(pipeline, 1, resolve_max_model_len(pipeline, None))
     totals = {(mode, where): [0, 0.0] for mode in args.modes for where in ("server", "offline")}
     async with httpx.AsyncClient() as client:
         for index, prompt in enumerate(prompts):

@@ -117,11 +117,10 @@ def serve(pipeline, listener: socket.socket, *, model_name: str | None = None, s
 def cache_size(pipeline) -> str:
     """", KV cache S x C positions, N GB" for the startup line, or "" when the verifier has no
     allocated positional cache."""
-    buffer = getattr(getattr(pipeline.scheduler.verifier, "cache", None), "buffer", None)
-    if buffer is None:
+    cache = getattr(pipeline.scheduler.verifier, "cache", None)
+    if getattr(cache, "buffer", None) is None:
         return ""
-    _, _, slots, _, capacity, _ = buffer.shape  # [layers, 2, slots, heads, capacity, dim]
-    return f", KV cache {slots} x {capacity} positions, {buffer.numel() * buffer.element_size() / 1e9:.2f} GB"
+    return f", KV cache {cache.num_slots} x {cache.capacity} positions, {cache.buffer.nbytes / 1e9:.2f} GB"
 
 
 @contextlib.contextmanager
