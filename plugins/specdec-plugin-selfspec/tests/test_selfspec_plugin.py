@@ -81,3 +81,4 @@ def test_the_formats_command_says_what_auto_picks_here(capsys):
     assert main(["selfspec", "formats"]) == 0
     output = capsys.readouterr().out
     assert '"auto_format_for_float32_target"' in output and '"native_bfloat16"' in output
+    assert '"one_layer_microseconds"' in output

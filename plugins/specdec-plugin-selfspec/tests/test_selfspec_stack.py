@@ -117,14 +117,34 @@ def test_a_tensor_parallel_target_is_refused():
         check_architecture(model)
 
 
-def test_auto_format_is_bfloat16_only_where_it_is_native(monkeypatch):
+def test_auto_format_measures_bfloat16_against_int8_only_where_bfloat16_is_native(monkeypatch):
     import specdec_plugin_selfspec.formats as formats
 
-    cpu = torch.device("cpu")
+    cpu, model = torch.device("cpu"), tiny_llama()
+    measured = []
+    timings = {"int8": 2e-4, "bfloat16": 1e-4}
+
+    def measure(target, candidates):
+        measured.append(tuple(candidates))
+        return {fmt: timings[fmt] for fmt in candidates}
+
+    monkeypatch.setattr(formats, "measure_formats", measure)
     monkeypatch.setattr(formats.platform, "machine", lambda: "x86_64")
     monkeypatch.setattr(formats, "cpu_flags", lambda: frozenset({"avx512f", "avx512_vnni"}))
-    assert not native_bfloat16(cpu) and choose_format("auto", cpu, torch.float32) == "int8"
+    assert not native_bfloat16(cpu) and choose_format("auto", cpu, torch.float32, model) == "int8"
+    assert measured == []  # emulated bf16 is never faster: nothing to measure
     monkeypatch.setattr(formats, "cpu_flags", lambda: frozenset({"avx512f", "amx_bf16", "amx_tile"}))
-    assert native_bfloat16(cpu) and choose_format("auto", cpu, torch.float32) == "bfloat16"
-    assert choose_format("auto", cpu, torch.bfloat16) == "int8"  # a bf16 target: int8 reads fewer bytes
-    assert choose_format("int8", cpu, torch.float32) == "int8"
+    assert native_bfloat16(cpu) and choose_format("auto", cpu, torch.float32, model) == "bfloat16"
+    assert measured == [("int8", "bfloat16")]
+    timings["int8"] = 5e-5  # native bf16, but int8's products measure faster: int8
+    assert choose_format("auto", cpu, torch.float32, model) == "int8"
+    assert choose_format("auto", cpu, torch.bfloat16, model) == "int8"  # a bf16 target: int8 reads fewer bytes
+    assert choose_format("int8", cpu, torch.float32, model) == "int8"
+    assert len(measured) == 2
+
+
+def test_measure_formats_times_each_format_of_one_layer():
+    from specdec_plugin_selfspec.formats import measure_formats
+
+    seconds = measure_formats(tiny_llama(), ("int8", "bfloat16", "float32"), repeats=3)
+    assert set(seconds) == {"int8", "bfloat16", "float32"} and all(value > 0 for value in seconds.values())

@@ -54,8 +54,9 @@ class LowPrecisionParams(DraftingParams):
     """The `drafter.params` block of `type: low_precision`."""
 
     format: Literal["auto", "int8", "bfloat16", "float32"] = Field(
-        "auto", description="the copy's format: 'auto' = bfloat16 where the device has native bf16 units "
-                            "(AMX, AVX512-BF16, CUDA), else int8 (torch's dynamic int8 kernels, CPU); "
+        "auto", description="the copy's format: 'auto' = bfloat16 on CUDA; on a CPU int8 (torch's dynamic "
+                            "int8 kernels), or bfloat16 where the CPU has native bf16 units (AMX, "
+                            "AVX512-BF16) and one layer's products measure faster in it than in int8; "
                             "'float32' is the target's own weights (for tests: every greedy draft accepted)")
     skip: list[int] = Field(default_factory=list, description="layers the copy does not run (0-based)")
 
@@ -133,7 +134,7 @@ def build_low_precision(context, params: LowPrecisionParams):
     check_architecture(target)
     num_layers = text_config(target).num_hidden_layers
     _check_skip(params.skip, num_layers)
-    fmt = choose_format(params.format, target.device, target.dtype)
+    fmt = choose_format(params.format, target.device, target.dtype, target)
     try:
         check_format(fmt, target.device, target.dtype)
     except ValueError as error:

@@ -7,8 +7,10 @@ traffic, so a copy that reads fewer bytes drafts faster. Two formats:
   (fbgemm on x86, qnnpack on ARM): weights quantized once per output channel, activations per
   call (per tensor, so a one-token call is per token), int32 accumulation. A quarter of the bytes.
 - `bfloat16`: weights cast to bfloat16. Half the bytes, but only fast where the CPU has native
-  bf16 matrix instructions (AMX or AVX512-BF16); elsewhere each product is emulated and is slower
-  than float32. `native_bfloat16()` detects them.
+  bf16 matrix instructions (AMX or AVX512-BF16; `native_bfloat16()` detects them); elsewhere
+  each product is emulated and is no faster than float32. Where it is native, int8 still reads
+  half as many bytes, so on such a CPU `auto` times one layer's products in both formats and
+  picks the faster (`measure_formats`) instead of assuming.
 
 `float32` keeps the target's own weights (nothing copied): the same model drafting over its
 own cache, which tests use as the exact reference (every greedy draft accepted).
@@ -17,6 +19,8 @@ own cache, which tests use as the exact reference (every greedy draft accepted).
 from __future__ import annotations
 
 import platform
+import statistics
+import time
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -54,15 +58,46 @@ def native_bfloat16(device: torch.device) -> bool:
     return any(flag in cpu_flags() for flag in _BF16_FLAGS)
 
 
-def choose_format(requested: str, device: torch.device, target_dtype: torch.dtype) -> str:
-    """The format `auto` means here: bfloat16 where it is native (and cheaper than the target),
-    else int8 on a CPU; on CUDA bfloat16 (torch's int8 kernels are CPU-only)."""
+def choose_format(requested: str, device: torch.device, target_dtype: torch.dtype, model=None) -> str:
+    """The format `auto` means here: on CUDA bfloat16 (torch's int8 kernels are CPU-only); on a CPU
+    int8, or bfloat16 where it is native, the target is float32 and `model` is given and one
+    layer's one-token products measure faster in bfloat16 than in int8 (`measure_formats`)."""
     if requested != "auto":
         return requested
-    cheaper_bf16 = target_dtype == torch.float32 and native_bfloat16(device)
     if device.type == "cuda":
         return "bfloat16"
-    return "bfloat16" if cheaper_bf16 else "int8"
+    if target_dtype != torch.float32 or not native_bfloat16(device) or model is None:
+        return "int8"
+    seconds = measure_formats(model, ("int8", "bfloat16"))
+    return min(seconds, key=seconds.get)
+
+
+def measure_formats(model, formats=("int8", "bfloat16"), repeats: int = 50) -> dict[str, float]:
+    """Median seconds of one token through the first decoder layer's projections (query/key/value,
+    output, gate/up, down, fused as the copy fuses them), converted to each format.
+
+    One layer stands for all (they have the same shapes). Its weights stay in cache across
+    repeats, so this ranks kernels rather than memory traffic; on a Xeon without native bf16 the
+    ranking was the whole copy's (int8 0.6x the float32 forward, bfloat16 1.0x)."""
+    layer = model.model.layers[0]
+    attention, mlp = layer.self_attn, layer.mlp
+    groups = ([attention.q_proj, attention.k_proj, attention.v_proj], [attention.o_proj],
+              [mlp.gate_proj, mlp.up_proj], [mlp.down_proj])
+    seconds = {}
+    for fmt in formats:
+        dtype = compute_dtype(fmt, model.dtype)
+        products = [(projection(fmt, [m.weight for m in group], [m.bias for m in group]),
+                     torch.randn(1, 1, group[0].in_features, dtype=dtype, device=model.device)) for group in groups]
+        times = []
+        with torch.inference_mode():
+            for repeat in range(repeats + 5):
+                tic = time.perf_counter()
+                for product, x in products:
+                    product(x)
+                if repeat >= 5:
+                    times.append(time.perf_counter() - tic)
+        seconds[fmt] = statistics.median(times)
+    return seconds
 
 
 def check_format(fmt: str, device: torch.device, target_dtype: torch.dtype) -> None:
@@ -109,14 +144,14 @@ def _dense(weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) 
 
 def projection(fmt: str, weights: list[torch.Tensor], biases: list[torch.Tensor | None]) -> Projection:
     """One projection of the copy: the given weight matrices fused into one (their outputs
-    concatenated), converted to `fmt`."""
+    concatenated), converted to `fmt` (`float32`: a float32 copy, for measuring)."""
     weight = torch.cat([w.detach() for w in weights]) if len(weights) > 1 else weights[0].detach()
     bias = None
     if any(b is not None for b in biases):
         bias = torch.cat([b.detach() if b is not None else w.new_zeros(w.shape[0]) for w, b in zip(weights, biases)])
     if fmt == "int8":
         return _int8(weight, bias)
-    return _dense(weight, bias, torch.bfloat16)
+    return _dense(weight, bias, compute_dtype(fmt, weight.dtype))
 
 
 def copy_layers(model, fmt: str, keep: set[int] | None = None) -> list[LayerWeights]:
