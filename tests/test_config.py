@@ -106,8 +106,9 @@ def load_error(tmp_path, content: bytes | str) -> str:
 
 
 def test_a_file_that_is_not_utf8_is_refused_with_its_line(tmp_path):
+    # the offset is within line 2 (26), not within the file (35): what an editor's column shows
     assert load_error(tmp_path, b"name: ok\nsampling: {seed: 1}  # caf\xe9\n") == (
-        "pipeline.yaml:2: not UTF-8 text (byte 0xe9 at offset 35); save the file as UTF-8")
+        "pipeline.yaml:2: not UTF-8 text (byte 0xe9 at offset 26 of the line): save the file as UTF-8")
 
 
 @pytest.mark.parametrize("text, value", [

@@ -98,5 +98,5 @@ def test_the_shared_dev_questions_parse():
 def test_a_question_file_that_is_not_utf8_is_a_config_error(tmp_path):
     path = tmp_path / "q.jsonl"
     path.write_bytes(lines({"question_id": 1, "category": "qa", "turns": ["a"]}).encode() + b'{"x": "\xe9"}\n')
-    with pytest.raises(ConfigError, match=f"{path}:2: not UTF-8 text \\(byte 0xe9 at offset"):
+    with pytest.raises(ConfigError, match=f"{path}:2: not UTF-8 text \\(byte 0xe9 at offset 7 of the line\\)"):
         load_questions(path)

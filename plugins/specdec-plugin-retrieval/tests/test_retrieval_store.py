@@ -136,9 +136,10 @@ def test_missing_store_folder(tmp_path):
         open_store(tmp_path / "nowhere")
 
 
+# every bad byte is past the first line, so an offset within the file (28, 14, 10) would not match
 @pytest.mark.parametrize("name, content, where", [
     ("corpus.jsonl", b'{"text": "ok"}\n{"text": "caf\xe9"}\n', "2: not UTF-8 text (byte 0xe9 at offset 13 of the line)"),
-    ("corpus.json", b'[{"text": "\xff"}]', "1: not UTF-8 text (byte 0xff at offset 11 of the line)"),
+    ("corpus.json", b'[\n  {"text": "\xff"}\n]', "2: not UTF-8 text (byte 0xff at offset 12 of the line)"),
     ("notes.txt", b"fine\nfine\n\x80", "3: not UTF-8 text (byte 0x80 at offset 0 of the line)"),
 ])
 def test_corpus_files_that_are_not_utf8_are_named(tmp_path, name, content, where):

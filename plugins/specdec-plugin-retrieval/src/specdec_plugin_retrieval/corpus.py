@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from specdec import InputError, read_json_lines
+from specdec import InputError, read_json_lines, read_text_file
 
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                    "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "system": "system"}
@@ -62,32 +62,13 @@ def read_documents(paths: Sequence[str | os.PathLike], text_field: str = "text")
             for number, record in read_json_lines(path):
                 yield _record(record, f"{path}:{number}", text_field)
         elif suffix == ".json":
-            data = _parse(_read_text(path), str(path))
+            data = _parse(read_text_file(path, "corpus file", InputError), str(path))
             if not isinstance(data, list):
                 raise InputError(f"{path}: a .json corpus file must hold a list of records")
             for number, record in enumerate(data):
                 yield _record(record, f"{path}[{number}]", text_field)
         else:
-            yield Document(text=_read_text(path))
-
-
-def _read_text(path: Path) -> str:
-    """A corpus file's text; every corpus file is UTF-8, and the error says where it is not."""
-    try:
-        raw = path.read_bytes()
-    except OSError as error:
-        raise InputError(f"cannot read corpus file {path}: {error.strerror or error}") from None
-    return _decode(raw, path)
-
-
-def _decode(raw: bytes, path: Path) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = 1 + raw.count(b"\n", 0, error.start)
-        offset = error.start - (raw.rfind(b"\n", 0, error.start) + 1)
-        raise InputError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[error.start]:02x} at offset {offset} of the "
-                         f"line): save the file as UTF-8") from None
+            yield Document(text=read_text_file(path, "corpus file", InputError))
 
 
 def _parse(text: str, where: str) -> Any:
