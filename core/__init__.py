@@ -102,6 +102,10 @@ _EXPORTS = {
     "TensorParallel": "specdec.distributed",
     "collective_timeout_seconds": "specdec.distributed",
     "exit_rank": "specdec.distributed",
+    # torch-free: what torchrun told this process (the CLIs read it before loading anything)
+    "is_follower_rank": "specdec.launch",
+    "launched_rank": "specdec.launch",
+    "launched_ranks": "specdec.launch",
     "json_lines": "specdec.jsonl",
     "parse_json_lines": "specdec.jsonl",
     "chat_messages": "specdec.jsonl",

@@ -55,10 +55,10 @@ def main(argv: Sequence[str] | None = None, plugins=None) -> int:
 
 def _rank_prefix() -> str:
     """"rank R: " in a process that torchrun started with other ranks (each may fail for its own reason)."""
-    import os
+    from specdec.launch import launched_rank
 
-    ranks, rank = os.environ.get("WORLD_SIZE", "1"), os.environ.get("RANK")
-    return f"rank {rank}: " if rank is not None and ranks != "1" else ""
+    rank = launched_rank()
+    return f"rank {rank}: " if rank is not None else ""
 
 
 def _parser(plugins) -> argparse.ArgumentParser:
@@ -116,7 +116,8 @@ def with_tp_size(validated, tp_size: int | None):
     the whole model alone and print the same text.
     """
     import dataclasses
-    import os
+
+    from specdec.launch import launched_ranks
 
     if tp_size is not None:
         if tp_size < 1:
@@ -124,8 +125,8 @@ def with_tp_size(validated, tp_size: int | None):
         spec = validated.spec
         target = spec.target.model_copy(update={"tp_size": tp_size})
         validated = dataclasses.replace(validated, spec=spec.model_copy(update={"target": target}))
-    world = os.environ.get("WORLD_SIZE", "1")
-    if validated.spec.target.tp_size == 1 and world.isdigit() and int(world) > 1:
+    world = launched_ranks() or 1
+    if validated.spec.target.tp_size == 1 and world > 1:
         raise ConfigError(f"torchrun started {world} processes but {validated.source} has target.tp_size 1: "
                           f"pass --tp-size {world} to shard the target over them (docs/scaling.md), or run "
                           f"specdec without torchrun")

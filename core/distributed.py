@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 import torch
 
 from specdec.errors import ConfigError, GenerationError, ModelMismatchError
+from specdec.launch import launched_ranks
 
 #: Seconds a collective may wait for the other ranks before the job fails (SPECDEC_TP_TIMEOUT):
 #: long enough for a large checkpoint to load on every rank, short enough that a hung rank is noticed.
@@ -113,12 +114,6 @@ class TensorParallel:
         except ConfigError as error:
             raise GenerationError(f"{error}. A drafter or policy made a rank-local decision (timing, unseeded "
                                   f"randomness); see docs/scaling.md") from None
-
-
-def launched_ranks() -> int | None:
-    """WORLD_SIZE when this process was launched by torchrun (or another launcher setting it), else None."""
-    world = os.environ.get("WORLD_SIZE")
-    return int(world) if world and world.isdigit() else None
 
 
 def start(tp_size: int, device: str) -> TensorParallel:

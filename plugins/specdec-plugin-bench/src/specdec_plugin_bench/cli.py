@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from specdec import ConfigError, with_tp_size
+from specdec import ConfigError, is_follower_rank, with_tp_size
 
 DESCRIPTION = """\
 Spec-Bench-style benchmark: every method answers the same questions (multi-turn ones with its
@@ -109,7 +109,7 @@ def run_command(args: argparse.Namespace) -> int:
         if args.resume or args.report:
             raise ConfigError("--resume and --report read a results folder that only rank 0 writes; run them "
                               "without --tp-size (--report needs no model) or start a new benchmark")
-        if os.environ.get("RANK", "0") != "0":
+        if is_follower_rank():
             return _follow(args)
     return _run(args)
 

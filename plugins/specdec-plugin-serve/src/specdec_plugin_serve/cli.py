@@ -14,9 +14,8 @@ This module stays light (argparse only); the handler imports torch, FastAPI and 
 from __future__ import annotations
 
 import argparse
-import os
 
-from specdec import ConfigError
+from specdec import ConfigError, is_follower_rank
 
 DESCRIPTION = """\
 Serve a pipeline over HTTP with OpenAI's API: POST /v1/completions and /v1/chat/completions
@@ -101,7 +100,7 @@ def run_command(args: argparse.Namespace) -> int:
     plugins = default_plugins()
     validated = with_tp_size(validated_pipeline(args.pipeline, plugins), args.tp_size)
     sharded = validated.spec.target.tp_size > 1
-    follower = sharded and os.environ.get("RANK", "0") != "0"
+    follower = sharded and is_follower_rank()
     # before the model loads: a port in use fails in a second (rank 0 alone listens)
     listener = None if follower else bind(args.host, args.port)
     pipeline = Pipeline(validated, plugins)
