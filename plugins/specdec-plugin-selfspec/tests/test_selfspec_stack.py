@@ -117,10 +117,9 @@ def test_a_tensor_parallel_target_is_refused():
         check_architecture(model)
 
 
-def test_auto_format_measures_bfloat16_against_int8_only_where_bfloat16_is_native(monkeypatch):
+def test_auto_format_measures_bfloat16_against_int8_only_where_both_run(monkeypatch):
     import specdec_plugin_selfspec.formats as formats
 
-    cpu, model = torch.device("cpu"), tiny_llama()
     measured = []
     timings = {"int8": 2e-4, "bfloat16": 1e-4}
 
@@ -131,16 +130,28 @@ def test_auto_format_measures_bfloat16_against_int8_only_where_bfloat16_is_nativ
     monkeypatch.setattr(formats, "measure_formats", measure)
     monkeypatch.setattr(formats.platform, "machine", lambda: "x86_64")
     monkeypatch.setattr(formats, "cpu_flags", lambda: frozenset({"avx512f", "avx512_vnni"}))
-    assert not native_bfloat16(cpu) and choose_format("auto", cpu, torch.float32, model) == "int8"
+    assert not native_bfloat16(torch.device("cpu")) and choose_format("auto", tiny_llama()) == "int8"
     assert measured == []  # emulated bf16 is never faster: nothing to measure
     monkeypatch.setattr(formats, "cpu_flags", lambda: frozenset({"avx512f", "amx_bf16", "amx_tile"}))
-    assert native_bfloat16(cpu) and choose_format("auto", cpu, torch.float32, model) == "bfloat16"
+    model = tiny_llama()
+    assert native_bfloat16(torch.device("cpu")) and choose_format("auto", model) == "bfloat16"
     assert measured == [("int8", "bfloat16")]
+    assert choose_format("auto", model) == "bfloat16" and len(measured) == 1  # measured once per target
     timings["int8"] = 5e-5  # native bf16, but int8's products measure faster: int8
-    assert choose_format("auto", cpu, torch.float32, model) == "int8"
-    assert choose_format("auto", cpu, torch.bfloat16, model) == "int8"  # a bf16 target: int8 reads fewer bytes
-    assert choose_format("int8", cpu, torch.float32, model) == "int8"
+    assert choose_format("auto", tiny_llama()) == "int8"
+    assert choose_format("auto", tiny_llama(), seconds={"int8": 3.0, "bfloat16": 2.0, "float32": 1.0}) == "bfloat16"
+    assert choose_format("auto", tiny_llama().to(torch.bfloat16)) == "int8"  # a bf16 target: int8 reads fewer bytes
+    assert choose_format("int8", tiny_llama()) == "int8"
     assert len(measured) == 2
+    monkeypatch.setattr(formats, "int8_available", lambda: False)  # no quantized engine: native bf16 alone
+    assert choose_format("auto", tiny_llama()) == "bfloat16" and len(measured) == 2
+
+
+def test_auto_format_is_bfloat16_on_cuda():
+    from specdec_plugin_selfspec.formats import auto_candidates
+
+    assert auto_candidates(torch.device("cuda"), torch.float32) == ("bfloat16",)
+    assert auto_candidates(torch.device("cuda"), torch.bfloat16) == ("bfloat16",)
 
 
 def test_measure_formats_times_each_format_of_one_layer():

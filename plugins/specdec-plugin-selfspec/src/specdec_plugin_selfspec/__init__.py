@@ -134,7 +134,7 @@ def build_low_precision(context, params: LowPrecisionParams):
     check_architecture(target)
     num_layers = text_config(target).num_hidden_layers
     _check_skip(params.skip, num_layers)
-    fmt = choose_format(params.format, target.device, target.dtype, target)
+    fmt = choose_format(params.format, target)
     try:
         check_format(fmt, target.device, target.dtype)
     except ValueError as error:
@@ -190,7 +190,7 @@ def build_layer_skip(context, params: LayerSkipParams):
 @hookimpl
 def register_drafters(register):
     register("low_precision", LowPrecisionParams, build_low_precision,
-             description="a cheaper copy of the target (int8, or bfloat16 where native) drafts chains over "
+             description="a cheaper copy of the target (int8, or bfloat16 where native and faster) drafts chains over "
                          "its own cache; the target verifies")
     register("layer_skip", LayerSkipParams, build_layer_skip,
              description="the target's own layers minus a skipped set (given, or searched while decoding) "

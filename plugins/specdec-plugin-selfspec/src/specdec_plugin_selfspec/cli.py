@@ -31,7 +31,8 @@ def add_commands(subparsers) -> None:
 
     formats = commands.add_parser("formats", help="say which format low_precision's `auto` picks on this machine")
     formats.add_argument("--device", default="cpu")
-    formats.add_argument("--model", default=None, help="the target (default: the embedded default model)")
+    formats.add_argument("--model", default=None,
+                         help="on a CPU, the target whose first layer is timed (default: the embedded default model)")
     formats.set_defaults(handler=_formats)
 
 
@@ -53,19 +54,22 @@ def _formats(args: argparse.Namespace) -> int:
     import torch
 
     from specdec import load_model
-    from specdec_plugin_selfspec.formats import choose_format, cpu_flags, measure_formats, native_bfloat16
+    from specdec_plugin_selfspec.formats import (auto_candidates, choose_format, cpu_flags, int8_available,
+                                                 measure_formats, native_bfloat16)
+    from specdec_plugin_selfspec.stack import check_architecture
 
     device = torch.device(args.device)
     flags = sorted(flag for flag in cpu_flags() if "bf16" in flag or "amx" in flag or "vnni" in flag)
     report = {"device": str(device), "native_bfloat16": native_bfloat16(device), "cpu_flags": flags,
               "quantized_engine": torch.backends.quantized.engine}
-    model = None
+    auto = auto_candidates(device, torch.float32)[0]
     if device.type == "cpu":  # what `auto` measures: one layer's one-token products in each format
-        model, _ = load_model(args.model, device=device)
-        candidates = ("int8", "bfloat16", "float32") if torch.backends.quantized.engine not in (None, "none") \
-            else ("bfloat16", "float32")
-        report["one_layer_microseconds"] = {fmt: round(seconds * 1e6, 1)
-                                            for fmt, seconds in measure_formats(model, candidates).items()}
-    report["auto_format_for_float32_target"] = choose_format("auto", device, torch.float32, model)
+        model, _ = load_model(args.model, device=device, dtype="float32")
+        check_architecture(model)
+        formats = (("int8",) if int8_available() else ()) + ("bfloat16", "float32")
+        seconds = measure_formats(model, formats)
+        report["one_layer_microseconds"] = {fmt: round(value * 1e6, 1) for fmt, value in seconds.items()}
+        auto = choose_format("auto", model, seconds)
+    report["auto_format_for_float32_target"] = auto
     print(json.dumps(report, indent=2))
     return 0

@@ -22,6 +22,7 @@ import platform
 import statistics
 import time
 import warnings
+import weakref
 from functools import lru_cache
 from pathlib import Path
 
@@ -58,46 +59,78 @@ def native_bfloat16(device: torch.device) -> bool:
     return any(flag in cpu_flags() for flag in _BF16_FLAGS)
 
 
-def choose_format(requested: str, device: torch.device, target_dtype: torch.dtype, model=None) -> str:
-    """The format `auto` means here: on CUDA bfloat16 (torch's int8 kernels are CPU-only); on a CPU
-    int8, or bfloat16 where it is native, the target is float32 and `model` is given and one
-    layer's one-token products measure faster in bfloat16 than in int8 (`measure_formats`)."""
+def int8_available() -> bool:
+    """Whether this torch build has a quantized engine to run int8 copies with."""
+    return torch.backends.quantized.engine not in (None, "none")
+
+
+def auto_candidates(device: torch.device, target_dtype: torch.dtype) -> tuple[str, ...]:
+    """The formats `auto` chooses among on `device` for a `target_dtype` target: on CUDA bfloat16
+    (torch's int8 kernels are CPU-only); on a CPU int8 where torch has a quantized engine, and
+    bfloat16 where it is native and the target is float32 (else it reads as many bytes)."""
+    if device.type == "cuda":
+        return ("bfloat16",)
+    candidates = ("int8",) if int8_available() else ()
+    if target_dtype == torch.float32 and native_bfloat16(device):
+        candidates += ("bfloat16",)
+    return candidates or ("int8",)  # none runs here: check_format says what is missing
+
+
+#: `auto`'s measured choice per target, so that every drafter built on one target drafts in one format
+_auto_choice: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
+
+
+def choose_format(requested: str, model, seconds: dict[str, float] | None = None) -> str:
+    """The format `requested` means for `model`: itself, or for `auto` the one candidate
+    (`auto_candidates`), or where there are two (a CPU with native bf16 and int8 kernels) the one
+    whose one-token products measure faster (`measure_formats`, once per model; `seconds`: times
+    already measured, e.g. by `specdec selfspec formats`)."""
     if requested != "auto":
         return requested
-    if device.type == "cuda":
-        return "bfloat16"
-    if target_dtype != torch.float32 or not native_bfloat16(device) or model is None:
-        return "int8"
-    seconds = measure_formats(model, ("int8", "bfloat16"))
-    return min(seconds, key=seconds.get)
+    candidates = auto_candidates(model.device, model.dtype)
+    if len(candidates) == 1:
+        return candidates[0]
+    if seconds is not None:
+        return min(candidates, key=seconds.__getitem__)
+    if model not in _auto_choice:
+        measured = measure_formats(model, candidates)
+        _auto_choice[model] = min(candidates, key=measured.__getitem__)
+    return _auto_choice[model]
 
 
-def measure_formats(model, formats=("int8", "bfloat16"), repeats: int = 50) -> dict[str, float]:
+#: untimed rounds before `measure_formats` times (first calls allocate and pack)
+WARMUP_ROUNDS = 5
+
+
+def measure_formats(model, formats=("int8", "bfloat16"), repeats: int = 50, seed: int = 0) -> dict[str, float]:
     """Median seconds of one token through the first decoder layer's projections (query/key/value,
     output, gate/up, down, fused as the copy fuses them), converted to each format.
 
     One layer stands for all (they have the same shapes). Its weights stay in cache across
     repeats, so this ranks kernels rather than memory traffic; on a Xeon without native bf16 the
-    ranking was the whole copy's (int8 0.6x the float32 forward, bfloat16 1.0x)."""
+    ranking was the whole copy's (int8 0.6x the float32 forward, bfloat16 1.0x). Formats are
+    interleaved within each round, so that load changes hit every format alike."""
     layer = model.model.layers[0]
     attention, mlp = layer.self_attn, layer.mlp
     groups = ([attention.q_proj, attention.k_proj, attention.v_proj], [attention.o_proj],
               [mlp.gate_proj, mlp.up_proj], [mlp.down_proj])
-    seconds = {}
+    generator = torch.Generator().manual_seed(seed)
+    products = {}
     for fmt in formats:
         dtype = compute_dtype(fmt, model.dtype)
-        products = [(projection(fmt, [m.weight for m in group], [m.bias for m in group]),
-                     torch.randn(1, 1, group[0].in_features, dtype=dtype, device=model.device)) for group in groups]
-        times = []
-        with torch.inference_mode():
-            for repeat in range(repeats + 5):
+        products[fmt] = [(projection(fmt, [m.weight for m in group], [m.bias for m in group]),
+                          torch.randn(1, 1, group[0].in_features, generator=generator).to(model.device, dtype))
+                         for group in groups]
+    times: dict[str, list[float]] = {fmt: [] for fmt in formats}
+    with torch.inference_mode():
+        for repeat in range(WARMUP_ROUNDS + repeats):
+            for fmt in formats:
                 tic = time.perf_counter()
-                for product, x in products:
+                for product, x in products[fmt]:
                     product(x)
-                if repeat >= 5:
-                    times.append(time.perf_counter() - tic)
-        seconds[fmt] = statistics.median(times)
-    return seconds
+                if repeat >= WARMUP_ROUNDS:
+                    times[fmt].append(time.perf_counter() - tic)
+    return {fmt: statistics.median(values) for fmt, values in times.items()}
 
 
 def check_format(fmt: str, device: torch.device, target_dtype: torch.dtype) -> None:
@@ -106,7 +139,7 @@ def check_format(fmt: str, device: torch.device, target_dtype: torch.dtype) -> N
         if device.type != "cpu":
             raise ValueError(f"format int8 uses torch's CPU quantized kernels; the target is on {device}: "
                              f"use format bfloat16 (or auto)")
-        if torch.backends.quantized.engine in (None, "none"):
+        if not int8_available():
             raise ValueError("format int8 needs a torch build with a quantized engine (fbgemm/x86 or qnnpack), "
                              f"and this one has none ({torch.backends.quantized.supported_engines}); use format "
                              "bfloat16 or float32")
@@ -144,7 +177,7 @@ def _dense(weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) 
 
 def projection(fmt: str, weights: list[torch.Tensor], biases: list[torch.Tensor | None]) -> Projection:
     """One projection of the copy: the given weight matrices fused into one (their outputs
-    concatenated), converted to `fmt` (`float32`: a float32 copy, for measuring)."""
+    concatenated), converted to `fmt` (`float32`: in the target's dtype, for measuring)."""
     weight = torch.cat([w.detach() for w in weights]) if len(weights) > 1 else weights[0].detach()
     bias = None
     if any(b is not None for b in biases):
