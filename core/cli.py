@@ -18,6 +18,7 @@ import sys
 from typing import NoReturn, Sequence
 
 from specdec.errors import ConfigError, SpecdecError
+from specdec.launch import launched_rank, launched_ranks
 
 #: Used when `specdec generate` gets no --pipeline: the default model and plain decoding, with
 #: the sections a plugin offers through the `default_pipeline` hook merged over it.
@@ -55,8 +56,6 @@ def main(argv: Sequence[str] | None = None, plugins=None) -> int:
 
 def _rank_prefix() -> str:
     """"rank R: " in a process that torchrun started with other ranks (each may fail for its own reason)."""
-    from specdec.launch import launched_rank
-
     rank = launched_rank()
     return f"rank {rank}: " if rank is not None else ""
 
@@ -116,8 +115,6 @@ def with_tp_size(validated, tp_size: int | None):
     the whole model alone and print the same text.
     """
     import dataclasses
-
-    from specdec.launch import launched_ranks
 
     if tp_size is not None:
         if tp_size < 1:

@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from specdec.errors import ConfigError, SpecdecError
+from specdec.jsonl import not_utf8
 from specdec.params import SamplingParams
 from specdec.registry import Registry
 
@@ -179,7 +180,7 @@ def parse_yaml(text: str, source: str = "<yaml>") -> Any:
 def read_text_file(path: str | Path, what: str, error: type[SpecdecError] = ConfigError) -> str:
     """The text of a UTF-8 input file (a pipeline, a question set, a training file, a corpus file):
     a file that cannot be read or decoded raises `error` naming it, with the 1-based line of the
-    first bad byte and its offset within that line (what an editor shows), as `read_json_lines` does.
+    first bad byte and its 0-based byte offset within that line, as `read_json_lines` does.
 
     :param what: what the file is, for the message ("pipeline file").
     :param error: the exception to raise (`ConfigError` for settings, `InputError` for data).
@@ -194,8 +195,7 @@ def read_text_file(path: str | Path, what: str, error: type[SpecdecError] = Conf
     except UnicodeDecodeError as failure:
         line = raw.count(b"\n", 0, failure.start) + 1
         offset = failure.start - (raw.rfind(b"\n", 0, failure.start) + 1)
-        raise error(f"{path}:{line}: not UTF-8 text (byte 0x{raw[failure.start]:02x} at offset {offset} "
-                    f"of the line): save the file as UTF-8") from None
+        raise error(not_utf8(path, line, raw[failure.start], offset)) from None
 
 
 def load_yaml(path: str | Path) -> tuple[Any, str]:

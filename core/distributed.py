@@ -179,7 +179,7 @@ def exit_rank(code: int = 0) -> NoReturn:
             torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     except Exception as error:  # noqa: BLE001 - another rank is gone; leave with this rank's status anyway
-        print(f"specdec: rank {os.environ.get('RANK', '?')}: leaving the tensor-parallel group failed: "
+        print(f"specdec: rank {torch.distributed.get_rank()}: leaving the tensor-parallel group failed: "
               f"{type(error).__name__}: {str(error).strip()[:300]}", file=sys.stderr)
         code = code or 1
     for stream in (sys.stdout, sys.stderr):

@@ -69,8 +69,14 @@ def _decoded(raw: bytes, path: Path, number: int) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise InputError(f"{path}:{number}: not UTF-8 text (byte 0x{raw[error.start]:02x} at offset "
-                         f"{error.start} of the line): save the file as UTF-8") from None
+        raise InputError(not_utf8(path, number, raw[error.start], error.start)) from None
+
+
+def not_utf8(path: str | os.PathLike, line: int, byte: int, offset: int) -> str:
+    """What is wrong with a file that is not UTF-8 text: where (`file:line`, 1-based), which byte
+    and its 0-based offset within that line, and how to fix it. Every reader of text files says it
+    so (`read_json_lines`, `read_text_file`)."""
+    return f"{path}:{line}: not UTF-8 text (byte 0x{byte:02x} at offset {offset} of the line): save the file as UTF-8"
 
 
 def read_chat_prompts(path: str | os.PathLike) -> list[Messages]:

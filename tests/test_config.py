@@ -106,7 +106,7 @@ def load_error(tmp_path, content: bytes | str) -> str:
 
 
 def test_a_file_that_is_not_utf8_is_refused_with_its_line(tmp_path):
-    # the offset is within line 2 (26), not within the file (35): what an editor's column shows
+    # the 0-based byte offset within line 2 (26), not within the file (35)
     assert load_error(tmp_path, b"name: ok\nsampling: {seed: 1}  # caf\xe9\n") == (
         "pipeline.yaml:2: not UTF-8 text (byte 0xe9 at offset 26 of the line): save the file as UTF-8")
 

@@ -16,6 +16,7 @@ from specdec import is_follower_rank, launched_rank, launched_ranks
     ("4", "3", 4, 3, True),
     ("2", None, 2, None, False),  # a launcher that sets no RANK: nothing to tell apart
     ("two", "1", None, None, False),  # garbage is not a launch
+    ("2", "x", 2, None, False),  # nor a garbage rank: this process acts as rank 0 would
 ])
 def test_ranks_come_from_the_launchers_environment(monkeypatch, world, rank, ranks, expected_rank, follower):
     for name, value in (("WORLD_SIZE", world), ("RANK", rank)):
