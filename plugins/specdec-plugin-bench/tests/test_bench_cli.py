@@ -232,6 +232,15 @@ def test_tp_size_refuses_resume_and_report(files, tmp_path, capsys):
     assert "only rank 0 writes" in capsys.readouterr().err
 
 
+def test_a_torchrun_launch_counts_as_sharded_without_tp_size(files, tmp_path, capsys, monkeypatch):
+    """Pipelines may shard the target themselves (`target.tp_size: 2`): the launch, not the flag,
+    says that only rank 0 writes."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert main(["bench", "--report", str(tmp_path)]) == 2
+    assert "only rank 0 writes" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_bench_under_torchrun_writes_once_from_rank_0(files, tmp_path):
     """`--tp-size 2` on 2 CPU ranks (gloo): one report, from rank 0, with outputs equal to AR's."""

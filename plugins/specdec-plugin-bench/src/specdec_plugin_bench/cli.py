@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from specdec import ConfigError, is_follower_rank, with_tp_size
+from specdec import ConfigError, is_follower_rank, launched_ranks, with_tp_size
 
 DESCRIPTION = """\
 Spec-Bench-style benchmark: every method answers the same questions (multi-turn ones with its
@@ -102,13 +102,14 @@ def _positive(text: str) -> int:
 def run_command(args: argparse.Namespace) -> int:
     """The `specdec bench` handler; returns the exit code (130 when interrupted).
 
-    Under `--tp-size N` every rank runs the same benchmark (its forwards are collective); rank 0
-    prints and writes the results, the other ranks write into a folder they delete.
+    Under torchrun (`--tp-size N`, or pipelines with `target.tp_size: N`) every rank runs the same
+    benchmark (its forwards are collective); rank 0 prints and writes the results, the other ranks
+    write into a folder they delete.
     """
-    if (args.tp_size or 1) > 1:
+    if (args.tp_size or 1) > 1 or (launched_ranks() or 1) > 1:
         if args.resume or args.report:
             raise ConfigError("--resume and --report read a results folder that only rank 0 writes; run them "
-                              "without --tp-size (--report needs no model) or start a new benchmark")
+                              "without --tp-size and torchrun (--report needs no model) or start a new benchmark")
         if is_follower_rank():
             return _follow(args)
     return _run(args)
