@@ -221,8 +221,6 @@ def head_projection(model, fmt: str, token_ids: torch.Tensor | None) -> Projecti
     if token_ids is not None:
         rows = token_ids.to(weight.device)
         weight, bias = weight[rows], None if bias is None else bias[rows]
-    if fmt == "float32":
-        if token_ids is None:
-            return linear(head)
-        return _dense(weight, bias, model.dtype)
+    if fmt == "float32" and token_ids is None:
+        return linear(head)
     return projection(fmt, [weight], [bias])
