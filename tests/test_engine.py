@@ -155,12 +155,23 @@ def test_stop_strings_need_a_tokenizer():
         plain.generate([1], stop_strings=("x",))
 
 
-def test_models_that_ignore_position_ids_are_refused():
-    """ALiBi-style models place keys by cache index; a tree would be verified wrong, silently."""
-    broken = tiny_llama(7, vocab_size=VOCAB)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_models_that_ignore_position_ids_are_refused(dtype):
+    """ALiBi-style models place keys by cache index; a tree would be verified wrong, silently.
+    16-bit forwards round differently per shape: the check must still see this through it."""
+    broken = tiny_llama(7, vocab_size=VOCAB).to(dtype)
     forward = broken.forward
     broken.forward = lambda *args, position_ids=None, **kwargs: forward(*args, **kwargs)
     with pytest.raises(ModelMismatchError, match="does not honour position ids"):
+        HFVerifier(broken)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_models_that_ignore_the_tree_mask_are_refused(dtype):
+    broken = tiny_llama(7, vocab_size=VOCAB).to(dtype)
+    forward = broken.forward
+    broken.forward = lambda *args, attention_mask=None, **kwargs: forward(*args, **kwargs)
+    with pytest.raises(ModelMismatchError, match="does not honour position ids or custom attention masks"):
         HFVerifier(broken)
 
 
