@@ -14,6 +14,8 @@
 #   serve          `specdec serve` with prompt lookup under the load test, speculation on/off
 #   selfspec       `specdec bench` with low_precision (a bfloat16 copy of a float32 target) and
 #                  layer_skip (few questions: their draft forwards run eagerly)
+#   eagle          `specdec bench` in bfloat16, greedy: the shipped EAGLE draft model against Medusa
+#   eagle-t07      the same at temperature 0.7: sampled drafts and top-k drafts (`sample: false`)
 #
 # Expects specdec and its plugins installed (`.ci/setup` with SPECDEC_TORCH set to a CUDA build,
 # or `pip install -e . plugins/*`). SPECDEC_QUESTIONS names the question file, SPECDEC_DEADLINE
@@ -89,6 +91,12 @@ for name in "${stages[@]}"; do
         --device cuda --dtype float32 --hf-baselines none -o "$out/selfspec" \
         -p plugins/specdec-plugin-selfspec/examples/low-precision.yaml \
            plugins/specdec-plugin-selfspec/examples/layer-skip-auto.yaml ;;
+    eagle) stage eagle 300 "${bench[@]}" --device cuda --dtype bfloat16 --hf-baselines none -o "$out/eagle" \
+        -p plugins/specdec-plugin-eagle/examples/eagle-greedy.yaml plugins/specdec-plugin-medusa/examples/medusa-greedy.yaml ;;
+    eagle-t07) stage eagle-t07 300 "${bench[@]}" --device cuda --dtype bfloat16 --hf-baselines none \
+        --temperature 0.7 --seed 0 -o "$out/eagle-t07" \
+        -p plugins/specdec-plugin-eagle/examples/eagle-sampling.yaml \
+           plugins/specdec-plugin-eagle/examples/eagle-sampling-topk.yaml ;;
     *) echo "unknown stage $name"; exit 2 ;;
   esac
 done
