@@ -95,13 +95,13 @@ def check_tree_attention(model) -> None:
                       use_cache=False).logits[0, -1].float()
     scale = float(alone.abs().max()) + 1.0
     shapes_tolerance = 1e-2 if torch.finfo(model.dtype).bits >= 32 else 5e-2
-    for logits, tolerance in ((first_row, 1e-2), (alone, shapes_tolerance)):
+    for logits, tolerance, where in ((first_row, 1e-2, "verified in another place of the tree"),
+                                     (alone, shapes_tolerance, "decoded alone")):
         if not torch.allclose(last, logits, rtol=tolerance, atol=tolerance * scale):
             raise ModelMismatchError(
                 f"{type(model).__name__} gives different logits for a token verified in a tree than for the "
-                f"same token {'verified in another place of the tree' if logits is first_row else 'decoded alone'} "
-                f"(max difference {float((last - logits).abs().max()):.3g}); it does not honour position ids or "
-                f"custom attention masks, so specdec cannot verify trees on it")
+                f"same token {where} (max difference {float((last - logits).abs().max()):.3g}); it does not "
+                f"honour position ids or custom attention masks, so specdec cannot verify trees on it")
 
 
 def cache_argument(model) -> str:

@@ -110,15 +110,12 @@ def measure_formats(model, formats=("int8", "bfloat16"), repeats: int = 50, seed
     repeats, so this ranks kernels rather than memory traffic; on a Xeon without native bf16 the
     ranking was the whole copy's (int8 0.6x the float32 forward, bfloat16 1.0x). Formats are
     interleaved within each round, so that load changes hit every format alike."""
-    layer = model.model.layers[0]
-    attention, mlp = layer.self_attn, layer.mlp
-    groups = ([attention.q_proj, attention.k_proj, attention.v_proj], [attention.o_proj],
-              [mlp.gate_proj, mlp.up_proj], [mlp.down_proj])
+    groups = fused_groups(model.model.layers[0])
     generator = torch.Generator().manual_seed(seed)
     products = {}
     for fmt in formats:
         dtype = compute_dtype(fmt, model.dtype)
-        products[fmt] = [(projection(fmt, [m.weight for m in group], [m.bias for m in group]),
+        products[fmt] = [(fused_projection(fmt, group),
                           torch.randn(1, 1, group[0].in_features, generator=generator).to(model.device, dtype))
                          for group in groups]
     times: dict[str, list[float]] = {fmt: [] for fmt in formats}
@@ -187,6 +184,18 @@ def projection(fmt: str, weights: list[torch.Tensor], biases: list[torch.Tensor 
     return _dense(weight, bias, compute_dtype(fmt, weight.dtype))
 
 
+def fused_groups(layer) -> tuple[list[torch.nn.Linear], ...]:
+    """A decoder layer's projections as the copy fuses them: query/key/value, output, gate/up, down."""
+    attention, mlp = layer.self_attn, layer.mlp
+    return ([attention.q_proj, attention.k_proj, attention.v_proj], [attention.o_proj],
+            [mlp.gate_proj, mlp.up_proj], [mlp.down_proj])
+
+
+def fused_projection(fmt: str, modules: list[torch.nn.Linear]) -> Projection:
+    """`modules` (one of `fused_groups`) as one projection in `fmt`."""
+    return projection(fmt, [module.weight for module in modules], [module.bias for module in modules])
+
+
 def copy_layers(model, fmt: str, keep: set[int] | None = None) -> list[LayerWeights]:
     """The model's decoder layers in `fmt` (`float32`: the model's own weights, uncopied).
     Layers outside `keep` (when given) are not converted: the copy never runs them."""
@@ -198,16 +207,11 @@ def copy_layers(model, fmt: str, keep: set[int] | None = None) -> list[LayerWeig
         if keep is not None and weights.index not in keep:
             copies.append(weights)
             continue
-        attention, mlp = layer.self_attn, layer.mlp
-        q, k, v = attention.q_proj, attention.k_proj, attention.v_proj
+        qkv, o, gate_up, down = (fused_projection(fmt, group) for group in fused_groups(layer))
         dtype = compute_dtype(fmt, model.dtype)
         copies.append(LayerWeights(
-            weights.index, weights.input_norm.detach().to(dtype),
-            projection(fmt, [q.weight, k.weight, v.weight], [q.bias, k.bias, v.bias]),
-            projection(fmt, [attention.o_proj.weight], [attention.o_proj.bias]),
-            weights.post_norm.detach().to(dtype),
-            projection(fmt, [mlp.gate_proj.weight, mlp.up_proj.weight], [mlp.gate_proj.bias, mlp.up_proj.bias]),
-            projection(fmt, [mlp.down_proj.weight], [mlp.down_proj.bias]),
+            weights.index, weights.input_norm.detach().to(dtype), qkv, o,
+            weights.post_norm.detach().to(dtype), gate_up, down,
             None if weights.q_norm is None else weights.q_norm.detach().to(dtype),
             None if weights.k_norm is None else weights.k_norm.detach().to(dtype)))
     return copies
