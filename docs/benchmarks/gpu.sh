@@ -6,6 +6,8 @@
 #
 # Stages (default: cuda-tests enginebench throughput):
 #   cuda-tests     tests/test_cuda.py
+#   tp-one-rank    what tensor parallelism costs a one-GPU target (tp_size 1): the forward as
+#                  shipped against the forward before it landed, alternating (tp_one_rank.py)
 #   enginebench    batch-1 plain decoding against generate(), CUDA-graph step overhead, throughput
 #                  by batch size (add --random-weights as a stage to use random weights instead)
 #   throughput     `specdec bench --batch-size 1 8 32` with prompt lookup
@@ -71,6 +73,8 @@ bench=(specdec bench -q "$questions" --limit "$limit" -n "$tokens" --no-progress
 for name in "${stages[@]}"; do
   case $name in
     cuda-tests) stage cuda-tests 120 python3 -m pytest -q -p no:cacheprovider --durations=15 tests/test_cuda.py ;;
+    tp-one-rank) stage tp-one-rank 120 python3 docs/benchmarks/tp_one_rank.py --questions "$questions" \
+        --device cuda --dtype bfloat16 --prompts 6 --tokens "$tokens" --rounds 3 ;;
     enginebench) stage enginebench 400 python3 -m specdec_plugin_bench.enginebench --questions "$questions" \
         --device cuda --dtype bfloat16 --prompts "$limit" --max-new-tokens "$tokens" --repeats 1 --hf-static --batch-sizes 1 8 32 ;;
     --random-weights) stage enginebench 400 python3 -m specdec_plugin_bench.enginebench --random-weights \
