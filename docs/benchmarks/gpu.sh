@@ -18,6 +18,8 @@
 #                  layer_skip (few questions: their draft forwards run eagerly)
 #   eagle          `specdec bench` in bfloat16, greedy: the shipped EAGLE draft model against Medusa
 #   eagle-t07      the same at temperature 0.7: sampled drafts and top-k drafts (`sample: false`)
+#   profile        where EAGLE's and the low-precision copy's drafting time goes on the GPU
+#                  (profile_pipeline.py: Python functions and torch operators)
 #
 # Expects specdec and its plugins installed (`.ci/setup` with SPECDEC_TORCH set to a CUDA build,
 # or `pip install -e . plugins/*`). SPECDEC_QUESTIONS names the question file, SPECDEC_DEADLINE
@@ -101,6 +103,11 @@ for name in "${stages[@]}"; do
         --temperature 0.7 --seed 0 -o "$out/eagle-t07" \
         -p plugins/specdec-plugin-eagle/examples/eagle-sampling.yaml \
            plugins/specdec-plugin-eagle/examples/eagle-sampling-topk.yaml ;;
+    profile) stage profile 150 bash -c "python3 docs/benchmarks/profile_pipeline.py \
+        plugins/specdec-plugin-eagle/examples/eagle-greedy.yaml --questions '$questions' --device cuda \
+        --dtype bfloat16 --prompts 2 --tokens 64 && python3 docs/benchmarks/profile_pipeline.py \
+        plugins/specdec-plugin-selfspec/examples/low-precision.yaml --questions '$questions' --device cuda \
+        --dtype float32 --prompts 2 --tokens 64" ;;
     *) echo "unknown stage $name"; exit 2 ;;
   esac
 done
