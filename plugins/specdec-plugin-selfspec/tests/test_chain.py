@@ -4,7 +4,8 @@ import pytest
 
 from specdec import CostModel
 
-from specdec_plugin_selfspec.chain import CONFIDENCE_EDGES, ChainSizer, confidence_bucket
+from specdec_plugin_selfspec.chain import (CONFIDENCE_EDGES, EXPLORE_EVERY, MAX_EXPLORE_EVERY, ChainSizer,
+                                          confidence_bucket)
 
 # a CPU-like curve: one or two draft tokens nearly free, the third expensive, later ones cheap
 CPU_CURVE = CostModel(curve=((1, 1.05), (2, 1.1), (3, 1.5), (4, 1.55), (8, 1.9)))
@@ -65,3 +66,38 @@ def test_drafting_stops_being_worth_it_when_first_tokens_are_rejected_and_cost_i
         tokens.append(4)
         sizer.observed(tokens)
     assert sizer.first_token_rate.value < 0.05 and not sizer.worth_drafting()
+
+
+def drafting_steps(sizer: ChainSizer, steps: int) -> list[int]:
+    return [step for step in range(1, steps + 1) if sizer.should_draft()]
+
+
+def test_a_draft_forward_dearer_than_a_plain_step_backs_exploration_off():
+    """No chain beats a plain step when one draft forward costs a plain step or more (a GPU's eager
+    drafter against a target replaying CUDA graphs): each exploration doubles the gap to the next."""
+    sizer = ChainSizer(CPU_CURVE, 4, draft_cost=2.0)
+    sizer.first_token_rate.add(1.0)  # even every first token accepted does not pay
+    assert not sizer.worth_drafting()
+    steps = drafting_steps(sizer, 2000)
+    gaps = [later - earlier for earlier, later in zip(steps, steps[1:])]
+    assert steps[0] == EXPLORE_EVERY
+    assert gaps[:5] == [16, 32, 64, 128, 256] and set(gaps[5:]) == {MAX_EXPLORE_EVERY}
+
+
+def test_exploration_stays_frequent_while_a_draft_forward_is_cheap():
+    """A cheap drafter that does not pay now (its first tokens are rejected) may pay again soon."""
+    sizer = ChainSizer(CPU_CURVE, 4, draft_cost=0.3)
+    sizer.first_token_rate.add(0.0)
+    assert not sizer.worth_drafting()
+    steps = drafting_steps(sizer, 200)
+    assert {later - earlier for earlier, later in zip(steps, steps[1:])} == {EXPLORE_EVERY}
+
+
+def test_drafting_that_pays_again_drafts_every_step_and_resets_the_backoff():
+    sizer = ChainSizer(CPU_CURVE, 4, draft_cost=2.0)
+    sizer.first_token_rate.add(1.0)
+    drafting_steps(sizer, 500)
+    assert sizer.explore_every == MAX_EXPLORE_EVERY
+    sizer.fixed_draft_cost = 0.1  # the drafter got cheap (measured: `draft_cost` follows its timings)
+    assert drafting_steps(sizer, 10) == list(range(1, 11))
+    assert sizer.explore_every == EXPLORE_EVERY

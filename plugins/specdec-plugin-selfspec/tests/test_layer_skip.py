@@ -13,7 +13,8 @@ from specdec.testing import (
     tiny_llama,
 )
 
-from specdec_plugin_selfspec.layer_skip import MIN_REALIZED_STEPS, Candidate, LayerSearch, LayerSkipDrafter
+from specdec_plugin_selfspec.layer_skip import (MAX_RECHECK_BACKOFF, MIN_REALIZED_STEPS, Candidate, LayerSearch,
+                                               LayerSkipDrafter)
 from specdec_plugin_selfspec.testing import build, factory
 
 PROMPTS = [[1, 2, 3], [5], [4, 4, 4, 4, 7, 2], list(range(11)) * 2]
@@ -132,6 +133,31 @@ def test_a_set_that_does_not_deliver_what_it_promised_stops_drafting_until_resco
     for _ in range(MIN_REALIZED_STEPS):
         search.achieved(run, 1.3)
     assert search.current(1.0) == run  # delivered: drafting goes on
+
+
+def rescore(search: LayerSearch, steps: range, value: float) -> None:
+    """Run the search's schedule over `steps`, every scored set valued `value`."""
+    for step in steps:
+        candidate = search.next_candidate()
+        if candidate is not None:
+            search.record(step, Candidate(candidate, acceptance=0.5, value=value))
+        search.current(1.0)
+
+
+def test_rechecks_back_off_while_no_set_pays_and_come_back_when_one_does():
+    """A recheck scores two sets (two forwards over the window, each about a plain step on a CPU
+    and several on a GPU whose plain step replays a CUDA graph): while none pays, the gap doubles
+    after each recheck, up to MAX_RECHECK_BACKOFF times `recheck_every`."""
+    search = LayerSearch(6, search_steps=0, recheck_every=8)
+    search.record(0, Candidate((0, 1, 4, 5), acceptance=0.1, value=0.5))
+    rescore(search, range(1, 601), value=0.5)
+    assert search.current(1.0) is None
+    assert search.recheck_gap == MAX_RECHECK_BACKOFF * 8
+    # gaps 8, 16, 32, 64, 64, ...: 11 rechecks of two sets in 600 steps, where every 8 steps is 75
+    assert len(search.log.scored) - 1 <= 2 * 11
+    search.record(601, Candidate(search.best.run, acceptance=0.9, value=2.0))  # a recheck found it pays
+    rescore(search, range(602, 602 + MAX_RECHECK_BACKOFF * 8), value=2.0)
+    assert search.current(1.0) == search.best.run and search.recheck_gap == 8
 
 
 def test_the_search_goes_on_across_generations_instead_of_starting_over():

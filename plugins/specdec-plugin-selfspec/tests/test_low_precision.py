@@ -198,6 +198,17 @@ def test_plain_decoding_reference_is_unchanged_by_an_idle_drafter():
     assert result.stats.draft_tokens <= result.stats.steps // 4
 
 
+def test_a_drafter_dearer_than_a_plain_step_explores_ever_more_rarely():
+    """A copy whose forward costs five plain steps never pays: over 240 steps it explores about
+    log2(240 / 8) times (gaps 8, 16, 32, 64, 128), where a fixed gap of 8 would explore 30 times."""
+    target = tiny_llama(0, vocab_size=12, eos_token_id=None)
+    drafter = build("low_precision", target, None, format="float32", draft_cost=5.0)
+    result = SpeculativeDecoder(HFVerifier(target), drafter, RejectionSampling()).generate(
+        [1, 2, 3], SamplingParams(max_new_tokens=240))
+    assert result.stats.steps >= 200
+    assert result.stats.draft_tokens <= 7
+
+
 class EveryOtherStep(NoDrafter):
     """Drafts a fixed chain on even steps, nothing on odd ones (the fallback then asks the next)."""
 

@@ -33,6 +33,13 @@ import torch
 
 from specdec import AcceptanceTracker, CostModel, Draft, DraftContext, SlotAcceptance, warp_logits
 
+#: A drafter that judged drafting not worth it still drafts every this many steps, to notice
+#: when it becomes worth it again (`ChainSizer.should_draft`).
+EXPLORE_EVERY = 8
+#: The longest gap between such explorations, reached by doubling while one draft forward costs
+#: a plain step or more.
+MAX_EXPLORE_EVERY = 256
+
 #: Upper edges of the confidence buckets (the last bucket runs to 1).
 CONFIDENCE_EDGES = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
 #: A bucket's prior acceptance rate: its middle.
@@ -107,6 +114,8 @@ class ChainSizer:
         self._first: tuple[int, int] | None = None  # (position, token) of the last chain's first token
         self._handed_over: float | None = None
         self._handed_nodes = 0
+        self.explore_every = EXPLORE_EVERY  # steps between explorations while drafting does not pay
+        self._idle = 0  # steps without drafting since the last draft
 
     def start(self) -> None:
         self.tracker.reset()
@@ -176,6 +185,27 @@ class ChainSizer:
             if (1.0 + gained) / (length * c + self.cost.step_cost(length)) > 1.0 + self.min_gain:
                 return True
         return False
+
+    def should_draft(self) -> bool:
+        """Draft at this step? Always while drafting pays (`worth_drafting`). Otherwise once every
+        `explore_every` steps, to notice when it pays again; and while one draft forward costs a
+        plain step or more, no chain can beat a plain step whatever is accepted (k drafted tokens
+        cost k c + v(k) >= k + 1 plain steps for at most k + 1 tokens), so each exploration that
+        finds that again doubles the gap, up to MAX_EXPLORE_EVERY steps. That case is real: on a
+        GPU whose target replays CUDA graphs, an eager forward of a drafter costs several plain
+        steps (docs/benchmarks.md, "GPU: NVIDIA H200"), and exploring every 8 steps cost 60%."""
+        if self.worth_drafting():
+            self._idle, self.explore_every = 0, EXPLORE_EVERY
+            return True
+        self._idle += 1
+        if self._idle < self.explore_every:
+            return False
+        self._idle = 0
+        if self.draft_cost >= 1.0:
+            self.explore_every = min(2 * self.explore_every, MAX_EXPLORE_EVERY)
+        else:
+            self.explore_every = EXPLORE_EVERY
+        return True
 
     def _best_prefix_ratio(self, chances: Sequence[float], spent: float) -> float:
         best, total = 1.0 / (spent + 1.0), 0.0

@@ -15,9 +15,11 @@ scores one candidate set per step on the last `window` generated tokens (each to
 the target's exact cache of the tokens before it: the depth-1 acceptance rate, in one forward
 over the window) and keeps the set that promises the most committed tokens per unit of draft
 plus verification time; after that it rescores the chosen set and one neighbour every
-`recheck_every` steps. A promise is checked against what drafting with the chosen set delivers:
-after `MIN_REALIZED_STEPS` drafting steps, the committed tokens per plain step's time actually
-achieved (draft forwards and verification timed) replace the promise, until the set is rescored. Candidates start from a ladder of sets that skip the
+`recheck_every` steps (further apart while no set pays: the gap doubles after each recheck that
+finds none, up to `MAX_RECHECK_BACKOFF` times). A promise is checked against what drafting with
+the chosen set delivers: after `MIN_REALIZED_STEPS` drafting steps, the committed tokens per
+plain step's time actually achieved (draft forwards and verification timed) replace the promise,
+until the set is rescored. Candidates start from a ladder of sets that skip the
 layers which change the hidden state least (1 - cosine similarity of a layer's input and output
 on the first prompt, ShortGPT's block influence), then move locally (skip one more, one fewer,
 swap one) with an occasional random set. When no set beats plain decoding, the drafter drafts
@@ -36,7 +38,6 @@ import torch
 from specdec import BaseDrafter, Draft, DraftContext, SamplingParams, StepOutcome
 
 from specdec_plugin_selfspec.chain import ChainSizer, pick
-from specdec_plugin_selfspec.low_precision import EXPLORE_EVERY
 from specdec_plugin_selfspec.stack import DecoderStack
 
 #: Fewest generated tokens a candidate set is scored on.
@@ -45,6 +46,10 @@ MIN_WINDOW = 4
 MIN_REALIZED_STEPS = 4
 #: Weight of a new step in the achieved value's moving average (after MIN_REALIZED_STEPS).
 REALIZED_WEIGHT = 0.1
+#: While no set pays, the gap between rechecks doubles after each, up to this many times
+#: `recheck_every` (each recheck costs two scoring forwards, each about a plain step on a CPU and
+#: several on a GPU whose plain step replays a CUDA graph).
+MAX_RECHECK_BACKOFF = 8
 
 
 @dataclass
@@ -80,6 +85,8 @@ class LayerSearch:
         self._queue: list[tuple[int, ...]] = []
         self._searched = 0
         self._since_check = 0
+        self.recheck_gap = recheck_every  # grows while no set pays (MAX_RECHECK_BACKOFF)
+        self._paying = True  # whether `current` last found a set that beats plain decoding
         self.realized: float | None = None  # committed tokens per plain step's time drafting with best.run
         self._realized_steps = 0
 
@@ -146,8 +153,10 @@ class LayerSearch:
                 return self._queue.pop(0)
             return self._neighbour(self.best.run) if self.best is not None else None
         self._since_check += 1
-        if self._since_check >= self.recheck_every and self.best is not None:
+        if self._since_check >= self.recheck_gap and self.best is not None:
             self._since_check = 0
+            self.recheck_gap = self.recheck_every if self._paying else \
+                min(2 * self.recheck_gap, MAX_RECHECK_BACKOFF * self.recheck_every)
             self._queue = [self._neighbour(self.best.run)]
             return self.best.run
         if self._queue and self._since_check == 1:
@@ -183,7 +192,8 @@ class LayerSearch:
         if self.best is None:
             return None
         value = self.realized if self._realized_steps >= MIN_REALIZED_STEPS else self.best.value
-        return self.best.run if value > min_value else None
+        self._paying = value > min_value
+        return self.best.run if self._paying else None
 
 
 class LayerSkipDrafter(BaseDrafter):
@@ -310,7 +320,7 @@ class LayerSkipDrafter(BaseDrafter):
         if run is None or limit < 1:
             return Draft.empty()
         self.sizer.current_cost = self.draft_cost(run)
-        if self.fixed_run is not None and context.step % EXPLORE_EVERY and not self.sizer.worth_drafting():
+        if self.fixed_run is not None and not self.sizer.should_draft():
             return Draft.empty()  # a given set that does not pay here: decode plainly, look again now and then
         sample = not context.params.greedy and not self.greedy_draft
         picks, chances = [], []

@@ -32,10 +32,6 @@ from specdec import BaseDrafter, Draft, DraftContext, SamplingParams, StepOutcom
 from specdec_plugin_selfspec.chain import ChainSizer, pick
 from specdec_plugin_selfspec.stack import DecoderStack
 
-#: A drafter that judged drafting not worth it still drafts every this many steps, to notice
-#: when it becomes worth it again.
-EXPLORE_EVERY = 8
-
 
 class LowPrecisionDrafter(BaseDrafter):
     """Drafts chains with `stack` (a cheaper copy of the target) over its own KV cache.
@@ -86,7 +82,7 @@ class LowPrecisionDrafter(BaseDrafter):
         self._last, self._base, self._in_cache, self._proposed = None, self.length, 0, True
         limit = min(self.sizer.max_tokens, context.max_depth,
                     context.max_nodes if context.max_nodes is not None else self.sizer.max_tokens)
-        if limit < 1 or (context.step % EXPLORE_EVERY and not self.sizer.worth_drafting()):
+        if limit < 1 or not self.sizer.should_draft():
             return Draft.empty()
         sample = not context.params.greedy and not self.greedy_draft
         tokens = context.tokens
