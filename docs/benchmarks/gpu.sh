@@ -75,8 +75,8 @@ bench=(specdec bench -q "$questions" --limit "$limit" -n "$tokens" --no-progress
 for name in "${stages[@]}"; do
   case $name in
     cuda-tests) stage cuda-tests 120 python3 -m pytest -q -p no:cacheprovider --durations=15 tests/test_cuda.py ;;
-    tp-one-rank) stage tp-one-rank 120 python3 docs/benchmarks/tp_one_rank.py --questions "$questions" \
-        --device cuda --dtype bfloat16 --prompts 6 --tokens "$tokens" --rounds 3 ;;
+    tp-one-rank) stage tp-one-rank 150 python3 docs/benchmarks/tp_one_rank.py --questions "$questions" \
+        --device cuda --dtype bfloat16 --prompts 3 --tokens 48 --rounds 6 ;;
     enginebench) stage enginebench 400 python3 -m specdec_plugin_bench.enginebench --questions "$questions" \
         --device cuda --dtype bfloat16 --prompts "$limit" --max-new-tokens "$tokens" --repeats 1 --hf-static --batch-sizes 1 8 32 ;;
     --random-weights) stage enginebench 400 python3 -m specdec_plugin_bench.enginebench --random-weights \

@@ -3,12 +3,12 @@
     python docs/benchmarks/profile_pipeline.py PIPELINE.yaml --questions FILE [--device cuda]
         [--dtype bfloat16] [--prompts 3] [--tokens 64] [--rows 25]
 
-Generates the first turn of `--prompts` questions (round-robin over the tasks) once untimed,
-then twice more: under cProfile (the Python functions by their own time: which part of a
-drafter or of the engine a step waits on) and under torch.profiler (the operators by their own
-host time and, on CUDA, their device time). Made for what a benchmark cannot say, e.g. why a
-drafter's `draft ms/step` on a GPU is far above its arithmetic (docs/benchmarks.md, "GPU: NVIDIA
-H200"). Prints the decoding speed and the three tables.
+Generates the first turn of `--prompts` questions (round-robin over the tasks) four times:
+untimed (warm-up), timed (the decoding speed it prints), under cProfile (the Python functions by
+their own time: which part of a drafter or of the engine a step waits on) and under
+torch.profiler (the operators by their own host time and, on CUDA, by their device time too).
+Made for what a benchmark cannot say, e.g. why a drafter's `draft ms/step` on a GPU is far above
+its arithmetic (docs/benchmarks.md, "GPU: NVIDIA H200").
 """
 
 import argparse

@@ -94,12 +94,11 @@ def main() -> None:
             tokens[mode, forward] = [result.token_ids for result in results]
     runner.__dict__.pop("_run", None)
     runner.graphs = graphs
-    count = sum(len(ids) for ids in next(iter(tokens.values())))
     report = {"device": str(pipeline.device), "dtype": str(pipeline.dtype).removeprefix("torch."),
-              "prompts": len(prompts), "tokens": count, "rounds": args.rounds}
+              "prompts": len(prompts), "rounds": args.rounds}
     for mode in modes:
         same = tokens[mode, "as shipped"] == tokens[mode, "before tensor parallelism"]
-        shipped, before = (count / statistics.median(seconds[mode, forward])
+        shipped, before = (sum(len(ids) for ids in tokens[mode, forward]) / statistics.median(seconds[mode, forward])
                            for forward in ("as shipped", "before tensor parallelism"))
         report[mode] = {"tokens_per_s_as_shipped": round(shipped, 1),
                         "tokens_per_s_before_tensor_parallelism": round(before, 1),

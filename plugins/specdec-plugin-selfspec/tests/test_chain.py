@@ -101,3 +101,16 @@ def test_drafting_that_pays_again_drafts_every_step_and_resets_the_backoff():
     sizer.fixed_draft_cost = 0.1  # the drafter got cheap (measured: `draft_cost` follows its timings)
     assert drafting_steps(sizer, 10) == list(range(1, 11))
     assert sizer.explore_every == EXPLORE_EVERY
+
+
+def test_a_drafter_that_got_cheap_but_does_not_pay_explores_often_again():
+    """An exploration that measures a draft forward below a plain step ends the backoff at once,
+    even when drafting still does not pay (its first tokens are rejected)."""
+    sizer = ChainSizer(CPU_CURVE, 4, draft_cost=2.0)
+    sizer.first_token_rate.add(1.0)
+    drafting_steps(sizer, 500)
+    sizer.fixed_draft_cost = 0.3
+    sizer.first_token_rate.value = 0.0
+    assert not sizer.worth_drafting()
+    steps = drafting_steps(sizer, 100)
+    assert steps[0] <= EXPLORE_EVERY and {later - earlier for earlier, later in zip(steps, steps[1:])} == {EXPLORE_EVERY}

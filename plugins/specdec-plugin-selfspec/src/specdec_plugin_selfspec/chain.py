@@ -197,14 +197,14 @@ class ChainSizer:
         if self.worth_drafting():
             self._idle, self.explore_every = 0, EXPLORE_EVERY
             return True
+        if self.draft_cost < 1.0:  # (as last measured, an exploration included)
+            self.explore_every = EXPLORE_EVERY
         self._idle += 1
         if self._idle < self.explore_every:
             return False
         self._idle = 0
         if self.draft_cost >= 1.0:
             self.explore_every = min(2 * self.explore_every, MAX_EXPLORE_EVERY)
-        else:
-            self.explore_every = EXPLORE_EVERY
         return True
 
     def _best_prefix_ratio(self, chances: Sequence[float], spent: float) -> float:

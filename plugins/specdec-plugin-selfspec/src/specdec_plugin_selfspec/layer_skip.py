@@ -193,6 +193,8 @@ class LayerSearch:
             return None
         value = self.realized if self._realized_steps >= MIN_REALIZED_STEPS else self.best.value
         self._paying = value > min_value
+        if self._paying:  # e.g. the recheck that just ran found a set that pays
+            self.recheck_gap = self.recheck_every
         return self.best.run if self._paying else None
 
 

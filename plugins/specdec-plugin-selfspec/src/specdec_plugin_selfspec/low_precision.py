@@ -82,14 +82,15 @@ class LowPrecisionDrafter(BaseDrafter):
         self._last, self._base, self._in_cache, self._proposed = None, self.length, 0, True
         limit = min(self.sizer.max_tokens, context.max_depth,
                     context.max_nodes if context.max_nodes is not None else self.sizer.max_tokens)
-        if limit < 1 or not self.sizer.should_draft():
+        if limit < 1 or (self.length == 0 and self._target_lacks_prompt(context)):
+            return Draft.empty()  # (the first step: the verifier has not prefilled the prompt yet)
+        if not self.sizer.should_draft():
             return Draft.empty()
         sample = not context.params.greedy and not self.greedy_draft
         tokens = context.tokens
         self._ensure_capacity(len(tokens) + limit + 1)
         if self.length == 0 and self.verifier is not None:
-            if not self._copy_prompt(context):
-                return Draft.empty()  # the first step: the verifier has not prefilled the prompt yet
+            self._copy_prompt(context)
         device = self.stack.device
         # first the committed tokens the store lacks, then one draft token per forward
         inputs = torch.tensor(tokens[self.length:], dtype=torch.long)
@@ -120,12 +121,17 @@ class LowPrecisionDrafter(BaseDrafter):
             self._last = draft
         return draft
 
-    def _copy_prompt(self, context: DraftContext) -> bool:
+    def _target_lacks_prompt(self, context: DraftContext) -> bool:
+        """Whether the prompt's entries, to be copied from the target's cache, are not there yet."""
+        if self.verifier is None:
+            return False  # the copy prefills the prompt itself
+        cache = self.verifier.cache
+        return cache.buffer is None or min(cache.lengths[context.slot], len(context.tokens) - 1) < 1
+
+    def _copy_prompt(self, context: DraftContext) -> None:
         """Copy the target's committed entries (the prompt, after the first step) into the store."""
         cache = self.verifier.cache
         committed = min(cache.lengths[context.slot], len(context.tokens) - 1)
-        if cache.buffer is None or committed < 1:
-            return False
         source = cache.buffer[:, :, context.slot, :, :committed]  # [L, 2, H_kv, n, D]
         layers, _, heads, _, dim = source.shape
         if (layers, heads, dim) != (self.store.shape[0], self.store.shape[2], self.store.shape[4]):
@@ -134,7 +140,6 @@ class LowPrecisionDrafter(BaseDrafter):
                              f"was built for another target")
         self.store[:, :, :, :committed] = source.to(device=self.store.device, dtype=self.store.dtype)
         self.length = self._base = committed
-        return True
 
     def observe(self, outcome: StepOutcome) -> None:
         self.sizer.observed(outcome.tokens)
