@@ -19,20 +19,8 @@ import time
 
 import torch
 
-from specdec import Pipeline, default_plugins, load_yaml, read_json_lines, validate_pipeline
-
-
-def first_turns(path: str, count: int) -> list[str]:
-    """The first turn of `count` questions, taken round-robin over the file's tasks."""
-    by_task: dict[str, list[str]] = {}
-    for _, record in read_json_lines(path):
-        by_task.setdefault(record["category"], []).append(record["turns"][0])
-    prompts = []
-    while len(prompts) < count and any(by_task.values()):
-        for questions in by_task.values():
-            if questions and len(prompts) < count:
-                prompts.append(questions.pop(0))
-    return prompts
+from specdec import Pipeline, default_plugins, load_yaml, validate_pipeline
+from tp_one_rank import first_turns  # the script beside this one: the same prompts
 
 
 def build(path: str, device: str | None, dtype: str | None) -> Pipeline:
