@@ -71,6 +71,23 @@ def test_training_improves_accuracy_and_a_resumed_run_ends_with_the_same_model(t
         assert torch.allclose(value, second.model.state_dict()[key], atol=1e-5), key
 
 
+def test_every_batch_of_every_epoch_is_trained_on_once_though_epochs_pack_differently(tmp_path):
+    """Sequences of mixed lengths pack into a different number of batches in each epoch's shuffle:
+    the schedule follows each epoch's own count (it once took the first epoch's for all, and a
+    shorter later epoch ended training with an IndexError; a longer one lost its last batches)."""
+    target = tiny_llama(4, vocab_size=16, init_std=0.3)
+    sequences = [sequence for length in (6, 11, 17, 23, 29) for sequence in
+                 sample_sequences(target, count=30, length=length, temperature=1.0, seed=length)]
+    data = compute_features(target, sequences, (-1,), progress=False)
+    config = TrainConfig(levels=1, epochs=3.5, batch_tokens=100, eval_fraction=0.1, dtype="float32")
+    trainer = Trainer(config, new_draft_model(target), data, tmp_path)
+    epochs = [trainer.batches.epoch(number) for number in range(4)]
+    assert len({len(batches) for batches in epochs}) > 1  # the case at hand: epochs of different sizes
+    half = -(-len(epochs[3]) // 2)
+    assert [trainer.batch(step) for step in range(trainer.total_steps)] == \
+        epochs[0] + epochs[1] + epochs[2] + epochs[3][:half]
+
+
 def test_the_train_and_export_commands_give_draft_models_that_work_in_pipelines(tmp_path, capsys):
     model_path = save_tiny_model(tmp_path / "tiny", seed=1, init_std=0.3, num_layers=4)
     prompts = tmp_path / "prompts.jsonl"

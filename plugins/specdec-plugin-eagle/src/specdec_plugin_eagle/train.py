@@ -20,6 +20,8 @@ Checkpoints (`checkpoint.pt`: model, optimizer, schedule, step) are written ever
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,12 +99,22 @@ def split_by_sequence(count: int, eval_fraction: float, seed: int) -> tuple[list
 
 class Batches:
     """Sequences packed into padded batches of about `batch_tokens` tokens, one fixed shuffle per
-    epoch (so a resumed run sees the same batches)."""
+    epoch (so a resumed run sees the same batches).
+
+    How many batches an epoch packs depends on its shuffle (lengths are packed within windows of
+    it), so epochs differ in size: `schedule` counts each epoch's own."""
 
     def __init__(self, data: FeatureSet, indices: list[int], batch_tokens: int, seed: int):
         self.data, self.indices, self.seed = data, indices, seed
         self.batch_tokens = batch_tokens
-        self.per_epoch = len(self.epoch(0))
+
+    def schedule(self, epochs: float) -> list[int]:
+        """Batches taken from each epoch of a run of `epochs` (the last one possibly in part)."""
+        whole, part = divmod(epochs, 1.0)
+        sizes = [len(self.epoch(number)) for number in range(int(whole))]
+        if part > 0:
+            sizes.append(math.ceil(part * len(self.epoch(int(whole)))))
+        return sizes
 
     def epoch(self, number: int) -> list[list[int]]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + number)
@@ -230,17 +242,18 @@ class Trainer(CheckpointedTrainer):
         if not self.train_index:
             raise InputError("no training sequences left after holding out the evaluation share")
         self.batches = Batches(data, self.train_index, config.batch_tokens, config.seed)
+        self.epoch_starts = list(itertools.accumulate(self.batches.schedule(config.epochs), initial=0))
         self.rows = draft_rows(self.model)
         self.spread = float(data.features[: 200_000].float().std())
         trainable = [parameter for parameter in self.model.parameters() if parameter.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay,
                                       betas=(0.9, 0.95))
-        super().__init__(config, self.model, optimizer, max(1, math.ceil(self.batches.per_epoch * config.epochs)),
-                         folder, device)
+        super().__init__(config, self.model, optimizer, max(1, self.epoch_starts[-1]), folder, device)
         self._epoch_cache: tuple[int, list[list[int]]] | None = None
 
     def batch(self, step: int) -> list[int]:
-        epoch, offset = divmod(step, self.batches.per_epoch)
+        epoch = bisect.bisect_right(self.epoch_starts, step) - 1
+        offset = step - self.epoch_starts[epoch]
         if self._epoch_cache is None or self._epoch_cache[0] != epoch:
             self._epoch_cache = (epoch, self.batches.epoch(epoch))
         return self._epoch_cache[1][offset]
