@@ -155,8 +155,8 @@ class LayerSearch:
         self._since_check += 1
         if self._since_check >= self.recheck_gap and self.best is not None:
             self._since_check = 0
-            self.recheck_gap = self.recheck_every if self._paying else \
-                min(2 * self.recheck_gap, MAX_RECHECK_BACKOFF * self.recheck_every)
+            if not self._paying:  # (`current` resets the gap as soon as a set pays)
+                self.recheck_gap = min(2 * self.recheck_gap, MAX_RECHECK_BACKOFF * self.recheck_every)
             self._queue = [self._neighbour(self.best.run)]
             return self.best.run
         if self._queue and self._since_check == 1:

@@ -82,7 +82,7 @@ class LowPrecisionDrafter(BaseDrafter):
         self._last, self._base, self._in_cache, self._proposed = None, self.length, 0, True
         limit = min(self.sizer.max_tokens, context.max_depth,
                     context.max_nodes if context.max_nodes is not None else self.sizer.max_tokens)
-        if limit < 1 or (self.length == 0 and self._target_lacks_prompt(context)):
+        if limit < 1 or (self.length == 0 and self.verifier is not None and self._target_committed(context) < 1):
             return Draft.empty()  # (the first step: the verifier has not prefilled the prompt yet)
         if not self.sizer.should_draft():
             return Draft.empty()
@@ -121,17 +121,15 @@ class LowPrecisionDrafter(BaseDrafter):
             self._last = draft
         return draft
 
-    def _target_lacks_prompt(self, context: DraftContext) -> bool:
-        """Whether the prompt's entries, to be copied from the target's cache, are not there yet."""
-        if self.verifier is None:
-            return False  # the copy prefills the prompt itself
+    def _target_committed(self, context: DraftContext) -> int:
+        """Entries of this sequence's committed tokens in the target's cache (0 before its prefill)."""
         cache = self.verifier.cache
-        return cache.buffer is None or min(cache.lengths[context.slot], len(context.tokens) - 1) < 1
+        return 0 if cache.buffer is None else min(cache.lengths[context.slot], len(context.tokens) - 1)
 
     def _copy_prompt(self, context: DraftContext) -> None:
         """Copy the target's committed entries (the prompt, after the first step) into the store."""
         cache = self.verifier.cache
-        committed = min(cache.lengths[context.slot], len(context.tokens) - 1)
+        committed = self._target_committed(context)
         source = cache.buffer[:, :, context.slot, :, :committed]  # [L, 2, H_kv, n, D]
         layers, _, heads, _, dim = source.shape
         if (layers, heads, dim) != (self.store.shape[0], self.store.shape[2], self.store.shape[4]):
