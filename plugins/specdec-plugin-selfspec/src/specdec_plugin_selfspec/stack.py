@@ -93,9 +93,11 @@ def target_layers(model) -> list[LayerWeights]:
     return layers
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def _swap_halves(x: torch.Tensor) -> torch.Tensor:
+    """`[..., D] -> [..., D]` with the two halves of the last dimension swapped: with the sign of
+    the first half folded into the sine, the `rotate_half` of rotary embeddings in one copy
+    (instead of two slices, a negation and a concatenation)."""
+    return x.unflatten(-1, (2, -1)).flip(-2).flatten(-2)
 
 
 class DecoderStack:
@@ -126,6 +128,25 @@ class DecoderStack:
         self.scale = float(getattr(model.model.layers[0].self_attn, "scaling", self.head_dim ** -0.5))
         self.num_layers = len(model.model.layers)
         self.device = self.embed.weight.device
+        half = self.head_dim // 2
+        self._half_signs = torch.tensor([-1.0] * half + [1.0] * half, device=self.device)
+
+    def _project_qkv(self, layer: LayerWeights, normed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Queries and keys `[n, heads + H_kv, D]` (per-head normed where the model has q/k norms),
+        values `[n, H_kv * D]`, of the normed hidden states `[n, H]`. A fused projection's output
+        is only viewed, not copied (its query and key columns are adjacent)."""
+        heads, kv_heads, dim = self.num_heads, self.num_kv_heads, self.head_dim
+        if isinstance(layer.qkv, tuple):
+            query, key, value = (projection(normed) for projection in layer.qkv)
+            qk = torch.cat((query, key), dim=-1)
+        else:
+            fused = layer.qkv(normed)
+            qk, value = fused[:, : (heads + kv_heads) * dim], fused[:, (heads + kv_heads) * dim:]
+        qk = qk.unflatten(-1, (heads + kv_heads, dim))
+        if layer.q_norm is not None:
+            qk = torch.cat((F.rms_norm(qk[:, :heads], (dim,), layer.q_norm, self.eps),
+                            F.rms_norm(qk[:, heads:], (dim,), layer.k_norm, self.eps)), dim=1)
+        return qk, value
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, store: torch.Tensor, write_at: int,
@@ -145,7 +166,8 @@ class DecoderStack:
         heads, kv_heads, dim, groups = self.num_heads, self.num_kv_heads, self.head_dim, self.groups
         hidden = self.embed(input_ids.to(self.device)).to(self.dtype)[None]  # [1, n, H]
         cos, sin = self.rotary(hidden, positions.to(self.device)[None])  # [1, n, D]
-        cos, sin = cos.to(self.dtype)[:, None], sin.to(self.dtype)[:, None]  # [1, 1, n, D]
+        # [n, 1, D]: broadcast over the heads of `qk` below; the sign of rotate_half in the sine
+        cos, sin = cos[0, :, None].to(self.dtype), (sin[0, :, None] * self._half_signs).to(self.dtype)
         mask = None
         if allowed is not None:  # grouped query heads are folded into the query rows, group-major
             mask = allowed.to(self.device).repeat(groups, 1)  # [G * n, span]
@@ -154,23 +176,15 @@ class DecoderStack:
         chosen = self.layers if run is None else [self.layers[index] for index in run]
         for layer in chosen:
             normed = F.rms_norm(hidden, (width,), layer.input_norm, self.eps)
-            if isinstance(layer.qkv, tuple):
-                query, key, value = (projection(normed) for projection in layer.qkv)
-            else:
-                query, key, value = layer.qkv(normed).split([heads * dim, kv_heads * dim, kv_heads * dim], -1)
-            query = query.view(1, count, heads, dim)
-            key = key.view(1, count, kv_heads, dim)
-            if layer.q_norm is not None:
-                query = F.rms_norm(query, (dim,), layer.q_norm, self.eps)
-                key = F.rms_norm(key, (dim,), layer.k_norm, self.eps)
-            # rotary positions on queries and keys at once: [1, heads + H_kv, n, D]
-            both = torch.cat((query, key), dim=2).transpose(1, 2)
-            both = both * cos + _rotate_half(both) * sin
-            query, key = both[:, :heads], both[:, heads:]
+            qk, value = self._project_qkv(layer, normed[0])  # [n, heads + H_kv, D], [n, H_kv * D]
+            # rotary positions on queries and keys at once
+            qk = qk * cos + _swap_halves(qk) * sin
             keys, values = store[layer.index, 0], store[layer.index, 1]  # [H_kv, capacity, D]
-            keys[:, write_at:end] = key[0]
+            keys[:, write_at:end] = qk[:, heads:].transpose(0, 1)
             values[:, write_at:end] = value.view(count, kv_heads, dim).transpose(0, 1)
-            folded = query.reshape(1, kv_heads, groups * count, dim)  # heads h = kv * G + g
+            # [1, H_kv, G * n, D]: head h = kv * G + g, rows group-major (a view for one token)
+            folded = qk[:, :heads].reshape(count, kv_heads, groups, dim).permute(1, 2, 0, 3).reshape(
+                1, kv_heads, groups * count, dim)
             # 4D inputs: the CPU's flash kernel (3D ones take the slower math path)
             attended = F.scaled_dot_product_attention(folded, keys[None, :, :span], values[None, :, :span],
                                                       attn_mask=mask, scale=self.scale)  # [1, H_kv, G * n, D]
