@@ -7,7 +7,8 @@ import torch
 from specdec import ModelMismatchError
 from specdec.testing import tiny_llama
 
-from specdec_plugin_selfspec.formats import choose_format, compute_dtype, copy_layers, head_projection, native_bfloat16
+from specdec_plugin_selfspec.formats import (choose_format, compute_dtype, copy_layers, fused_groups, fused_projection,
+                                             head_projection, native_bfloat16)
 from specdec_plugin_selfspec.stack import DecoderStack, target_layers
 
 
@@ -56,6 +57,33 @@ def test_all_layers_equal_the_hugging_face_forward_prefill_then_one_token_at_a_t
     for position in range(6, 10):
         logits = stack.forward(tokens[position:position + 1], torch.tensor([position]), store, position, position + 1)
         torch.testing.assert_close(logits[0], reference[position], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "qwen3"])
+def test_fused_projections_equal_the_hugging_face_forward(model_type):
+    """Converted copies fuse query/key/value and gate/up into one product each, and the forward
+    slices queries, keys and values out of the fused output in place; in float32 such a copy is
+    still the model (biases, per-head q/k norms and several new tokens included)."""
+    import dataclasses
+
+    model = tiny(model_type, seed=1)
+    layers = [dataclasses.replace(own, **dict(zip(("qkv", "o", "gate_up", "down"),
+                                                  (fused_projection("float32", group) for group in fused_groups(layer)))))
+              for layer, own in zip(model.model.layers, target_layers(model))]
+    stack = DecoderStack(model, layers, head_projection(model, "float32", None), model.model.norm.weight, model.dtype)
+    assert not isinstance(stack.layers[0].qkv, tuple)
+    tokens = torch.tensor([2, 7, 1, 8, 2, 8, 1, 8, 2, 8])
+    with torch.inference_mode():
+        reference = model(tokens[None]).logits[0]
+    store = empty_store(stack)
+    logits = stack.forward(tokens[:7], torch.arange(7), store, 0, 7, torch.ones(7, 7, dtype=torch.bool).tril(),
+                           logits_rows=7)
+    torch.testing.assert_close(logits, reference[:7], atol=1e-4, rtol=1e-4)
+    two = stack.forward(tokens[7:9], torch.arange(7, 9), store, 7, 9, torch.ones(2, 9, dtype=torch.bool).tril(7),
+                        logits_rows=2)
+    torch.testing.assert_close(two, reference[7:9], atol=1e-4, rtol=1e-4)
+    one = stack.forward(tokens[9:], torch.tensor([9]), store, 9, 10)
+    torch.testing.assert_close(one[0], reference[9], atol=1e-4, rtol=1e-4)
 
 
 def test_a_forward_writes_only_its_own_entries_and_a_subset_writes_only_its_layers():
@@ -145,6 +173,35 @@ def test_auto_format_measures_bfloat16_against_int8_only_where_both_run(monkeypa
     assert len(measured) == 2
     monkeypatch.setattr(formats, "int8_available", lambda: False)  # no quantized engine: native bf16 alone
     assert choose_format("auto", tiny_llama()) == "bfloat16" and len(measured) == 2
+
+
+def test_int8_activations_use_all_8_bits_only_on_fbgemm_with_vnni():
+    from specdec_plugin_selfspec.formats import int8_full_range
+
+    vnni = frozenset({"avx2", "avx512f", "avx512_vnni"})
+    assert int8_full_range("x86", vnni) and int8_full_range("fbgemm", vnni)
+    # AVX2 / AVX-512 without VNNI add pairs of products in int16: 8-bit activations could saturate
+    assert not int8_full_range("x86", frozenset({"avx2", "avx512f"}))
+    assert not int8_full_range("x86", frozenset({"avx2", "avx_vnni"}))  # fbgemm has no AVX-VNNI kernels
+    assert not int8_full_range("qnnpack", vnni) and not int8_full_range("onednn", vnni)
+
+
+def test_int8_products_are_close_to_float_and_closer_with_8_bit_activations(monkeypatch):
+    import specdec_plugin_selfspec.formats as formats
+
+    allowed = formats.int8_full_range()
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(256, 512, generator=generator) * 0.05
+    x = torch.randn(64, 512, generator=generator)
+    exact = x @ weight.t()
+    errors = {}
+    for full in (False, True) if allowed else (False,):
+        monkeypatch.setattr(formats, "int8_full_range", lambda: full)
+        errors[full] = float((formats.projection("int8", [weight], [None])(x) - exact).abs().mean())
+    assert errors[False] < 0.05 * float(exact.abs().mean())
+    if not allowed:
+        pytest.skip("this CPU has no AVX512-VNNI: int8 copies keep 7-bit activations (checked above)")
+    assert errors[True] < 0.75 * errors[False]
 
 
 def test_auto_format_is_bfloat16_on_cuda():
