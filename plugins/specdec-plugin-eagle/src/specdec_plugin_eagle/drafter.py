@@ -87,6 +87,8 @@ class EagleDrafter(BaseDrafter):
         self.cache = DraftCache(config.num_key_value_heads, config.head_dim, self.dtype, self.device)
         self._features: torch.Tensor | None = None  # [n, F] target features of positions cache.length...
         self._expand_threshold = self._threshold()
+        self._ids_source: torch.Tensor | None = None  # `model.draft_ids` that `_ids` lists
+        self._ids: list[int] = []
 
     def _threshold(self) -> float:
         """Least path probability worth a node: the average cost of a node over a tree of
@@ -172,9 +174,12 @@ class EagleDrafter(BaseDrafter):
         for depth in range(1, max_depth + 1):
             logits = model.logits(outputs).float()  # [len(frontier), Vd]
             first = len(nodes)
-            for row, parent in enumerate(frontier):
-                path = 1.0 if parent < 0 else nodes[parent].path
-                nodes.extend(self._children(logits[row], parent, depth, path, context, sample, budget - len(nodes)))
+            if sample:
+                for row, parent in enumerate(frontier):
+                    path = 1.0 if parent < 0 else nodes[parent].path
+                    nodes.extend(self._drawn_children(logits[row], parent, depth, path, context, budget - len(nodes)))
+            else:
+                nodes.extend(self._top_children(logits, frontier, nodes, depth, budget - len(nodes)))
             if len(nodes) == first or depth == max_depth or len(nodes) >= budget:
                 break
             ranked = sorted(range(first, len(nodes)), key=lambda index: -nodes[index].path)
@@ -184,20 +189,43 @@ class EagleDrafter(BaseDrafter):
             outputs = self._feed(nodes, frontier, entry, produced, base, count)
         return nodes
 
-    def _children(self, logits: torch.Tensor, parent: int, depth: int, path: float, context: DraftContext,
-                  sample: bool, room: int) -> list[_Node]:
-        """Up to `top_k` (and `room`) children of one node: the likeliest tokens, or drawn without
-        replacement."""
+    def _top_children(self, logits: torch.Tensor, frontier: list[int], nodes: list[_Node], depth: int,
+                      room: int) -> list[_Node]:
+        """The `top_k` likeliest children of every frontier node (row r of `logits` `[F, Vd]`
+        drafts below `frontier[r]`), in frontier order, at most `room` in all. One softmax and
+        top-k over the whole level and one copy of the result to the host: on a GPU, a copy per
+        node would wait for the device each time."""
+        k = min(self.shape.top_k, logits.shape[-1])
+        if k < 1 or room < 1:
+            return []
+        top = torch.softmax(logits, dim=-1).topk(k, dim=-1)
+        chances, rows = top.values.tolist(), top.indices.tolist()
+        ids = self._draft_token_ids()
+        children: list[_Node] = []
+        for parent, row_chances, row_indices in zip(frontier, chances, rows):
+            path = 1.0 if parent < 0 else nodes[parent].path
+            for chance, index in zip(row_chances, row_indices):
+                if len(children) == room:
+                    return children
+                children.append(_Node(ids[index], parent, depth, chance, path * chance))
+        return children
+
+    def _draft_token_ids(self) -> list[int]:
+        """The target token id of each draft vocabulary row, as a host list (refreshed when the
+        model's map is replaced)."""
+        if self._ids_source is not self.model.draft_ids:
+            self._ids_source, self._ids = self.model.draft_ids, self.model.draft_ids.tolist()
+        return self._ids
+
+    def _drawn_children(self, logits: torch.Tensor, parent: int, depth: int, path: float, context: DraftContext,
+                        room: int) -> list[_Node]:
+        """Children of one node drawn without replacement from the draft's warped distribution
+        `logits` `[Vd]`, each with its exact q; how many is decided before drawing."""
         ids = self.model.draft_ids
-        params = context.params
         k = min(self.shape.top_k, logits.shape[-1], room)
         if k < 1:
             return []
-        if not sample:
-            probs = torch.softmax(logits, dim=-1)
-            top = probs.topk(k)
-            return [_Node(int(ids[index]), parent, depth, float(chance), path * float(chance))
-                    for chance, index in zip(top.values.tolist(), top.indices.tolist())]
+        params = context.params
         q = warp_logits(logits, params)  # [Vd]
         # as many children as have a chance worth their verification, decided before drawing
         best = q.topk(k).values.tolist()
