@@ -204,3 +204,33 @@ def test_node_selection_follows_the_cost_of_verification():
 
     free, dear = drafted(CostModel(node_cost=0.0)), drafted(CostModel(node_cost=5.0))
     assert free > 0 and dear == 0
+
+
+@pytest.mark.parametrize("top_k", [3, 20])
+def test_a_level_of_greedy_children_is_each_rows_own_top_k_within_the_room(top_k):
+    """One top-k over a whole level gives every frontier node the children a top-k of its own
+    row would, in frontier order, cut at the room left; the row where the room runs out takes a
+    top-k of that size (ties included: these integer logits tie often). With top_k above the
+    draft vocabulary, a node gets the whole vocabulary."""
+    from specdec_plugin_eagle.drafter import _Node
+
+    model = greedy_draft("eagle1")
+    drafter = EagleDrafter(model, TreeShape(depth=3, top_k=top_k, frontier=4, max_nodes=24))
+    ids = model.draft_ids.tolist()
+    vocab = len(ids)
+    logits = torch.randint(0, 3, (4, vocab), generator=torch.Generator().manual_seed(0)).float()  # many ties
+    nodes = [_Node(ids[0], -1, 1, 0.5, 0.5), _Node(ids[1], -1, 1, 0.3, 0.3)]
+    frontier = [1, 0, 1, 0]  # parents may repeat: only the order of rows matters
+    k = min(top_k, vocab)
+    for room in (1, k - 1, k, 2 * k + 1, 4 * k, 100):
+        expected = []
+        for row, parent in enumerate(frontier):
+            left = room - len(expected)
+            if left < 1:
+                break
+            top = torch.softmax(logits[row], dim=-1).topk(min(k, left))
+            expected += [(ids[index], parent, 2, chance, nodes[parent].path * chance)
+                         for chance, index in zip(top.values.tolist(), top.indices.tolist())]
+        children = drafter._top_children(logits, frontier, nodes, 2, room)
+        assert [(c.token, c.parent, c.depth, c.chance, c.path) for c in children] == expected
+        assert len(children) == min(room, 4 * k)

@@ -74,7 +74,7 @@ def main() -> None:
         prefix = torch.zeros(shape, dtype=model.dtype)
         reference.forward(answer[:start], torch.arange(start), prefix, 0, start,
                           torch.ones(start, start, dtype=torch.bool).tril())
-        stores = {name: prefix.to(stack.dtype) for name, stack in copies.items()}
+        stores = {name: prefix.to(stack.dtype, copy=True) for name, stack in copies.items()}  # one each
         for position in range(start, end):  # the copy predicts answer[position] from answer[:position]
             order = list(copies.items())
             for name, stack in order if position % 2 else reversed(order):

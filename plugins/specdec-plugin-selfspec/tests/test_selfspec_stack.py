@@ -1,6 +1,8 @@
 """The lean decoder forward equals Hugging Face's, writes only where it is told, and its cheaper
 copies stay close to the original."""
 
+import os
+
 import pytest
 import torch
 
@@ -175,15 +177,21 @@ def test_auto_format_measures_bfloat16_against_int8_only_where_both_run(monkeypa
     assert choose_format("auto", tiny_llama()) == "bfloat16" and len(measured) == 2
 
 
-def test_int8_activations_use_all_8_bits_only_on_fbgemm_with_vnni():
-    from specdec_plugin_selfspec.formats import int8_full_range
+def test_int8_activations_get_8_bits_only_where_the_kernel_does_not_saturate():
+    """fbgemm's AVX2 kernels add pairs of u8 x s8 products in int16: forced onto them (a fresh
+    process, as fbgemm reads the variable once), 8-bit activations would saturate, and the probe
+    must say so. Where the CPU has AVX512-VNNI, fbgemm's default kernel does not saturate."""
+    import subprocess
+    import sys
 
-    vnni = frozenset({"avx2", "avx512f", "avx512_vnni"})
-    assert int8_full_range("x86", vnni) and int8_full_range("fbgemm", vnni)
-    # AVX2 / AVX-512 without VNNI add pairs of products in int16: 8-bit activations could saturate
-    assert not int8_full_range("x86", frozenset({"avx2", "avx512f"}))
-    assert not int8_full_range("x86", frozenset({"avx2", "avx_vnni"}))  # fbgemm has no AVX-VNNI kernels
-    assert not int8_full_range("qnnpack", vnni) and not int8_full_range("onednn", vnni)
+    from specdec_plugin_selfspec.formats import cpu_flags, int8_full_range
+
+    probe = "from specdec_plugin_selfspec.formats import int8_full_range; print(int8_full_range())"
+    forced = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                            env={**os.environ, "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2"})
+    assert forced.stdout.strip() == "False"
+    if torch.backends.quantized.engine in ("x86", "fbgemm") and "avx512_vnni" in cpu_flags():
+        assert int8_full_range()
 
 
 def test_int8_products_are_close_to_float_and_closer_with_8_bit_activations(monkeypatch):

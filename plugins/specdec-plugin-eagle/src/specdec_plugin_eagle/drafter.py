@@ -87,7 +87,8 @@ class EagleDrafter(BaseDrafter):
         self.cache = DraftCache(config.num_key_value_heads, config.head_dim, self.dtype, self.device)
         self._features: torch.Tensor | None = None  # [n, F] target features of positions cache.length...
         self._expand_threshold = self._threshold()
-        self._ids_source: torch.Tensor | None = None  # `model.draft_ids` that `_ids` lists
+        self._ids_source: torch.Tensor | None = None  # the `model.draft_ids` that `_ids` lists, at
+        self._ids_version = -1  # ... this in-place version
         self._ids: list[int] = []
 
     def _threshold(self) -> float:
@@ -193,28 +194,36 @@ class EagleDrafter(BaseDrafter):
                       room: int) -> list[_Node]:
         """The `top_k` likeliest children of every frontier node (row r of `logits` `[F, Vd]`
         drafts below `frontier[r]`), in frontier order, at most `room` in all. One softmax and
-        top-k over the whole level and one copy of the result to the host: on a GPU, a copy per
-        node would wait for the device each time."""
+        top-k over the whole level, copied to the host once: on a GPU, a copy per node would wait
+        for the device each time. The row where `room` runs out takes its own smaller top-k, so
+        that ties break as a top-k of that size does."""
         k = min(self.shape.top_k, logits.shape[-1])
         if k < 1 or room < 1:
             return []
-        top = torch.softmax(logits, dim=-1).topk(k, dim=-1)
+        probs = torch.softmax(logits, dim=-1)
+        top = probs.topk(k, dim=-1)
         chances, rows = top.values.tolist(), top.indices.tolist()
         ids = self._draft_token_ids()
         children: list[_Node] = []
-        for parent, row_chances, row_indices in zip(frontier, chances, rows):
+        for row, parent in enumerate(frontier):
+            left = room - len(children)
+            if left < 1:
+                break
+            row_chances, row_indices = chances[row], rows[row]
+            if left < k:
+                last = probs[row].topk(left)
+                row_chances, row_indices = last.values.tolist(), last.indices.tolist()
             path = 1.0 if parent < 0 else nodes[parent].path
-            for chance, index in zip(row_chances, row_indices):
-                if len(children) == room:
-                    return children
-                children.append(_Node(ids[index], parent, depth, chance, path * chance))
+            children.extend(_Node(ids[index], parent, depth, chance, path * chance)
+                            for chance, index in zip(row_chances, row_indices))
         return children
 
     def _draft_token_ids(self) -> list[int]:
         """The target token id of each draft vocabulary row, as a host list (refreshed when the
-        model's map is replaced)."""
-        if self._ids_source is not self.model.draft_ids:
-            self._ids_source, self._ids = self.model.draft_ids, self.model.draft_ids.tolist()
+        model's map is replaced or changed in place)."""
+        draft_ids = self.model.draft_ids
+        if self._ids_source is not draft_ids or self._ids_version != draft_ids._version:
+            self._ids_source, self._ids_version, self._ids = draft_ids, draft_ids._version, draft_ids.tolist()
         return self._ids
 
     def _drawn_children(self, logits: torch.Tensor, parent: int, depth: int, path: float, context: DraftContext,

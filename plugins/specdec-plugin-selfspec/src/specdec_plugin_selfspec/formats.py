@@ -152,28 +152,39 @@ def compute_dtype(fmt: str, target_dtype: torch.dtype) -> torch.dtype:
     return {"bfloat16": torch.bfloat16, "int8": torch.float32}.get(fmt, target_dtype)
 
 
-def int8_full_range(engine: str | None = None, flags: frozenset[str] | None = None) -> bool:
-    """Whether int8 copies may quantize activations to all 8 bits.
+def int8_full_range() -> bool:
+    """Whether int8 copies may quantize activations to all 8 bits on this machine.
 
     torch's dynamic int8 linear layer keeps activations to 7 bits (`reduce_range=True`) because
     fbgemm's AVX2 and plain AVX-512 kernels add pairs of u8 x s8 products in int16, which 8-bit
     activations can overflow. With AVX512-VNNI fbgemm accumulates in int32 (`vpdpbusd`), nothing
     saturates, and the eighth bit is free precision: on the default model it raised the copy's
-    agreement with the target's next token from 0.90 to 0.95 (docs/benchmarks.md). Only x86's
-    fbgemm-backed engines are trusted with it.
-
-    :param engine: the quantized engine (default: torch's current one); `flags`: the CPU's flags
-        (default: this machine's).
+    agreement with the target's next token from 0.90 to 0.95 (docs/benchmarks.md). Which kernel
+    runs is fbgemm's choice (the CPU, `FBGEMM_ENABLE_INSTRUCTIONS`), so this asks the kernel
+    itself, once: the product the int16 sums overflow first (all activations and weights at the
+    top of their range) must come out right.
     """
-    engine = torch.backends.quantized.engine if engine is None else engine
-    flags = cpu_flags() if flags is None else flags
-    return engine in ("x86", "fbgemm") and "avx512_vnni" in flags
+    return _full_range_is_exact()
+
+
+@lru_cache(maxsize=None)
+def _full_range_is_exact() -> bool:
+    if not int8_available():
+        return False
+    width = 512  # pairs of 255 * 127 sum to 64,770 > 32,767: a saturating kernel returns about half
+    product = _dynamic_int8(torch.ones(8, width), None, reduce_range=False)
+    return bool(torch.allclose(product(torch.ones(1, width)), torch.full((1, 8), float(width)), rtol=0.02))
 
 
 def _int8(weight: torch.Tensor, bias: torch.Tensor | None) -> Projection:
-    """A dynamic int8 product: weights quantized per output channel by torch's observer, called
-    through the quantized op itself (the module around it costs a call per projection, ~8% of an
-    int8 copy's step) with 8-bit activations where `int8_full_range` allows."""
+    """A dynamic int8 product with 8-bit activations where `int8_full_range` allows them."""
+    return _dynamic_int8(weight, bias, reduce_range=not int8_full_range())
+
+
+def _dynamic_int8(weight: torch.Tensor, bias: torch.Tensor | None, reduce_range: bool) -> Projection:
+    """Weights quantized per output channel by torch's observer; called through the quantized op
+    itself (the module around it costs a Python call per projection, about 1 ms of an int8
+    copy's 14 ms forward on the default model)."""
     from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
     from torch.ao.quantization import per_channel_dynamic_qconfig
 
@@ -186,7 +197,6 @@ def _int8(weight: torch.Tensor, bias: torch.Tensor | None) -> Projection:
     with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao, still here
         warnings.simplefilter("ignore")
         packed = DynamicLinear.from_float(module)._packed_params._packed_params
-    reduce_range = not int8_full_range()
     linear_dynamic = torch.ops.quantized.linear_dynamic
     return lambda x: linear_dynamic(x, packed, reduce_range)
 
