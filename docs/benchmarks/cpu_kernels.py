@@ -10,7 +10,8 @@ come from memory rather than cache. Rows are the tokens of one forward: 1 for a 
 
 - `float32` (MKL, what the target runs), and with the weight stored transposed (`x @ W^T`
   contiguous: another MKL path);
-- fbgemm's dynamic int8 product (`low_precision`'s int8 copy), activations in 8 and in 7 bits;
+- fbgemm's dynamic int8 product (`low_precision`'s int8 copy, from specdec-plugin-selfspec), activations
+  in 8 and in 7 bits;
 - fbgemm's float16-weight product with float32 activations;
 - aten's weight-only int8 and int4 (groups of 32) products with float32 activations;
 
@@ -23,26 +24,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-import warnings
 
 import torch
 import torch.nn.functional as F
 
+from specdec_plugin_selfspec.formats import dynamic_int8  # the int8 copy's own product
+
 HIDDEN, MLP, KV, LAYERS, VOCAB = 576, 1536, 192, 30, 49152
 SHAPES = ((HIDDEN + 2 * KV, HIDDEN), (HIDDEN, HIDDEN), (2 * MLP, HIDDEN), (HIDDEN, MLP))  # [out, in]
-
-
-def dynamic_int8(weight: torch.Tensor, reduce_range: bool):
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
-    from torch.ao.quantization import per_channel_dynamic_qconfig
-
-    module = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
-    module.weight.data.copy_(weight)
-    module.qconfig = per_channel_dynamic_qconfig
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        packed = DynamicLinear.from_float(module)._packed_params._packed_params
-    return lambda x: torch.ops.quantized.linear_dynamic(x, packed, reduce_range)
 
 
 def float16_weights(weight: torch.Tensor):
@@ -74,8 +63,8 @@ def transposed(weight: torch.Tensor):
 KERNELS = {
     "float32 (MKL)": lambda weight: (lambda x: F.linear(x, weight)),
     "float32, weight stored transposed": transposed,
-    "int8 dynamic, 8-bit activations": lambda weight: dynamic_int8(weight, False),
-    "int8 dynamic, 7-bit activations": lambda weight: dynamic_int8(weight, True),
+    "int8 dynamic, 8-bit activations": lambda weight: dynamic_int8(weight, None, reduce_range=False),
+    "int8 dynamic, 7-bit activations": lambda weight: dynamic_int8(weight, None, reduce_range=True),
     "float16 weights (fbgemm)": float16_weights,
     "int8 weight-only (aten)": int8_weight_only,
     "int4 weight-only, groups of 32 (aten)": int4_weight_only,

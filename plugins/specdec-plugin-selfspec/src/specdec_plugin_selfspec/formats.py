@@ -152,6 +152,7 @@ def compute_dtype(fmt: str, target_dtype: torch.dtype) -> torch.dtype:
     return {"bfloat16": torch.bfloat16, "int8": torch.float32}.get(fmt, target_dtype)
 
 
+@lru_cache(maxsize=None)
 def int8_full_range() -> bool:
     """Whether int8 copies may quantize activations to all 8 bits on this machine.
 
@@ -164,24 +165,19 @@ def int8_full_range() -> bool:
     itself, once: the product the int16 sums overflow first (all activations and weights at the
     top of their range) must come out right.
     """
-    return _full_range_is_exact()
-
-
-@lru_cache(maxsize=None)
-def _full_range_is_exact() -> bool:
     if not int8_available():
         return False
     width = 512  # pairs of 255 * 127 sum to 64,770 > 32,767: a saturating kernel returns about half
-    product = _dynamic_int8(torch.ones(8, width), None, reduce_range=False)
+    product = dynamic_int8(torch.ones(8, width), None, reduce_range=False)
     return bool(torch.allclose(product(torch.ones(1, width)), torch.full((1, 8), float(width)), rtol=0.02))
 
 
 def _int8(weight: torch.Tensor, bias: torch.Tensor | None) -> Projection:
     """A dynamic int8 product with 8-bit activations where `int8_full_range` allows them."""
-    return _dynamic_int8(weight, bias, reduce_range=not int8_full_range())
+    return dynamic_int8(weight, bias, reduce_range=not int8_full_range())
 
 
-def _dynamic_int8(weight: torch.Tensor, bias: torch.Tensor | None, reduce_range: bool) -> Projection:
+def dynamic_int8(weight: torch.Tensor, bias: torch.Tensor | None, reduce_range: bool) -> Projection:
     """Weights quantized per output channel by torch's observer; called through the quantized op
     itself (the module around it costs a Python call per projection, about 1 ms of an int8
     copy's 14 ms forward on the default model)."""
