@@ -20,6 +20,7 @@ from specdec.cache import PositionalKVCache
 from specdec.cuda_graphs import CUDAGraphForwards, row_bucket, span_bucket, width_bucket
 from specdec.distributed import local_heads
 from specdec.errors import ModelMismatchError
+from specdec.linear_kernels import running_linear_kernels
 
 _MASKABLE_ATTENTION = ("sdpa", "eager", GROUPED_QUERY_SDPA)
 
@@ -352,15 +353,16 @@ class CausalLMRunner:
         """The model forward over `[B, N]` inputs with specdec's cache; checks the model used it."""
         writes = self.cache.writes
         try:
-            output = self.model(
-                input_ids=input_ids,
-                position_ids=positions,
-                attention_mask=mask,
-                use_cache=True,
-                logits_to_keep=logits_rows,
-                output_hidden_states=list(hidden_state_layers) if hidden_state_layers else False,
-                **{self._cache_argument: self.cache},
-            )
+            with running_linear_kernels(self.model):  # the kernel `target.linear_kernel` chose (CPU)
+                output = self.model(
+                    input_ids=input_ids,
+                    position_ids=positions,
+                    attention_mask=mask,
+                    use_cache=True,
+                    logits_to_keep=logits_rows,
+                    output_hidden_states=list(hidden_state_layers) if hidden_state_layers else False,
+                    **{self._cache_argument: self.cache},
+                )
         except RuntimeError as error:
             tp = getattr(self.model, "specdec_tp", None)
             if tp is None:

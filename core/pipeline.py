@@ -125,6 +125,7 @@ class Pipeline:
         from specdec.budget import DraftBudget
         from specdec.cost import measure_batch_cost_model
         from specdec.engine import SpeculativeDecoder
+        from specdec.linear_kernels import configure as configure_linear_kernel
         from specdec.models import load_model, resolve_device, resolve_dtype
         from specdec.scheduler import StepScheduler
 
@@ -159,12 +160,14 @@ class Pipeline:
             tokenizer = tokenizer or loaded_tokenizer
         self.model, self.tokenizer = model, tokenizer
         self.device, self.dtype = model.device, model.dtype
+        self.linear_kernel = configure_linear_kernel(model, target.linear_kernel)
 
         loaded: dict[str, tuple[Any, Any]] = {}
 
         def load(name: str):
             if name not in loaded:
                 loaded[name] = load_model(locate(name), device=self.device, dtype=self.dtype)
+                configure_linear_kernel(loaded[name][0], target.linear_kernel)  # a draft model's runner too
             return loaded[name]
 
         def build_drafter(block: Any, location: str):

@@ -1,0 +1,265 @@
+"""Which kernel runs a float32 target's linear layers on a CPU.
+
+A verification forward of 1 + k tokens is, on a CPU, mostly the target's matrix products with
+1 + k rows, and speculation pays only where a few more rows cost little more than one. torch's
+float32 `F.linear` calls MKL, whose small-row paths differ by CPU: on a 2-core Intel Xeon one row
+of the default model costs 18.5 ms and four 31.9 ms; on a 2-core AMD EPYC (Zen 4) one row costs
+34.5 ms and two 55.2 ms, so that verifying one draft token there costs 1.6 plain steps.
+oneDNN, which torch also ships, computes the same float32 products (no lower-precision
+arithmetic; only the order of the additions differs, as between any two kernels) and on that
+EPYC takes 20-25 ms for 1-4 rows on the weights as they are, or 13-17 ms on weights reordered
+once into its blocked layout (docs/benchmarks.md, "Which kernel runs the target's products").
+
+`linear_kernel` (the pipeline's `target.linear_kernel`) chooses, per target model:
+
+- `torch`: `F.linear` as Hugging Face runs it;
+- `onednn`: oneDNN on the weights as they are (no memory);
+- `onednn_packed`: oneDNN on a reordered copy of every linear weight (the weights' memory once
+  more: the model's own weights stay, for everything else that reads them);
+- `auto`: on a CPU with a float32 target, times the three on the model's own weights and takes
+  the fastest (the copy only where it takes at most a quarter of the memory available); `torch`
+  elsewhere, and for models so small that the products do not decide a step.
+
+The chosen kernels run only inside the target's forwards through specdec's `CausalLMRunner`
+(verification, prefill, cost measurement): `LinearKernels.installed` puts them on the model's
+linear layers for the forward and takes them off after, so the model object stays what Hugging
+Face made it for anyone else who calls it (`model.generate`, drafters that read its weights).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import statistics
+import threading
+import time
+import weakref
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from specdec.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+MODES = ("auto", "torch", "onednn", "onednn_packed")
+
+#: Rows oneDNN's reordered weights are laid out for: a verification of a few draft tokens
+#: (on the EPYC above, weights reordered for 4 rows ran 1-16 rows as fast as any other layout).
+PACK_ROWS = 4
+#: Below this many bytes of linear weights `auto` keeps `torch` without timing: per-call
+#: overheads, not the products, decide such a model's step (and tests on tiny models keep
+#: Hugging Face's own kernels).
+AUTO_MIN_BYTES = 16 << 20
+#: `auto` times the products of the first linear layers up to this many bytes of weights: more
+#: than a CPU's cache, so that the weights come from memory as in a real forward.
+AUTO_TIMED_BYTES = 256 << 20
+#: `auto` keeps `torch` unless another kernel is at least this much faster (timing noise).
+AUTO_MARGIN = 0.05
+#: Rows `auto` times: a plain step and the verification of a few draft tokens.
+AUTO_ROWS = (1, 4)
+
+
+def onednn_available() -> bool:
+    """Whether this torch build can run linear layers through oneDNN."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise") \
+        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+
+
+def float32_linears(model: torch.nn.Module) -> list[torch.nn.Linear]:
+    """The model's linear layers that a oneDNN kernel could run: float32 weights on a CPU."""
+    return [module for module in model.modules() if isinstance(module, torch.nn.Linear)
+            and module.weight.device.type == "cpu" and module.weight.dtype == torch.float32]
+
+
+def onednn_linear(weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+                  reorder: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    """oneDNN's float32 product `x @ weight^T + bias` for inputs `[..., in]`; `reorder`: on a
+    copy of the weight laid out in oneDNN's blocked format (for `PACK_ROWS` rows), made now."""
+    weight = weight.detach()
+    if reorder:
+        weight = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS)
+    bias = None if bias is None else bias.detach()
+    linear = torch.ops.mkldnn._linear_pointwise
+    return lambda x: linear(x, weight, bias, "none", [], "")
+
+
+class LinearKernels:
+    """oneDNN forwards for a model's float32 linear layers, put on them only while installed.
+
+    :param packed: run on weights reordered into oneDNN's blocked layout (a copy), rather than
+        on the model's own.
+    """
+
+    def __init__(self, model: torch.nn.Module, packed: bool):
+        self.mode = "onednn_packed" if packed else "onednn"
+        self.forwards: dict[torch.nn.Linear, Callable] = {}
+        with torch.no_grad():
+            for module in float32_linears(model):
+                self.forwards[module] = onednn_linear(module.weight, module.bias, reorder=packed)
+        self._lock = threading.Lock()
+        self._depth = 0
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """The model's linear layers run these kernels inside the block (nesting and concurrent
+        blocks keep them on until the last one ends)."""
+        with self._lock:
+            if self._depth == 0:
+                for module, forward in self.forwards.items():
+                    module.__dict__["forward"] = forward  # an instance attribute, found before the class's
+            self._depth += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0:
+                    for module in self.forwards:
+                        module.__dict__.pop("forward", None)
+
+
+#: The kernels each configured model runs (None: torch's own), and the mode that was asked.
+_configured: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[str, LinearKernels | None]]" = \
+    weakref.WeakKeyDictionary()
+
+
+def kernels_for(model: torch.nn.Module) -> LinearKernels | None:
+    """The kernels `configure` chose for `model` (None: torch's own, or never configured)."""
+    entry = _configured.get(model)
+    return None if entry is None else entry[1]
+
+
+def linear_forward(model: torch.nn.Module, module: torch.nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`module`'s product (a linear layer of `model`) on the kernel specdec runs `model`'s linear
+    layers with, for a drafter that computes with the target's own layers outside its forward
+    (layer-skip self-drafting): the configured oneDNN forward, else `F.linear` on its weights."""
+    kernels = kernels_for(model)
+    forward = None if kernels is None else kernels.forwards.get(module)
+    if forward is not None:
+        return forward
+    weight, bias = module.weight, module.bias
+    return lambda x: torch.nn.functional.linear(x, weight, bias)
+
+
+def running_linear_kernels(model: torch.nn.Module) -> contextlib.AbstractContextManager:
+    """A block in which `model`'s linear layers run the kernel `configure` chose for it (nothing
+    to do where that is torch's): specdec's own forwards of a configured model run in one."""
+    kernels = kernels_for(model)
+    return kernels.installed() if kernels is not None else contextlib.nullcontext()
+
+
+def follow_linear_kernel(model: torch.nn.Module, like: torch.nn.Module) -> str:
+    """Configure `model` (a drafter's own small model) to run the kernel `like` (its target) runs,
+    where it can (float32 on a CPU; else torch's); its forwards then go in
+    `running_linear_kernels(model)`. Returns the kernel chosen."""
+    mode = linear_kernel_of(like)
+    if mode != "torch" and (not float32_linears(model) or not onednn_available()):
+        mode = "torch"
+    return configure(model, mode)
+
+
+def linear_kernel_of(model: torch.nn.Module) -> str:
+    """The kernel `model`'s linear layers run under specdec: `torch`, `onednn` or `onednn_packed`."""
+    kernels = kernels_for(model)
+    return "torch" if kernels is None else kernels.mode
+
+
+def configure(model: torch.nn.Module, mode: str) -> str:
+    """Choose the kernel `model`'s linear layers run in specdec's forwards (see the module
+    docstring); returns the one chosen. A model several pipelines share is configured once: a
+    later `auto` keeps the first choice, a different explicit mode is refused."""
+    if mode not in MODES:
+        raise ConfigError(f"linear_kernel must be one of {', '.join(MODES)}, not {mode!r}")
+    if model in _configured:
+        asked, kernels = _configured[model]
+        chosen = "torch" if kernels is None else kernels.mode
+        if mode in ("auto", chosen, asked):
+            return chosen
+        raise ConfigError(f"the target model is shared with a pipeline whose target.linear_kernel is {asked!r} "
+                         f"(running {chosen!r}); pipelines sharing one target model must agree: set "
+                         f"linear_kernel {asked!r} or 'auto' in this one, or give it its own model")
+    if mode != "torch":
+        _check_usable(model, mode)
+    chosen = _choose(model) if mode == "auto" else mode
+    kernels = None if chosen == "torch" else LinearKernels(model, packed=chosen == "onednn_packed")
+    _configured[model] = (mode, kernels)
+    return chosen
+
+
+def _check_usable(model: torch.nn.Module, mode: str) -> None:
+    """Refuse an explicit oneDNN mode where it cannot run (auto falls back to torch there)."""
+    if mode == "auto":
+        return
+    if not onednn_available():
+        raise ConfigError(f"linear_kernel {mode!r} needs oneDNN, which this torch build lacks "
+                         f"(torch.backends.mkldnn.is_available() is False); use 'torch' or 'auto'")
+    if getattr(model, "specdec_tp", None) is not None:
+        raise ConfigError(f"linear_kernel {mode!r} does not apply to a tensor-parallel target (its sharded layers "
+                         f"run torch's kernels); use 'torch' or 'auto'")
+    if not float32_linears(model):
+        raise ConfigError(f"linear_kernel {mode!r} runs float32 linear layers on a CPU; this target has none "
+                         f"(device {next(model.parameters()).device}, dtype {next(model.parameters()).dtype}): "
+                         f"use 'torch' or 'auto'")
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available now (Linux `MemAvailable`), None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _choose(model: torch.nn.Module) -> str:
+    """`auto`: the fastest of the kernels that may run here, timed on the model's own weights."""
+    linears = float32_linears(model)
+    total = sum(module.weight.nbytes for module in linears)
+    if (not onednn_available() or getattr(model, "specdec_tp", None) is not None or total < AUTO_MIN_BYTES
+            or len(linears) != sum(isinstance(m, torch.nn.Linear) for m in model.modules())):
+        return "torch"
+    timed, size = [], 0
+    for module in linears:
+        timed.append(module)
+        size += module.weight.nbytes
+        if size >= AUTO_TIMED_BYTES:
+            break
+    modes = ["torch", "onednn"]
+    available = _available_memory()
+    if available is not None and total <= available // 4:
+        modes.append("onednn_packed")
+    seconds = time_linear_kernels(timed, modes)
+    best = min(seconds, key=seconds.get)
+    chosen = best if seconds[best] < (1 - AUTO_MARGIN) * seconds["torch"] else "torch"
+    logger.info("linear_kernel auto: %s (seconds per pass over %d layers at rows %s: %s)", chosen, len(timed),
+                AUTO_ROWS, {mode: round(value, 5) for mode, value in seconds.items()})
+    return chosen
+
+
+@torch.inference_mode()
+def time_linear_kernels(modules: list[torch.nn.Linear], modes: list[str], rows: tuple[int, ...] = AUTO_ROWS,
+                        repeats: int = 3) -> dict[str, float]:
+    """Seconds per pass over `modules`' products in each mode, summed over `rows` (median of
+    `repeats` passes after one warm-up; the modes interleaved, so that load hits them alike)."""
+    forwards = {"torch": [module.forward for module in modules]}
+    for mode in modes:
+        if mode != "torch":
+            forwards[mode] = [onednn_linear(module.weight, module.bias, reorder=mode == "onednn_packed")
+                              for module in modules]
+    generator = torch.Generator().manual_seed(0)
+    inputs = {(count, width): torch.randn(count, width, generator=generator)
+              for count in rows for width in {module.in_features for module in modules}}
+    times: dict[tuple[str, int], list[float]] = {(mode, count): [] for mode in modes for count in rows}
+    for repeat in range(repeats + 1):
+        for count in rows:
+            for mode in modes:
+                tic = time.perf_counter()
+                for module, forward in zip(modules, forwards[mode]):
+                    forward(inputs[count, module.in_features])
+                if repeat:
+                    times[mode, count].append(time.perf_counter() - tic)
+    return {mode: sum(statistics.median(times[mode, count]) for count in rows) for mode in modes}
