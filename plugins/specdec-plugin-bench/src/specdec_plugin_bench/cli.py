@@ -67,6 +67,9 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
                              "(docs/scaling.md); rank 0 writes the results")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"),
                         help="the target's dtype for every pipeline, replacing the files' target.dtype")
+    parser.add_argument("--linear-kernel", choices=("auto", "torch", "onednn", "onednn_packed"),
+                        help="the kernel the target's float32 linear layers run on a CPU, for every pipeline, "
+                             "replacing the files' target.linear_kernel (specdec.linear_kernels)")
     parser.add_argument("--batch-size", nargs="+", type=_positive, metavar="N",
                         help="measure throughput instead: every pipeline (AR included) at each batch size N, "
                              "first turns only (throughput.md, throughput.json, throughput.png)")
@@ -288,7 +291,8 @@ def _throughput(args: argparse.Namespace) -> int:
 
 def _target_overrides(args: argparse.Namespace) -> dict:
     """The `target` fields the flags set over every pipeline file's own."""
-    return {"device": args.device, "dtype": args.dtype, "tp_size": args.tp_size}
+    return {"device": args.device, "dtype": args.dtype, "tp_size": args.tp_size,
+            "linear_kernel": args.linear_kernel}
 
 
 def _output_folder(args: argparse.Namespace) -> Path:
@@ -332,7 +336,8 @@ def _environment(pipeline) -> dict:
         name = torch.cuda.get_device_name(device)
     else:
         name = _cpu_name()
-    return {"device": str(device), "device_name": name, "torch_threads": torch.get_num_threads(),
+    return {"device": str(device), "device_name": name, "linear_kernel": pipeline.linear_kernel,
+            "torch_threads": torch.get_num_threads(),
             "specdec": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version(), "platform": platform.platform()}
 

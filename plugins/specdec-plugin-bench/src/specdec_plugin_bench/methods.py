@@ -79,11 +79,11 @@ def _target_key(pipeline: ValidatedPipeline) -> tuple:
     model = (target.model or DEFAULT_MODEL).strip()
     if model.lower() == DEFAULT_MODEL.lower():
         model = DEFAULT_MODEL
-    return model, target.device, target.dtype
+    return model, target.device, target.dtype, target.linear_kernel
 
 
 def target_description(pipeline: ValidatedPipeline) -> dict:
-    model, device, dtype = _target_key(pipeline)
+    model, device, dtype, _ = _target_key(pipeline)  # (the kernel chosen goes into the environment)
     return {"model": model, "device": device, "dtype": dtype}
 
 

@@ -142,7 +142,7 @@ def _markdown(meta: dict, summary: dict, tasks: list[str], found: list[dict], re
                   "Rerun with `--resume` to complete it.", ""]
     lines += [
         f"Target `{target['model']}` on {environment.get('device_name', target['device'])} "
-        f"({target['dtype']}); {sampling}; max_new_tokens {settings['max_new_tokens']}; "
+        f"({target['dtype']}{_kernel(environment)}); {sampling}; max_new_tokens {settings['max_new_tokens']}; "
         f"{runs} run{'s' if runs != 1 else ''}; questions from `{settings['questions']}` "
         f"({', '.join(f'{task_name(task)} {count}' for task, count in questions.items())}).",
         "",
@@ -247,3 +247,9 @@ def _plots(directory: Path, meta: dict, summary: dict, tasks: list[str], methods
     histogram = plots.histogram_chart(panels, directory / HISTOGRAM_PLOT,
                                       "Accepted draft tokens per step (share of steps)")
     return [speedup, histogram]
+
+
+def _kernel(environment: dict) -> str:
+    """`, linear layers on <kernel>` where the run recorded a kernel other than torch's own."""
+    kernel = environment.get("linear_kernel")
+    return f", linear layers on {kernel}" if kernel not in (None, "torch") else ""
