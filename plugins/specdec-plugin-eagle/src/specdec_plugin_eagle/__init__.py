@@ -54,7 +54,7 @@ class EagleParams(BaseModel):
 def _build_eagle(context, params: EagleParams):
     import torch
 
-    from specdec import cost_model_for
+    from specdec import cost_model_for, follow_linear_kernel
     from specdec_plugin_eagle.build import attach
     from specdec_plugin_eagle.checkpoints import load_draft, shipped_weights
     from specdec_plugin_eagle.drafter import EagleDrafter, TreeShape
@@ -71,6 +71,7 @@ def _build_eagle(context, params: EagleParams):
             raise ConfigError(f"drafter.params.draft_vocab: {error}") from None
     dtype = None if params.dtype == "auto" else getattr(torch, params.dtype)
     model = attach(model, context.target, dtype)
+    follow_linear_kernel(model, context.target)  # its products on the target's CPU kernel (oneDNN where faster)
     if params.tree == "chain":
         shape = TreeShape(depth=params.depth, top_k=1, frontier=1, max_nodes=min(params.max_nodes, params.depth))
     else:

@@ -32,7 +32,8 @@ from typing import Sequence
 
 import torch
 
-from specdec import BaseDrafter, CostModel, Draft, DraftContext, SamplingParams, StepOutcome, select_nodes, warp_logits
+from specdec import (BaseDrafter, CostModel, Draft, DraftContext, SamplingParams, StepOutcome, running_linear_kernels,
+                     select_nodes, warp_logits)
 
 from specdec_plugin_eagle.model import DraftCache, EagleDraftModel
 
@@ -117,6 +118,10 @@ class EagleDrafter(BaseDrafter):
 
     @torch.inference_mode()
     def propose(self, context: DraftContext) -> Draft:
+        with running_linear_kernels(self.model):  # the kernel its target runs (pipeline.target.linear_kernel)
+            return self._propose(context)
+
+    def _propose(self, context: DraftContext) -> Draft:
         tokens = context.tokens
         count = len(tokens)
         if self._features is None or self.cache.length + self._features.shape[0] != count - 1:

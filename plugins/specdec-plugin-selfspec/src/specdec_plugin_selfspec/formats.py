@@ -257,5 +257,5 @@ def head_projection(model, fmt: str, token_ids: torch.Tensor | None) -> Projecti
         rows = token_ids.to(weight.device)
         weight, bias = weight[rows], None if bias is None else bias[rows]
     if fmt == "float32" and token_ids is None:
-        return linear(head)
+        return linear(model, head)
     return projection(fmt, [weight], [bias])
