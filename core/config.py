@@ -39,6 +39,10 @@ class ComponentSpec(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+#: `target.linear_kernel` values (specdec.linear_kernels): here, where importing costs no torch.
+LINEAR_KERNELS = ("auto", "torch", "onednn", "onednn_packed")
+
+
 class TargetSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -47,7 +51,7 @@ class TargetSpec(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
     tp_size: int = Field(1, ge=1, le=1024, description="ranks the target is sharded over (tensor parallel, under "
                                                        "torchrun; docs/scaling.md); 1 = one device, no collectives")
-    linear_kernel: Literal["auto", "torch", "onednn", "onednn_packed"] = Field(
+    linear_kernel: Literal[LINEAR_KERNELS] = Field(
         "auto", description="the kernel a float32 target's linear layers run on a CPU: torch (MKL), oneDNN on "
                             "the weights, oneDNN on a reordered copy, or auto: the fastest, timed at load "
                             "(specdec.linear_kernels)")

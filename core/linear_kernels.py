@@ -3,12 +3,13 @@
 A verification forward of 1 + k tokens is, on a CPU, mostly the target's matrix products with
 1 + k rows, and speculation pays only where a few more rows cost little more than one. torch's
 float32 `F.linear` calls MKL, whose small-row paths differ by CPU: on a 2-core Intel Xeon one row
-of the default model costs 18.5 ms and four 31.9 ms; on a 2-core AMD EPYC (Zen 4) one row costs
-34.5 ms and two 55.2 ms, so that verifying one draft token there costs 1.6 plain steps.
+of the default model's layers costs 18.5 ms and four 31.9 ms; on a 2-core AMD EPYC (Zen 4) one
+row costs 34.5 ms and two 58.6 ms, so that verifying one draft token there costs 1.7 plain steps.
 oneDNN, which torch also ships, computes the same float32 products (no lower-precision
 arithmetic; only the order of the additions differs, as between any two kernels) and on that
-EPYC takes 20-25 ms for 1-4 rows on the weights as they are, or 13-17 ms on weights reordered
-once into its blocked layout (docs/benchmarks.md, "Which kernel runs the target's products").
+EPYC takes 20.5-27.6 ms for 1-4 rows on the weights as they are, or 13.6-20.7 ms on weights
+reordered once into its blocked layout (docs/benchmarks.md, "Which kernel runs the target's
+products").
 
 `linear_kernel` (the pipeline's `target.linear_kernel`) chooses, per target model:
 
@@ -21,9 +22,12 @@ once into its blocked layout (docs/benchmarks.md, "Which kernel runs the target'
   elsewhere, and for models so small that the products do not decide a step.
 
 The chosen kernels run only inside the target's forwards through specdec's `CausalLMRunner`
-(verification, prefill, cost measurement): `LinearKernels.installed` puts them on the model's
-linear layers for the forward and takes them off after, so the model object stays what Hugging
-Face made it for anyone else who calls it (`model.generate`, drafters that read its weights).
+(verification, prefill, cost measurement) and drafters that ask for them: `LinearKernels.installed`
+puts them on the model's plain `nn.Linear` layers for the forward and takes them off after, so
+the model object stays what Hugging Face made it for `model.generate` (except for another
+thread calling it during one of specdec's forwards). They are inference-only: no gradients flow
+through them. A weight changed after configuring (in place or replaced) is noticed at the next
+forward and its kernel rebuilt.
 """
 
 from __future__ import annotations
@@ -39,11 +43,10 @@ from typing import Callable, Iterator
 
 import torch
 
+from specdec.config import LINEAR_KERNELS as MODES
 from specdec.errors import ConfigError
 
 logger = logging.getLogger(__name__)
-
-MODES = ("auto", "torch", "onednn", "onednn_packed")
 
 #: Rows oneDNN's reordered weights are laid out for: a verification of a few draft tokens
 #: (on the EPYC above, weights reordered for 4 rows ran 1-16 rows as fast as any other layout).
@@ -68,25 +71,54 @@ def onednn_available() -> bool:
 
 
 def float32_linears(model: torch.nn.Module) -> list[torch.nn.Linear]:
-    """The model's linear layers that a oneDNN kernel could run: float32 weights on a CPU."""
+    """The model's linear layers that a oneDNN kernel could run: plain `nn.Linear` products
+    (neither a subclass with its own forward nor a module whose forward was replaced) with float32
+    weights on a CPU."""
     return [module for module in model.modules() if isinstance(module, torch.nn.Linear)
+            and type(module).forward is torch.nn.Linear.forward and "forward" not in module.__dict__
             and module.weight.device.type == "cpu" and module.weight.dtype == torch.float32]
 
 
 def onednn_linear(weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-                  reorder: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
-    """oneDNN's float32 product `x @ weight^T + bias` for inputs `[..., in]`; `reorder`: on a
-    copy of the weight laid out in oneDNN's blocked format (for `PACK_ROWS` rows), made now."""
-    weight = weight.detach()
-    if reorder:
-        weight = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS)
-    bias = None if bias is None else bias.detach()
-    linear = torch.ops.mkldnn._linear_pointwise
-    return lambda x: linear(x, weight, bias, "none", [], "")
+                  reorder: bool = False) -> "OneDNNLinear":
+    """oneDNN's float32 product `x @ weight^T + bias` for inputs `[..., in]` (inference only).
+
+    :param reorder: run on a copy of the weight laid out in oneDNN's blocked format (for
+        `PACK_ROWS` rows), made now; else on the weight itself.
+    """
+    return OneDNNLinear(weight, bias, reorder)
+
+
+class OneDNNLinear:
+    """A callable oneDNN product that remembers which tensors (and versions) it was made from,
+    so that a changed weight can be noticed and the product rebuilt in place (`refresh`)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, reorder: bool):
+        self.reorder = reorder
+        self._run = torch.ops.mkldnn._linear_pointwise
+        self.refresh(weight, bias)
+
+    def refresh(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        self.sources = (weight, bias)
+        self.versions = tuple(None if tensor is None else tensor._version for tensor in self.sources)
+        detached = weight.detach()
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(detached, PACK_ROWS) if self.reorder else detached
+        self.bias = None if bias is None else bias.detach()
+
+    def current(self, parameters: dict) -> bool:
+        """Whether it still computes with the weight and bias of a module's `_parameters` as they
+        are now (read from the dict: `module.weight` goes through `nn.Module.__getattr__`, which
+        for every layer of a model at every forward would cost 0.15 ms)."""
+        weight, bias = self.sources
+        return (parameters["weight"] is weight and parameters.get("bias") is bias
+                and weight._version == self.versions[0] and (bias is None or bias._version == self.versions[1]))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(x, self.weight, self.bias, "none", [], "")
 
 
 class LinearKernels:
-    """oneDNN forwards for a model's float32 linear layers, put on them only while installed.
+    """oneDNN forwards for a model's plain float32 linear layers, on them only while installed.
 
     :param packed: run on weights reordered into oneDNN's blocked layout (a copy), rather than
         on the model's own.
@@ -94,21 +126,27 @@ class LinearKernels:
 
     def __init__(self, model: torch.nn.Module, packed: bool):
         self.mode = "onednn_packed" if packed else "onednn"
-        self.forwards: dict[torch.nn.Linear, Callable] = {}
-        with torch.no_grad():
-            for module in float32_linears(model):
-                self.forwards[module] = onednn_linear(module.weight, module.bias, reorder=packed)
+        self.forwards: dict[torch.nn.Linear, OneDNNLinear] = {
+            module: onednn_linear(module.weight, module.bias, reorder=packed) for module in float32_linears(model)}
         self._lock = threading.Lock()
         self._depth = 0
+        self._on: list[torch.nn.Linear] = []  # the modules it put its forward on
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
         """The model's linear layers run these kernels inside the block (nesting and concurrent
-        blocks keep them on until the last one ends)."""
+        blocks keep them on until the last one ends). A module whose weight changed since gets
+        its kernel rebuilt first; one whose forward someone else replaced meanwhile is left alone."""
         with self._lock:
             if self._depth == 0:
                 for module, forward in self.forwards.items():
+                    if "forward" in module.__dict__:
+                        continue
+                    if not forward.current(module._parameters):
+                        with torch.no_grad():
+                            forward.refresh(module.weight, module.bias)
                     module.__dict__["forward"] = forward  # an instance attribute, found before the class's
+                    self._on.append(module)
             self._depth += 1
         try:
             yield
@@ -116,10 +154,12 @@ class LinearKernels:
             with self._lock:
                 self._depth -= 1
                 if self._depth == 0:
-                    for module in self.forwards:
+                    for module in self._on:
                         module.__dict__.pop("forward", None)
+                    self._on.clear()
 
 
+_configuring = threading.Lock()
 #: The kernels each configured model runs (None: torch's own), and the mode that was asked.
 _configured: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[str, LinearKernels | None]]" = \
     weakref.WeakKeyDictionary()
@@ -132,9 +172,13 @@ def kernels_for(model: torch.nn.Module) -> LinearKernels | None:
 
 
 def linear_forward(model: torch.nn.Module, module: torch.nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
-    """`module`'s product (a linear layer of `model`) on the kernel specdec runs `model`'s linear
-    layers with, for a drafter that computes with the target's own layers outside its forward
-    (layer-skip self-drafting): the configured oneDNN forward, else `F.linear` on its weights."""
+    """`module`'s product on the kernel specdec runs `model`'s linear layers with, for a drafter
+    that computes with the target's own layers outside its forward (layer-skip self-drafting).
+
+    :param model: the configured model (`configure`); :param module: one of its linear layers.
+    :returns: the configured oneDNN product (inference only: no gradient reaches the weights),
+        else `F.linear` on the module's weights.
+    """
     kernels = kernels_for(model)
     forward = None if kernels is None else kernels.forwards.get(module)
     if forward is not None:
@@ -145,7 +189,9 @@ def linear_forward(model: torch.nn.Module, module: torch.nn.Linear) -> Callable[
 
 def running_linear_kernels(model: torch.nn.Module) -> contextlib.AbstractContextManager:
     """A block in which `model`'s linear layers run the kernel `configure` chose for it (nothing
-    to do where that is torch's): specdec's own forwards of a configured model run in one."""
+    to do where that is torch's): specdec's own forwards of a configured model run in one.
+
+    :returns: a context manager (`LinearKernels.installed`, or a null one)."""
     kernels = kernels_for(model)
     return kernels.installed() if kernels is not None else contextlib.nullcontext()
 
@@ -153,7 +199,9 @@ def running_linear_kernels(model: torch.nn.Module) -> contextlib.AbstractContext
 def follow_linear_kernel(model: torch.nn.Module, like: torch.nn.Module) -> str:
     """Configure `model` (a drafter's own small model) to run the kernel `like` (its target) runs,
     where it can (float32 on a CPU; else torch's); its forwards then go in
-    `running_linear_kernels(model)`. Returns the kernel chosen."""
+    `running_linear_kernels(model)`.
+
+    :returns: the kernel chosen (`torch`, `onednn` or `onednn_packed`)."""
     mode = linear_kernel_of(like)
     if mode != "torch" and (not float32_linears(model) or not onednn_available()):
         mode = "torch"
@@ -168,24 +216,31 @@ def linear_kernel_of(model: torch.nn.Module) -> str:
 
 def configure(model: torch.nn.Module, mode: str) -> str:
     """Choose the kernel `model`'s linear layers run in specdec's forwards (see the module
-    docstring); returns the one chosen. A model several pipelines share is configured once: a
-    later `auto` keeps the first choice, a different explicit mode is refused."""
+    docstring). A model several pipelines share is configured once: a later `auto` keeps the
+    first choice, a different explicit mode is refused.
+
+    :param mode: one of `MODES` (`target.linear_kernel`).
+    :returns: the kernel chosen (`torch`, `onednn` or `onednn_packed`).
+    :raises ConfigError: an unknown mode, an explicit oneDNN mode where it cannot run, or one that
+        differs from the kernel the model already runs.
+    """
     if mode not in MODES:
         raise ConfigError(f"linear_kernel must be one of {', '.join(MODES)}, not {mode!r}")
-    if model in _configured:
-        asked, kernels = _configured[model]
-        chosen = "torch" if kernels is None else kernels.mode
-        if mode in ("auto", chosen, asked):
-            return chosen
-        raise ConfigError(f"the target model is shared with a pipeline whose target.linear_kernel is {asked!r} "
-                         f"(running {chosen!r}); pipelines sharing one target model must agree: set "
-                         f"linear_kernel {asked!r} or 'auto' in this one, or give it its own model")
-    if mode != "torch":
-        _check_usable(model, mode)
-    chosen = _choose(model) if mode == "auto" else mode
-    kernels = None if chosen == "torch" else LinearKernels(model, packed=chosen == "onednn_packed")
-    _configured[model] = (mode, kernels)
-    return chosen
+    with _configuring:  # two pipelines built at once on one model: one timing, one choice
+        if model in _configured:
+            asked, kernels = _configured[model]
+            chosen = "torch" if kernels is None else kernels.mode
+            if mode in ("auto", chosen, asked):
+                return chosen
+            raise ConfigError(f"the target model is shared with a pipeline whose target.linear_kernel is {asked!r}, "
+                              f"which runs {chosen!r}; pipelines sharing one target model must agree: set "
+                              f"linear_kernel to 'auto' or {chosen!r} in this one, or give it its own model")
+        if mode != "torch":
+            _check_usable(model, mode)
+        chosen = _choose(model) if mode == "auto" else mode
+        kernels = None if chosen == "torch" else LinearKernels(model, packed=chosen == "onednn_packed")
+        _configured[model] = (mode, kernels)
+        return chosen
 
 
 def _check_usable(model: torch.nn.Module, mode: str) -> None:

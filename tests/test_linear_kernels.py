@@ -21,7 +21,7 @@ def model(seed: int = 0) -> torch.nn.Module:
 
 
 def installed_forwards(target: torch.nn.Module) -> int:
-    return sum("forward" in module.__dict__ for module in float32_linears(target))
+    return sum("forward" in module.__dict__ for module in target.modules() if isinstance(module, torch.nn.Linear))
 
 
 @needs_onednn
@@ -54,7 +54,7 @@ def test_kernels_are_on_the_model_only_while_installed_and_nesting_keeps_them():
 
 
 @needs_onednn
-def test_the_runner_forwards_with_the_configured_kernels_and_leaves_the_model_stock(monkeypatch):
+def test_the_runner_forwards_with_the_configured_kernels_and_leaves_the_model_stock():
     target = model()
     assert configure(target, "onednn_packed") == "onednn_packed"
     seen = []
@@ -62,6 +62,7 @@ def test_the_runner_forwards_with_the_configured_kernels_and_leaves_the_model_st
     forwards = dict(kernels.forwards)
     head = target.get_output_embeddings()
     kernels.forwards[head] = lambda x: (seen.append(x.shape), forwards[head](x))[1]
+    kernels.forwards[head].current = lambda parameters: True
     runner = CausalLMRunner(target)
     runner.prepare(1, 64)
     runner.forward(torch.arange(5), torch.arange(5))
@@ -157,3 +158,39 @@ def test_drafters_computing_with_the_target_get_its_kernel():
     assert follow_linear_kernel(model(1), target) == "onednn_packed"  # a drafter's own float32 model
     assert follow_linear_kernel(model(2).to(torch.bfloat16), target) == "torch"  # where oneDNN cannot run
     assert follow_linear_kernel(model(3), model(4)) == "torch"  # a target left on torch's kernel
+
+
+class Scaled(torch.nn.Linear):
+    """A linear layer with a forward of its own (as quantization-aware or scaled layers have)."""
+
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+@needs_onednn
+def test_only_plain_linear_products_are_replaced():
+    target = model()
+    target.model.layers[0].mlp.down_proj = Scaled(128, 64, bias=False)
+    patched = target.model.layers[1].mlp.down_proj
+    patched.forward = lambda x: torch.zeros(*x.shape[:-1], 64)  # someone else's forward (a hook library's)
+    kernels = LinearKernels(target, packed=True)
+    assert target.model.layers[0].mlp.down_proj not in kernels.forwards and patched not in kernels.forwards
+    with kernels.installed():
+        assert patched.forward(torch.ones(1, 128)).abs().sum() == 0  # theirs, still
+    assert "forward" in patched.__dict__  # not taken away on the way out
+
+
+@needs_onednn
+@pytest.mark.parametrize("packed", [False, True])
+def test_a_weight_changed_after_configuring_is_computed_with_as_it_is_now(packed):
+    target = model()
+    ids = torch.randint(0, 128, (1, 12), generator=torch.Generator().manual_seed(1))
+    kernels = LinearKernels(target, packed)
+    with torch.no_grad():
+        target.model.layers[1].mlp.up_proj.weight.mul_(3.0)  # in place
+        target.lm_head.weight = torch.nn.Parameter(target.lm_head.weight * 0.5)  # replaced (untied)
+    with torch.inference_mode():
+        expected = target(ids).logits
+        with kernels.installed():
+            got = target(ids).logits
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
