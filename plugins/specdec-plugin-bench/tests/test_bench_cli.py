@@ -262,3 +262,23 @@ def test_bench_under_torchrun_writes_once_from_rank_0(files, tmp_path):
         outputs.setdefault((record["question_id"], record["turn"]), set()).add(tuple(record["output_ids"]))
     assert all(len(different) == 1 for different in outputs.values())  # every method's output is AR's
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]  # rank 1 wrote nothing here
+
+
+def test_a_resume_refuses_records_measured_on_another_linear_kernel():
+    from specdec import ConfigError
+    from specdec_plugin_bench.cli import _check_same_kernel
+
+    stored = {"environment": {"linear_kernel": "onednn_packed"}}
+    _check_same_kernel(stored, {"linear_kernel": "onednn_packed"})
+    _check_same_kernel({"environment": {}}, {"linear_kernel": "torch"})  # a run from before the setting
+    with pytest.raises(ConfigError, match="--linear-kernel onednn_packed"):
+        _check_same_kernel(stored, {"linear_kernel": "torch"})
+
+
+def test_the_linear_kernel_flag_replaces_every_files_own(tmp_path):
+    from specdec_plugin_bench.cli import validated_pipelines
+
+    path = tmp_path / "p.yaml"
+    path.write_text("target: {linear_kernel: onednn}\n")
+    validated = validated_pipelines([str(path)], default_plugins(), {"linear_kernel": "torch", "device": None})
+    assert validated[0].spec.target.linear_kernel == "torch"

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from specdec import ConfigError, is_follower_rank, launched_ranks, with_tp_size
+from specdec.config import LINEAR_KERNELS
 
 DESCRIPTION = """\
 Spec-Bench-style benchmark: every method answers the same questions (multi-turn ones with its
@@ -67,7 +68,7 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
                              "(docs/scaling.md); rank 0 writes the results")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"),
                         help="the target's dtype for every pipeline, replacing the files' target.dtype")
-    parser.add_argument("--linear-kernel", choices=("auto", "torch", "onednn", "onednn_packed"),
+    parser.add_argument("--linear-kernel", choices=LINEAR_KERNELS,
                         help="the kernel the target's float32 linear layers run on a CPU, for every pipeline, "
                              "replacing the files' target.linear_kernel (specdec.linear_kernels)")
     parser.add_argument("--batch-size", nargs="+", type=_positive, metavar="N",
@@ -199,6 +200,8 @@ def _run(args: argparse.Namespace) -> int:
     try:
         methods = build_methods(plans, plugins)
         meta["environment"] = _environment(methods[0].pipeline)
+        if args.resume:
+            _check_same_kernel(stored, meta["environment"])
         for info, method in zip(infos, methods):
             if getattr(method, "built", None):
                 info["built"] = method.built
@@ -311,6 +314,15 @@ def _output_folder(args: argparse.Namespace) -> Path:
         counter += 1
         directory = base.with_name(f"{base.name}-{counter}")
     return directory
+
+
+def _check_same_kernel(stored: dict, environment: dict) -> None:
+    """A resumed run measures on the linear kernel its first part did (`auto` may choose another
+    on a busier or different machine: its records would not compare)."""
+    before = stored.get("environment", {}).get("linear_kernel")
+    if before is not None and before != environment["linear_kernel"]:
+        raise ConfigError(f"the records were measured with the target's linear layers on {before!r}, this run "
+                          f"chose {environment['linear_kernel']!r}: resume with --linear-kernel {before}")
 
 
 def _read_config(directory: Path) -> dict:
