@@ -8,8 +8,9 @@ random weights, one pass over all 30 layers per timing, so that, as in a real st
 come from memory rather than cache. Rows are the tokens of one forward: 1 for a plain step,
 1 + k to verify k draft tokens. Prints milliseconds per pass (median) for each kernel:
 
-- `float32` (MKL, what the target runs), and with the weight stored transposed (`x @ W^T`
-  contiguous: another MKL path);
+- `float32` (MKL, what the target runs with `target.linear_kernel: torch`), with the weight
+  stored transposed (`x @ W^T` contiguous: another MKL path), and oneDNN's on the weight as it is
+  and reordered into its blocked layout (`onednn`, `onednn_packed`);
 - fbgemm's dynamic int8 product (`low_precision`'s int8 copy, from specdec-plugin-selfspec), activations
   in 8 and in 7 bits;
 - fbgemm's float16-weight product with float32 activations;
@@ -28,6 +29,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from specdec.linear_kernels import onednn_linear  # the target's oneDNN products
 from specdec_plugin_selfspec.formats import dynamic_int8  # the int8 copy's own product
 
 HIDDEN, MLP, KV, LAYERS, VOCAB = 576, 1536, 192, 30, 49152
@@ -63,6 +65,8 @@ def transposed(weight: torch.Tensor):
 KERNELS = {
     "float32 (MKL)": lambda weight: (lambda x: F.linear(x, weight)),
     "float32, weight stored transposed": transposed,
+    "float32, oneDNN": onednn_linear,
+    "float32, oneDNN reordered": lambda weight: onednn_linear(weight, reorder=True),
     "int8 dynamic, 8-bit activations": lambda weight: dynamic_int8(weight, None, reduce_range=False),
     "int8 dynamic, 7-bit activations": lambda weight: dynamic_int8(weight, None, reduce_range=True),
     "float16 weights (fbgemm)": float16_weights,
@@ -114,7 +118,8 @@ def main() -> None:
         print(f"| {name} | " + " | ".join(cells) + " |")
     head = torch.randn(VOCAB, HIDDEN, generator=generator) * 0.02
     for name, make in (("vocabulary projection, float32", KERNELS["float32 (MKL)"]),
-                       ("vocabulary projection, stored transposed", transposed)):
+                       ("vocabulary projection, stored transposed", transposed),
+                       ("vocabulary projection, oneDNN reordered", KERNELS["float32, oneDNN reordered"])):
         product = make(head)
         cells = [f"{median_ms(lambda: product(torch.randn(count, HIDDEN)), args.repeats):.1f}" for count in rows]
         print(f"| {name} | " + " | ".join(cells) + " |")

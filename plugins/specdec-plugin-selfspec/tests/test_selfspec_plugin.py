@@ -27,11 +27,11 @@ def test_every_example_pipeline_validates():
     assert [path.name for path in files] == [
         "layer-skip-auto.yaml", "layer-skip-fixed.yaml", "layer-skip-int8.yaml",
         "low-precision-after-prompt-lookup.yaml", "low-precision-sampling.yaml", "low-precision-vocab.yaml",
-        "low-precision.yaml"]
+        "low-precision.yaml", "merge-prompt-lookup-low-precision.yaml"]
     for path in files:
         data, text = load_yaml(path)
         validated = validate_pipeline(data, registry, str(path), text)
-        assert validated.spec.drafter.type in ("low_precision", "layer_skip", "fallback")
+        assert validated.spec.drafter.type in ("low_precision", "layer_skip", "fallback", "merge")
 
 
 @pytest.mark.parametrize("kind, block, message", [

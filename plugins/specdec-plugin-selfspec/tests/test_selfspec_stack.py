@@ -61,6 +61,26 @@ def test_all_layers_equal_the_hugging_face_forward_prefill_then_one_token_at_a_t
         torch.testing.assert_close(logits[0], reference[position], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+def test_the_targets_own_layers_run_on_the_kernel_its_verification_runs():
+    """`target.linear_kernel` (oneDNN where faster) reaches the layers layer-skip drafts with."""
+    from specdec.linear_kernels import configure, kernels_for
+
+    model = tiny("qwen2")
+    configure(model, "onednn_packed")
+    kernels = kernels_for(model).forwards
+    attention = model.model.layers[1].self_attn
+    layer = target_layers(model)[1]
+    assert layer.o is kernels[attention.o_proj] and layer.qkv[0] is kernels[attention.q_proj]
+    stack = stack_of(model)
+    tokens = torch.tensor([3, 1, 4, 1, 5, 9])
+    with torch.inference_mode():
+        reference = model(tokens[None]).logits[0]  # torch's kernel: the model is untouched
+    logits = stack.forward(tokens, torch.arange(6), empty_store(stack), 0, 6,
+                           torch.ones(6, 6, dtype=torch.bool).tril(), logits_rows=6)
+    torch.testing.assert_close(logits, reference, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("model_type", ["llama", "qwen2", "qwen3"])
 def test_fused_projections_equal_the_hugging_face_forward(model_type):
     """Converted copies fuse query/key/value and gate/up into one product each, and the forward
