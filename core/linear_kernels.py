@@ -165,8 +165,9 @@ _configured: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[str, LinearKernel
     weakref.WeakKeyDictionary()
 
 
-def kernels_for(model: torch.nn.Module) -> LinearKernels | None:
-    """The kernels `configure` chose for `model` (None: torch's own, or never configured)."""
+def linear_kernels_for(model: torch.nn.Module) -> LinearKernels | None:
+    """The kernels `configure_linear_kernel` chose for `model` (None: torch's own, or never
+    configured)."""
     entry = _configured.get(model)
     return None if entry is None else entry[1]
 
@@ -175,11 +176,12 @@ def linear_forward(model: torch.nn.Module, module: torch.nn.Linear) -> Callable[
     """`module`'s product on the kernel specdec runs `model`'s linear layers with, for a drafter
     that computes with the target's own layers outside its forward (layer-skip self-drafting).
 
-    :param model: the configured model (`configure`); :param module: one of its linear layers.
+    :param model: the configured model (`configure_linear_kernel`).
+    :param module: one of its linear layers.
     :returns: the configured oneDNN product (inference only: no gradient reaches the weights),
         else `F.linear` on the module's weights.
     """
-    kernels = kernels_for(model)
+    kernels = linear_kernels_for(model)
     forward = None if kernels is None else kernels.forwards.get(module)
     if forward is not None:
         return forward
@@ -188,11 +190,12 @@ def linear_forward(model: torch.nn.Module, module: torch.nn.Linear) -> Callable[
 
 
 def running_linear_kernels(model: torch.nn.Module) -> contextlib.AbstractContextManager:
-    """A block in which `model`'s linear layers run the kernel `configure` chose for it (nothing
-    to do where that is torch's): specdec's own forwards of a configured model run in one.
+    """A block in which `model`'s linear layers run the kernel `configure_linear_kernel` chose for
+    it (nothing to do where that is torch's): specdec's own forwards of a configured model run in
+    one.
 
     :returns: a context manager (`LinearKernels.installed`, or a null one)."""
-    kernels = kernels_for(model)
+    kernels = linear_kernels_for(model)
     return kernels.installed() if kernels is not None else contextlib.nullcontext()
 
 
@@ -205,16 +208,16 @@ def follow_linear_kernel(model: torch.nn.Module, like: torch.nn.Module) -> str:
     mode = linear_kernel_of(like)
     if mode != "torch" and (not float32_linears(model) or not onednn_available()):
         mode = "torch"
-    return configure(model, mode)
+    return configure_linear_kernel(model, mode)
 
 
 def linear_kernel_of(model: torch.nn.Module) -> str:
     """The kernel `model`'s linear layers run under specdec: `torch`, `onednn` or `onednn_packed`."""
-    kernels = kernels_for(model)
+    kernels = linear_kernels_for(model)
     return "torch" if kernels is None else kernels.mode
 
 
-def configure(model: torch.nn.Module, mode: str) -> str:
+def configure_linear_kernel(model: torch.nn.Module, mode: str) -> str:
     """Choose the kernel `model`'s linear layers run in specdec's forwards (see the module
     docstring). A model several pipelines share is configured once: a later `auto` keeps the
     first choice, a different explicit mode is refused.

@@ -125,7 +125,7 @@ class Pipeline:
         from specdec.budget import DraftBudget
         from specdec.cost import measure_batch_cost_model
         from specdec.engine import SpeculativeDecoder
-        from specdec.linear_kernels import configure as configure_linear_kernel
+        from specdec.linear_kernels import configure_linear_kernel
         from specdec.models import load_model, resolve_device, resolve_dtype
         from specdec.scheduler import StepScheduler
 

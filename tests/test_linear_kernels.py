@@ -8,8 +8,8 @@ import torch
 
 import specdec.linear_kernels as linear_kernels
 from specdec import ConfigError, Pipeline
-from specdec.linear_kernels import (LinearKernels, configure, float32_linears, follow_linear_kernel, kernels_for,
-                                    linear_forward, time_linear_kernels)
+from specdec.linear_kernels import (LinearKernels, configure_linear_kernel, float32_linears, follow_linear_kernel,
+                                    linear_forward, linear_kernels_for, time_linear_kernels)
 from specdec.model_runner import CausalLMRunner
 from specdec.testing import tiny_llama
 
@@ -56,9 +56,9 @@ def test_kernels_are_on_the_model_only_while_installed_and_nesting_keeps_them():
 @needs_onednn
 def test_the_runner_forwards_with_the_configured_kernels_and_leaves_the_model_stock():
     target = model()
-    assert configure(target, "onednn_packed") == "onednn_packed"
+    assert configure_linear_kernel(target, "onednn_packed") == "onednn_packed"
     seen = []
-    kernels = kernels_for(target)
+    kernels = linear_kernels_for(target)
     forwards = dict(kernels.forwards)
     head = target.get_output_embeddings()
     kernels.forwards[head] = lambda x: (seen.append(x.shape), forwards[head](x))[1]
@@ -92,8 +92,8 @@ def test_speculative_greedy_generation_with_onednn_is_plain_greedy_generation(ke
 def test_auto_keeps_torch_for_a_model_whose_products_do_not_decide_its_step(monkeypatch):
     monkeypatch.setattr(linear_kernels, "time_linear_kernels", lambda *a, **k: pytest.fail("timed a tiny model"))
     target = model()
-    assert configure(target, "auto") == "torch"
-    assert kernels_for(target) is None
+    assert configure_linear_kernel(target, "auto") == "torch"
+    assert linear_kernels_for(target) is None
 
 
 @needs_onednn
@@ -113,9 +113,9 @@ def test_auto_takes_the_fastest_kernel_that_fits(monkeypatch, seconds, memory, e
 
     monkeypatch.setattr(linear_kernels, "time_linear_kernels", timing)
     target = model()
-    assert configure(target, "auto") == expected
+    assert configure_linear_kernel(target, "auto") == expected
     assert timed_modes == [list(seconds)]
-    assert (kernels_for(target) is None) == (expected == "torch")
+    assert (linear_kernels_for(target) is None) == (expected == "torch")
 
 
 @needs_onednn
@@ -129,20 +129,20 @@ def test_timing_the_kernels_measures_every_mode_asked():
 @needs_onednn
 def test_pipelines_sharing_a_model_must_agree_on_the_kernel():
     target = model()
-    assert configure(target, "onednn") == "onednn"
-    assert configure(target, "auto") == "onednn"  # auto keeps what the model already runs
-    assert configure(target, "onednn") == "onednn"
+    assert configure_linear_kernel(target, "onednn") == "onednn"
+    assert configure_linear_kernel(target, "auto") == "onednn"  # auto keeps what the model already runs
+    assert configure_linear_kernel(target, "onednn") == "onednn"
     with pytest.raises(ConfigError, match="must agree"):
-        configure(target, "torch")
+        configure_linear_kernel(target, "torch")
 
 
 def test_explicit_onednn_is_refused_where_it_cannot_run():
     target = copy.deepcopy(model()).to(torch.bfloat16)
     with pytest.raises(ConfigError, match="float32 linear layers on a CPU|needs oneDNN"):
-        configure(target, "onednn_packed")
+        configure_linear_kernel(target, "onednn_packed")
     with pytest.raises(ConfigError, match="must be one of"):
-        configure(model(), "mkl")
-    assert configure(target, "auto") == "torch"
+        configure_linear_kernel(model(), "mkl")
+    assert configure_linear_kernel(target, "auto") == "torch"
 
 
 @needs_onednn
@@ -152,8 +152,8 @@ def test_drafters_computing_with_the_target_get_its_kernel():
     x = torch.randn(2, module.in_features)
     stock = linear_forward(target, module)  # not configured: torch's product
     torch.testing.assert_close(stock(x), torch.nn.functional.linear(x, module.weight), rtol=0, atol=0)
-    configure(target, "onednn_packed")
-    assert linear_forward(target, module) is kernels_for(target).forwards[module]
+    configure_linear_kernel(target, "onednn_packed")
+    assert linear_forward(target, module) is linear_kernels_for(target).forwards[module]
     torch.testing.assert_close(linear_forward(target, module)(x), stock(x), rtol=1e-4, atol=1e-5)
     assert follow_linear_kernel(model(1), target) == "onednn_packed"  # a drafter's own float32 model
     assert follow_linear_kernel(model(2).to(torch.bfloat16), target) == "torch"  # where oneDNN cannot run

@@ -64,11 +64,11 @@ def test_all_layers_equal_the_hugging_face_forward_prefill_then_one_token_at_a_t
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
 def test_the_targets_own_layers_run_on_the_kernel_its_verification_runs():
     """`target.linear_kernel` (oneDNN where faster) reaches the layers layer-skip drafts with."""
-    from specdec.linear_kernels import configure, kernels_for
+    from specdec import configure_linear_kernel, linear_kernels_for
 
     model = tiny("qwen2")
-    configure(model, "onednn_packed")
-    kernels = kernels_for(model).forwards
+    configure_linear_kernel(model, "onednn_packed")
+    kernels = linear_kernels_for(model).forwards
     attention = model.model.layers[1].self_attn
     layer = target_layers(model)[1]
     assert layer.o is kernels[attention.o_proj] and layer.qkv[0] is kernels[attention.q_proj]

@@ -21,8 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from specdec import ConfigError, is_follower_rank, launched_ranks, with_tp_size
-from specdec.config import LINEAR_KERNELS
+from specdec import LINEAR_KERNELS, ConfigError, is_follower_rank, launched_ranks, with_tp_size
 
 DESCRIPTION = """\
 Spec-Bench-style benchmark: every method answers the same questions (multi-turn ones with its
