@@ -206,9 +206,7 @@ def follow_linear_kernel(model: torch.nn.Module, like: torch.nn.Module) -> str:
 
     :returns: the kernel chosen (`torch`, `onednn` or `onednn_packed`)."""
     mode = linear_kernel_of(like)
-    if mode != "torch" and (not float32_linears(model) or not onednn_available()):
-        mode = "torch"
-    return configure_linear_kernel(model, mode)
+    return configure_linear_kernel(model, "torch" if _onednn_unusable(model) else mode)
 
 
 def linear_kernel_of(model: torch.nn.Module) -> str:
@@ -238,28 +236,27 @@ def configure_linear_kernel(model: torch.nn.Module, mode: str) -> str:
             raise ConfigError(f"the target model is shared with a pipeline whose target.linear_kernel is {asked!r}, "
                               f"which runs {chosen!r}; pipelines sharing one target model must agree: set "
                               f"linear_kernel to 'auto' or {chosen!r} in this one, or give it its own model")
-        if mode != "torch":
-            _check_usable(model, mode)
+        reason = None if mode in ("torch", "auto") else _onednn_unusable(model)
+        if reason:
+            raise ConfigError(f"linear_kernel {mode!r} {reason}; use 'torch' or 'auto'")
         chosen = _choose(model) if mode == "auto" else mode
         kernels = None if chosen == "torch" else LinearKernels(model, packed=chosen == "onednn_packed")
         _configured[model] = (mode, kernels)
         return chosen
 
 
-def _check_usable(model: torch.nn.Module, mode: str) -> None:
-    """Refuse an explicit oneDNN mode where it cannot run (auto falls back to torch there)."""
-    if mode == "auto":
-        return
+def _onednn_unusable(model: torch.nn.Module) -> str | None:
+    """Why oneDNN cannot run `model`'s linear layers (an explicit mode is refused with it, `auto`
+    and `follow_linear_kernel` keep torch's), or None where it can."""
     if not onednn_available():
-        raise ConfigError(f"linear_kernel {mode!r} needs oneDNN, which this torch build lacks "
-                         f"(torch.backends.mkldnn.is_available() is False); use 'torch' or 'auto'")
+        return "needs oneDNN, which this torch build lacks (torch.backends.mkldnn.is_available() is False)"
     if getattr(model, "specdec_tp", None) is not None:
-        raise ConfigError(f"linear_kernel {mode!r} does not apply to a tensor-parallel target (its sharded layers "
-                         f"run torch's kernels); use 'torch' or 'auto'")
+        return "does not apply to a tensor-parallel target (its sharded layers run torch's kernels)"
     if not float32_linears(model):
-        raise ConfigError(f"linear_kernel {mode!r} runs float32 linear layers on a CPU; this target has none "
-                         f"(device {next(model.parameters()).device}, dtype {next(model.parameters()).dtype}): "
-                         f"use 'torch' or 'auto'")
+        parameter = next(model.parameters())
+        return (f"runs float32 linear layers on a CPU; this model has none (device {parameter.device}, "
+                f"dtype {parameter.dtype})")
+    return None
 
 
 def _available_memory() -> int | None:
@@ -275,11 +272,12 @@ def _available_memory() -> int | None:
 
 def _choose(model: torch.nn.Module) -> str:
     """`auto`: the fastest of the kernels that may run here, timed on the model's own weights."""
+    if _onednn_unusable(model):
+        return "torch"
     linears = float32_linears(model)
     total = sum(module.weight.nbytes for module in linears)
-    if (not onednn_available() or getattr(model, "specdec_tp", None) is not None or total < AUTO_MIN_BYTES
-            or len(linears) != sum(isinstance(m, torch.nn.Linear) for m in model.modules())):
-        return "torch"
+    if total < AUTO_MIN_BYTES or len(linears) != sum(isinstance(m, torch.nn.Linear) for m in model.modules()):
+        return "torch"  # tiny, or some linear layers would stay on torch's kernel anyway
     timed, size = [], 0
     for module in linears:
         timed.append(module)
